@@ -1,0 +1,118 @@
+"""Where datasets come from: an embedded default, TFDS array_record, IDX folders.
+
+- `digits`: scikit-learn's 1,797 real handwritten 8x8 digits (UCI optdigits test
+  set), shipped inside the scikit-learn wheel, so it works offline. Pixel values
+  0..16 are scaled to [0, 1]; 20% is held out as test, then 10% of the rest as
+  validation, by fixed permutations.
+- `mnist`, `fashion_mnist`, `cifar10`: `tfds.data_source` over prepared
+  array_record files (random access, no TensorFlow import). Validation is 10% of
+  the official training split; test is the official test split.
+- `idx:PATH`: a folder of IDX files (the classic MNIST format, gzip or raw).
+  `train-*` and `t10k-*`/`test-*` files give the two splits; a folder with one
+  split gets a deterministic 20% held out as test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+
+import numpy as np
+
+from flatl2o.data.dataset import DataError, Dataset, from_arrays
+
+TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10")
+
+
+def load_digits() -> Dataset:
+  from sklearn.datasets import load_digits as sk_load_digits  # pylint: disable=g-import-not-at-top
+  bunch = sk_load_digits()
+  images = (bunch.images.astype(np.float32) / 16.0)[..., None]
+  return from_arrays("digits", (images, bunch.target.astype(np.int32)), num_classes=10)
+
+
+def load_tfds(name: str, data_dir: str | None) -> Dataset:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  splits = {}
+  num_classes = None
+  for split in ("train", "test"):
+    try:
+      source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared here".
+      where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
+      raise DataError(
+          f"dataset {name!r} is not prepared in {where} ({type(e).__name__}); prepare it "
+          f"once on a machine with network: `tfds build {name} --file_format=array_record "
+          f"--data_dir=DIR`, then pass data_dir=DIR (or use 'digits' or 'idx:PATH', which "
+          "work offline)") from None
+    splits[split] = _read_source(source)
+    label_feature = source.dataset_info.features["label"]
+    num_classes = getattr(label_feature, "num_classes", None)
+  return from_arrays(name, splits["train"], splits["test"], num_classes=num_classes)
+
+
+def _read_source(source, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  images, labels = [], []
+  for start in range(0, len(source), chunk):
+    records = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+    images.extend(np.asarray(r["image"]) for r in records)
+    labels.extend(int(r["label"]) for r in records)
+  return np.stack(images), np.asarray(labels, np.int32)
+
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_NAME = re.compile(r"^(?P<split>.*?)[-_.]?(?P<kind>images|labels)[-_.]idx\d[-_.]ubyte(\.gz)?$")
+_TEST_PREFIXES = ("t10k", "test")
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzip-compressed) into a numpy array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f"cannot read IDX file {path}: {e}") from None
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    raise DataError(f"{path} is not an IDX file (bad magic number)")
+  ndim = raw[3]
+  header = 4 + 4 * ndim
+  dims = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4"))
+  dtype = np.dtype(_IDX_DTYPES[raw[2]])
+  expected = int(np.prod(dims)) * dtype.itemsize
+  if len(raw) - header != expected:
+    raise DataError(f"{path} is truncated or corrupt: header says {dims} "
+                    f"({expected} bytes), file holds {len(raw) - header}")
+  return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def load_idx(path: str) -> Dataset:
+  if not os.path.isdir(path):
+    raise DataError(f"idx:{path}: no such folder; pass idx:PATH with a folder of IDX files "
+                    "such as train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")
+  found: dict[str, dict[str, str]] = {}
+  for fname in sorted(os.listdir(path)):
+    m = _IDX_NAME.match(fname)
+    if m:
+      found.setdefault(m["split"], {})[m["kind"]] = os.path.join(path, fname)
+  pairs = {s: f for s, f in found.items() if set(f) == {"images", "labels"}}
+  if not pairs:
+    raise DataError(f"idx:{path}: no pair of *-images-idx3-ubyte[.gz] and "
+                    "*-labels-idx1-ubyte[.gz] files found")
+
+  def read_pair(files):
+    images, labels = read_idx(files["images"]), read_idx(files["labels"])
+    if images.ndim == 3:  # [n, rows, cols] -> one channel
+      images = images[..., None]
+    return images, labels.astype(np.int64)
+
+  name = f"idx:{path}"
+  test_key = next((s for s in pairs if s.lower() in _TEST_PREFIXES), None)
+  train_keys = [s for s in pairs if s != test_key]
+  if test_key is not None and train_keys:
+    return from_arrays(name, read_pair(pairs[train_keys[0]]), read_pair(pairs[test_key]))
+  if len(pairs) == 1:
+    return from_arrays(name, read_pair(next(iter(pairs.values()))))
+  raise DataError(f"idx:{path}: cannot tell train from test among prefixes "
+                  f"{sorted(pairs)}; name the test files t10k-* or test-*")

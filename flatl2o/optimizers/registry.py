@@ -1,0 +1,98 @@
+"""Hand-designed optimizers by name, as optax transformations.
+
+`get(name, **hparams)` returns an `optax.GradientTransformation`. The default
+learning rates train every shipped optimizee: on 'digits' (1,000 steps, batch
+128, seeds 0 and 1, 2 CPU cores) each one reached test accuracy 0.93-0.97 on
+mlp_sigmoid, 0.95-0.96 on mlp_relu, 0.90-0.96 on mlp_deep and 0.975-0.986 on
+conv (measured 2026-11-29 with `evaluation.train`; adam was best on the MLPs).
+
+| name     | optax                                  | default learning_rate |
+|----------|----------------------------------------|-----------------------|
+| sgd      | `optax.sgd`                            | 0.3                   |
+| momentum | `optax.sgd(momentum=0.9)`              | 0.03                  |
+| adam     | `optax.adam`                           | 0.01                  |
+| rmsprop  | `optax.rmsprop`                        | 0.003                 |
+| adagrad  | `optax.adagrad`                        | 0.1                   |
+| sam      | `optax.contrib.sam`, outer adam        | 0.01 (rho 0.05)       |
+
+SAM in optax's default (non-opaque) mode alternates an ascent step and a real
+update, so `num_steps` calls of `update` make `num_steps / 2` parameter updates.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import optax
+
+
+class OptimizerError(ValueError):
+  """An unknown optimizer name or hyper-parameter."""
+
+
+def _sgd(learning_rate: float = 0.3):
+  return optax.sgd(learning_rate)
+
+
+def _momentum(learning_rate: float = 0.03, momentum: float = 0.9, nesterov: bool = False):
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+
+
+def _adam(learning_rate: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8):
+  return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def _rmsprop(learning_rate: float = 0.003, decay: float = 0.9, eps: float = 1e-8):
+  return optax.rmsprop(learning_rate, decay=decay, eps=eps)
+
+
+def _adagrad(learning_rate: float = 0.1, eps: float = 1e-7):
+  return optax.adagrad(learning_rate, eps=eps)
+
+
+def _sam(learning_rate: float = 0.01, rho: float = 0.05):
+  adversarial = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+  return optax.contrib.sam(optax.adam(learning_rate), adversarial, sync_period=2)
+
+
+_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": _sgd,
+    "momentum": _momentum,
+    "adam": _adam,
+    "rmsprop": _rmsprop,
+    "adagrad": _adagrad,
+    "sam": _sam,
+}
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_FACTORIES)
+
+
+def hparams(name: str) -> dict[str, object]:
+  """The hyper-parameters `name` accepts, with their defaults."""
+  _check_name(name)
+  return {p.name: p.default for p in inspect.signature(_FACTORIES[name]).parameters.values()}
+
+
+def get(name: str, **kwargs) -> optax.GradientTransformation:
+  """Builds a hand-designed optimizer; `learning_rate=None` means its default."""
+  accepted = hparams(name)
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise OptimizerError(f"optimizer {name!r} takes no hyper-parameter {unknown[0]!r}; "
+                         f"accepted: {', '.join(accepted)}")
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}
+  for key in ("learning_rate", "rho"):
+    value = kwargs.get(key, 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+      raise OptimizerError(f"optimizer {name!r}: {key} must be a positive number, "
+                           f"got {value!r}")
+  return _FACTORIES[name](**kwargs)
+
+
+def _check_name(name: str) -> None:
+  if name not in _FACTORIES:
+    raise OptimizerError(f"unknown optimizer {name!r}; accepted: {', '.join(names())}")

@@ -1,0 +1,145 @@
+"""Optimizees: a model, its loss and its data, as a jit-friendly pytree.
+
+A task is a `flax.struct` dataclass: its data arrays are pytree leaves and its
+model and hyper-parameters are static, so `jax.jit(fn)(task, params, key)`
+compiles once per task kind and never embeds the dataset as a constant. Every
+task offers the same five methods:
+
+  params = task.init(key)
+  batch = task.sample_batch(key)                 # inside jit: index sampling
+  loss = task.loss(params, batch)                # scalar, differentiable
+  metrics = task.evaluate(params, split="test")  # full split, jitted
+  task.metric_names                              # keys of `evaluate`
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from flatl2o.data import SPLITS, DataError, Dataset
+
+# Evaluation walks a split in chunks of this many examples, bounding memory.
+EVAL_CHUNK = 2048
+
+
+def _chunked_sum(fn, arrays: tuple[jax.Array, ...], num: int) -> tuple[jax.Array, ...]:
+  """Sums `fn(*chunk, mask)` over fixed-size chunks of `arrays` (padded, masked)."""
+  chunk = min(num, EVAL_CHUNK)
+  num_chunks = -(-num // chunk)
+  pad = num_chunks * chunk - num
+
+  def reshape(a):
+    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((num_chunks, chunk) + a.shape[1:])
+
+  mask = (jnp.arange(num_chunks * chunk) < num).reshape(num_chunks, chunk)
+  sums = jax.lax.map(lambda c: fn(*c), tuple(reshape(a) for a in arrays) + (mask,))
+  return tuple(s.sum() for s in sums)
+
+
+@struct.dataclass
+class ClassificationTask:
+  """A Flax classifier trained with softmax cross-entropy on a `Dataset`."""
+
+  data: Dataset
+  model: nn.Module = struct.field(pytree_node=False)
+  name: str = struct.field(pytree_node=False)
+  batch_size: int = struct.field(pytree_node=False, default=128)
+
+  metric_names = ("loss", "accuracy")
+
+  def init(self, key: jax.Array):
+    dummy = jnp.zeros((1,) + self.data.input_shape, jnp.float32)
+    return self.model.init(key, dummy)["params"]
+
+  def apply(self, params, inputs: jax.Array) -> jax.Array:
+    return self.model.apply({"params": params}, inputs)
+
+  def sample_batch(self, key: jax.Array, split: str = "train"):
+    return self.data.sample_batch(key, self.batch_size, split)
+
+  def loss(self, params, batch) -> jax.Array:
+    inputs, labels = batch
+    logits = self.apply(params, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  def evaluate(self, params, split: str = "test") -> dict[str, jax.Array]:
+    """Mean loss and accuracy over a whole split (jit-compiled, chunked)."""
+    return _evaluate_classification(self, params, split)
+
+
+@functools.partial(jax.jit, static_argnames="split")
+def _evaluate_classification(task: ClassificationTask, params, split: str):
+  inputs, labels = task.data.split(split)
+
+  def chunk_sums(x, y, mask):
+    logits = task.apply(params, x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = jnp.argmax(logits, -1) == y
+    return jnp.where(mask, losses, 0.0).sum(), jnp.where(mask, correct, False).sum()
+
+  n = labels.shape[0]
+  loss_sum, num_correct = _chunked_sum(chunk_sums, (inputs, labels), n)
+  return {"loss": loss_sum / n, "accuracy": num_correct / n}
+
+
+@struct.dataclass
+class QuadraticTask:
+  """Least squares `f(w) = mean_i (x_i . w - y_i)^2 / 2` with a known optimum.
+
+  Inputs have covariance `Q diag(s) Q^T` with eigenvalues `s` log-spaced in
+  `[1, condition_number]`; targets are noiseless, `y = X w*`, so `w*` is the
+  minimiser on every split and the minimum loss is 0. Minibatches are rows.
+  """
+
+  inputs: dict[str, jax.Array]
+  targets: dict[str, jax.Array]
+  optimum: jax.Array
+  name: str = struct.field(pytree_node=False, default="quadratic")
+  batch_size: int = struct.field(pytree_node=False, default=128)
+
+  metric_names = ("loss", "distance_to_optimum")
+
+  @classmethod
+  def create(cls, dim: int = 20, condition_number: float = 10.0,
+             num_examples: int = 2048, batch_size: int = 128, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    scales = np.sqrt(np.logspace(0.0, np.log10(condition_number), dim))
+    optimum = rng.standard_normal(dim)
+    inputs, targets = {}, {}
+    for split in ("train", "validation", "test"):
+      x = rng.standard_normal((num_examples, dim)) * scales @ basis.T
+      inputs[split] = jnp.asarray(x, jnp.float32)
+      targets[split] = jnp.asarray(x @ optimum, jnp.float32)
+    return cls(inputs=inputs, targets=targets, optimum=jnp.asarray(optimum, jnp.float32),
+               batch_size=batch_size)
+
+  def init(self, key: jax.Array):
+    dim = self.optimum.shape[0]
+    return {"w": jax.random.normal(key, (dim,)) / np.sqrt(dim)}
+
+  def _check_split(self, split: str) -> None:
+    if split not in self.targets:
+      raise DataError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
+
+  def sample_batch(self, key: jax.Array, split: str = "train"):
+    self._check_split(split)
+    idx = jax.random.randint(key, (self.batch_size,), 0, self.targets[split].shape[0])
+    return self.inputs[split][idx], self.targets[split][idx]
+
+  def loss(self, params, batch) -> jax.Array:
+    inputs, targets = batch
+    return 0.5 * jnp.mean((inputs @ params["w"] - targets) ** 2)
+
+  def evaluate(self, params, split: str = "test") -> dict[str, jax.Array]:
+    self._check_split(split)
+    return {"loss": self.loss(params, (self.inputs[split], self.targets[split])),
+            "distance_to_optimum": jnp.linalg.norm(params["w"] - self.optimum)}
