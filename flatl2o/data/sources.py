@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
 
 import numpy as np
+from absl import logging as absl_logging
 
 from flatl2o.data.dataset import DataError, Dataset, from_arrays
 
@@ -38,7 +40,8 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
   num_classes = None
   for split in ("train", "test"):
     try:
-      source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+      with _quiet_absl():
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared here".
       where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
       raise DataError(
@@ -50,6 +53,17 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
     label_feature = source.dataset_info.features["label"]
     num_classes = getattr(label_feature, "num_classes", None)
   return from_arrays(name, splits["train"], splits["test"], num_classes=num_classes)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """TFDS warns through absl while probing a missing dataset; the error says it all."""
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _read_source(source, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

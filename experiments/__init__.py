@@ -1,0 +1,1 @@
+"""absl binaries: `python -m experiments.evaluate`, ... (thin mains over flatl2o)."""

@@ -1,0 +1,42 @@
+"""Shared entry point: bad flags or inputs become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> None:
+  prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
+  sys.stderr.write(f"{prog}: error: {message}\n")
+  sys.exit(USAGE_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).replace("\n", " "))
+  if len(rest) > 1:
+    fail(f"unexpected positional arguments {rest[1:]}; all options are --flags")
+  return rest
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)`, turning flag errors and `ValueError`s into one line and exit 2."""
+  # JAX logs at INFO that it found no TPU; that is noise on every CPU/GPU run.
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+  def guarded_main(argv):
+    try:
+      main(argv)
+    except ValueError as e:
+      fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+  app.run(guarded_main, flags_parser=_parse_flags)

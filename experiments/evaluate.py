@@ -1,0 +1,136 @@
+r"""Train an optimizee with an optimizer on several seeds; report test accuracy.
+
+  python -m experiments.evaluate --task=mlp_sigmoid --dataset=digits \
+      --optimizer=adam --num_steps=1000 --seeds=0,1,2,3,4 --out_dir=runs/adam
+
+Writes to --out_dir: `metrics.jsonl` (one JSON object per seed and evaluated
+step), `summary.json` (configuration, per-seed finals, mean and 95% interval
+over seeds) and `curves.png` (when matplotlib is installed); prints a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import jax
+from absl import flags, logging
+
+from experiments import _cli
+from flatl2o import evaluation, optimizers, report, tasks
+
+_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", tasks.names(), "Optimizee.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Dataset: digits (default; embedded), mnist, fashion_mnist, cifar10 "
+    "(TFDS, prepared), or idx:PATH. The quadratic task takes none.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
+_OPTIMIZER = flags.DEFINE_string(
+    "optimizer", "adam", f"Optimizer name: {', '.join(optimizers.names())}.")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", None, "Learning rate; default: the optimizer's documented default.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Training steps.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Minibatch size.", lower_bound=1)
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", 100, "Steps between validation/test evaluations.", lower_bound=1)
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"],
+                           "Comma-separated non-negative integer seeds, one run each.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", None, "Output folder; default runs/evaluate/TASK-DATASET-OPTIMIZER.")
+
+
+def _check_seeds(values):
+  if not values or not all(re.fullmatch(r"\d+", v) for v in values):
+    return False
+  return len(set(values)) == len(values)
+
+
+flags.register_validator("seeds", _check_seeds,
+                         "--seeds must be distinct non-negative integers, e.g. 0,1,2")
+flags.register_validator("learning_rate", lambda v: v is None or v > 0,
+                         "--learning_rate must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  task: str
+  dataset: str | None
+  data_dir: str | None
+  optimizer: str
+  learning_rate: float | None
+  num_steps: int
+  batch_size: int
+  eval_every: int
+  seeds: tuple[int, ...]
+  out_dir: str
+
+
+def config_from_flags() -> EvaluateConfig:
+  dataset = _DATASET.value
+  default_dir = os.path.join(
+      "runs", "evaluate",
+      re.sub(r"[^\w.-]+", "_", f"{_TASK.value}-{dataset or 'default'}-{_OPTIMIZER.value}"))
+  return EvaluateConfig(
+      task=_TASK.value, dataset=dataset, data_dir=_DATA_DIR.value,
+      optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
+      num_steps=_NUM_STEPS.value, batch_size=_BATCH_SIZE.value,
+      eval_every=_EVAL_EVERY.value, seeds=tuple(int(s) for s in _SEEDS.value),
+      out_dir=_OUT_DIR.value or default_dir)
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+  """Runs every seed, writes the outputs, returns the summary."""
+  # Everything that can be wrong with the input fails here, before compiling.
+  tx = optimizers.get(config.optimizer, learning_rate=config.learning_rate)
+  task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
+                   batch_size=config.batch_size)
+
+  results = []
+  for seed in config.seeds:
+    result = evaluation.train(task, tx, config.num_steps, jax.random.key(seed),
+                              eval_every=config.eval_every)
+    logging.info("seed %d: %s (%.1f s)", seed, result.final("test"), result.wall_time_s)
+    results.append(result)
+
+  records, finals = [], []
+  for seed, r in zip(config.seeds, results):
+    for i, step in enumerate(r.eval_steps):
+      window = r.train_loss[max(0, step - config.eval_every):step]
+      record = {"seed": seed, "step": int(step),
+                "train_loss": float(window.mean()) if step else None}
+      for split, metrics in r.metrics.items():
+        record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
+      records.append(record)
+    finals.append({**records[-1], "wall_time_s": r.wall_time_s,
+                   "steps_per_second": r.steps_per_second})
+  metric_names = [k for k in finals[0] if k not in ("seed", "step")]
+  summary = {
+      "config": dataclasses.asdict(config),
+      "dataset_name": task.data.name if hasattr(task, "data") else task.name,
+      "final": finals,
+      "over_seeds": {m: report.summarize([f[m] for f in finals]) for m in metric_names},
+  }
+  report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
+  report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
+  label = config.optimizer
+  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {label: results},
+                     title=f"{config.task} on {summary['dataset_name']}")
+  return summary
+
+
+def main(argv):
+  del argv
+  config = config_from_flags()
+  summary = evaluate(config)
+  shown = [m for m in ("train_loss", "test_accuracy", "test_loss", "validation_accuracy",
+                       "test_distance_to_optimum", "steps_per_second")
+           if m in summary["over_seeds"]]
+  print(f"{config.task} on {summary['dataset_name']}, {config.num_steps} steps, "
+        f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")
+  print(report.format_table({config.optimizer: summary["over_seeds"]}, shown))
+  print(f"wrote {config.out_dir}/metrics.jsonl, summary.json"
+        + (", curves.png" if os.path.exists(os.path.join(config.out_dir, "curves.png")) else ""))
+
+
+if __name__ == "__main__":
+  _cli.run(main)

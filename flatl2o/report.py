@@ -1,0 +1,139 @@
+"""Summaries, tables, JSON lines and figures of training runs; files written atomically.
+
+Every file is written to a temporary name in its folder and renamed into place,
+so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+  """Mean, standard deviation, 95% t-interval half-width, min, max and count."""
+  v = np.asarray(values, np.float64)
+  n = int(v.size)
+  std = float(v.std(ddof=1)) if n > 1 else float("nan")
+  if n > 1:
+    from scipy import stats  # pylint: disable=g-import-not-at-top  (scipy comes with scikit-learn)
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+  else:
+    half = float("nan")
+  return {"mean": float(v.mean()), "std": std, "ci95": half, "min": float(v.min()),
+          "max": float(v.max()), "n": n}
+
+
+def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 columns: Sequence[str]) -> str:
+  """A plain-text table: one row per entry of `rows`, cells 'mean ± ci95'.
+
+  Args:
+    rows: row label -> column name -> `summarize` output.
+    columns: the columns to show, in order.
+  """
+  def cell(s):
+    if s is None:
+      return "-"
+    if math.isnan(s["ci95"]):
+      return f"{s['mean']:.4g}"
+    return f"{s['mean']:.4g} ± {s['ci95']:.2g}"
+
+  header = [""] + list(columns)
+  body = [[label] + [cell(r.get(c)) for c in columns] for label, r in rows.items()]
+  widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+  fmt = lambda line: "  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip()
+  rule = "  ".join("-" * w for w in widths)
+  return "\n".join([fmt(header), rule] + [fmt(line) for line in body])
+
+
+def _atomic_write(path: str, write) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
+  write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n"
+                           for r in records))
+
+
+def _jsonable(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "") -> bool:
+  """Writes a PNG: training loss and test accuracy (or loss) against steps.
+
+  Args:
+    path: where the PNG goes.
+    curves: label -> list of `evaluation.TrainResult` (one per seed); each label
+      is drawn as its mean over seeds with a min-max band.
+    title: figure title.
+
+  Returns:
+    False (and writes nothing) when matplotlib is not installed.
+  """
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+  for label, results in curves.items():
+    losses = np.stack([_smooth(r.train_loss) for r in results])
+    steps = np.arange(1, losses.shape[1] + 1)
+    line, = ax_loss.plot(steps, losses.mean(0), label=label)
+    ax_loss.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+    test = results[0].metrics.get("test", {})
+    metric = "accuracy" if "accuracy" in test else "loss"
+    values = np.stack([r.metrics["test"][metric] for r in results])
+    ax_metric.plot(results[0].eval_steps, values.mean(0), marker="o", ms=3, label=label,
+                   color=line.get_color())
+    ax_metric.fill_between(results[0].eval_steps, values.min(0), values.max(0),
+                           color=line.get_color(), alpha=0.2)
+    ax_metric.set_ylabel(f"test {metric}")
+  ax_loss.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log")
+  ax_metric.set(xlabel="step")
+  for ax in (ax_loss, ax_metric):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
+  return True
+
+
+def _smooth(x: np.ndarray, window: int = 20) -> np.ndarray:
+  """Trailing moving average (shorter at the start), same length as `x`."""
+  c = np.cumsum(np.insert(np.asarray(x, np.float64), 0, 0.0))
+  idx = np.arange(1, len(x) + 1)
+  lo = np.maximum(0, idx - window)
+  return (c[idx] - c[lo]) / (idx - lo)
