@@ -66,13 +66,10 @@ def _quiet_absl():
     absl_logging.set_verbosity(verbosity)
 
 
-def _read_source(source, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  images, labels = [], []
-  for start in range(0, len(source), chunk):
-    records = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-    images.extend(np.asarray(r["image"]) for r in records)
-    labels.extend(int(r["label"]) for r in records)
-  return np.stack(images), np.asarray(labels, np.int32)
+def _read_source(source) -> tuple[np.ndarray, np.ndarray]:
+  records = [source[i] for i in range(len(source))]
+  images = np.stack([np.asarray(r["image"]) for r in records])
+  return images, np.asarray([int(r["label"]) for r in records], np.int32)
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -1,0 +1,113 @@
+"""Hand-designed optimizer registry and the evaluation loop."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+from flatl2o import evaluation, optimizers, tasks
+
+
+class RegistryTest(parameterized.TestCase):
+
+  @parameterized.parameters(*optimizers.names())
+  def test_default_learning_rate_trains_mlp(self, name):
+    task = tasks.get("mlp_sigmoid")
+    result = evaluation.train(task, optimizers.get(name), 300, jax.random.key(0),
+                              eval_every=300)
+    self.assertGreater(result.final("test")["accuracy"], 0.8)
+
+  def test_names(self):
+    self.assertSameElements(optimizers.names(),
+                            ["sgd", "momentum", "adam", "rmsprop", "adagrad", "sam"])
+
+  def test_unknown_name(self):
+    with self.assertRaisesRegex(optimizers.OptimizerError,
+                                "unknown optimizer 'lion'; accepted: sgd, momentum, adam"):
+      optimizers.get("lion")
+
+  def test_unknown_hparam(self):
+    with self.assertRaisesRegex(optimizers.OptimizerError,
+                                "'sgd' takes no hyper-parameter 'beta'; accepted: learning_rate"):
+      optimizers.get("sgd", beta=0.1)
+
+  @parameterized.parameters(0.0, -1e-3, float("nan"), "0.1")
+  def test_bad_learning_rate(self, lr):
+    with self.assertRaisesRegex(optimizers.OptimizerError, "learning_rate must be a positive"):
+      optimizers.get("adam", learning_rate=lr)
+
+  def test_learning_rate_none_means_default(self):
+    self.assertEqual(optimizers.hparams("adam")["learning_rate"], 0.01)
+    params = {"w": jnp.ones(3)}
+    tx = optimizers.get("sgd", learning_rate=None)
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.3 * np.ones(3), rtol=1e-6)
+
+
+def _loss_recorder():
+  """A transformation whose update takes `loss=` and keeps the last one in its state."""
+
+  def init(params):
+    del params
+    return jnp.float32(0)
+
+  def update(updates, state, params=None, *, loss):
+    del state, params
+    return jax.tree.map(lambda g: -0.01 * g, updates), loss
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+class TrainLoopTest(parameterized.TestCase):
+
+  def test_result_shapes(self):
+    task = tasks.get("mlp_sigmoid")
+    r = evaluation.train(task, optax.adam(1e-2), 250, jax.random.key(0), eval_every=100)
+    self.assertEqual(r.train_loss.shape, (250,))
+    np.testing.assert_array_equal(r.eval_steps, [0, 100, 200, 250])
+    for split in ("validation", "test"):
+      for metric in ("loss", "accuracy"):
+        self.assertEqual(r.metrics[split][metric].shape, (4,))
+    self.assertTrue(np.isfinite(r.steps_per_second))
+    self.assertLess(r.train_loss[-20:].mean(), r.train_loss[:20].mean())
+
+  def test_same_key_same_run_different_key_different_run(self):
+    task = tasks.get("mlp_sigmoid")
+    tx = optax.sgd(0.1)
+    a = evaluation.train(task, tx, 50, jax.random.key(3), eval_every=50)
+    b = evaluation.train(task, tx, 50, jax.random.key(3), eval_every=25)
+    np.testing.assert_array_equal(a.train_loss, b.train_loss)  # chunking does not matter
+    c = evaluation.train(task, tx, 50, jax.random.key(4), eval_every=50)
+    self.assertFalse(np.array_equal(a.train_loss, c.train_loss))
+
+  def test_loss_is_passed_to_transformations_that_take_it(self):
+    task = tasks.get("quadratic")
+    tx = _loss_recorder()
+    self.assertTrue(evaluation.accepts_loss(tx))
+    self.assertFalse(evaluation.accepts_loss(optimizers.get("sam")))
+    key = jax.random.key(0)
+    params = task.init(jax.random.split(key)[0])
+    step = jax.jit(evaluation.step_fn(task, tx))
+    _, state, loss = step(params, tx.init(params), key)
+    self.assertEqual(float(state), float(loss))
+    self.assertGreater(float(loss), 0.0)
+
+  def test_bad_lengths(self):
+    task = tasks.get("quadratic")
+    with self.assertRaisesRegex(ValueError, "num_steps must be a positive integer"):
+      evaluation.train(task, optax.sgd(0.1), 0, jax.random.key(0))
+    with self.assertRaisesRegex(ValueError, "eval_every must be a positive integer"):
+      evaluation.train(task, optax.sgd(0.1), 10, jax.random.key(0), eval_every=-1)
+
+  def test_compiles_once_across_seeds(self):
+    task = tasks.get("quadratic")
+    tx = optax.sgd(0.05)
+    for seed in range(3):
+      evaluation.train(task, tx, 20, jax.random.key(seed), eval_every=20)
+    chex.assert_equal(evaluation._chunk_fn(tx)._cache_size(), 1)
+
+
+if __name__ == "__main__":
+  absltest.main()
