@@ -21,10 +21,15 @@ update, so `num_steps` calls of `update` make `num_steps / 2` parameter updates.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable
 
 import optax
+
+from flatl2o.optimizers.base import LearnedOptimizer
+from flatl2o.optimizers.l2o_dm import L2ODM
+from flatl2o.optimizers.mlp_lopt import MLPLOpt
 
 
 class OptimizerError(ValueError):
@@ -91,6 +96,29 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
       raise OptimizerError(f"optimizer {name!r}: {key} must be a positive number, "
                            f"got {value!r}")
   return _FACTORIES[name](**kwargs)
+
+
+LEARNED = {"l2o_dm": L2ODM, "mlp_lopt": MLPLOpt}
+
+
+def learned_names() -> tuple[str, ...]:
+  return tuple(LEARNED)
+
+
+def learned(name: str, **hparams_) -> LearnedOptimizer:
+  """A learned-optimizer architecture by name (`l2o_dm`, `mlp_lopt`), untrained."""
+  if name not in LEARNED:
+    raise OptimizerError(f"unknown learned optimizer {name!r}; accepted: "
+                         f"{', '.join(LEARNED)}")
+  fields = [f.name for f in dataclasses.fields(LEARNED[name])]
+  unknown = sorted(set(hparams_) - set(fields))
+  if unknown:
+    raise OptimizerError(f"learned optimizer {name!r} takes no hyper-parameter "
+                         f"{unknown[0]!r}; accepted: {', '.join(fields)}")
+  try:
+    return LEARNED[name](**hparams_)
+  except (TypeError, ValueError) as e:
+    raise OptimizerError(str(e)) from None
 
 
 def _check_name(name: str) -> None:

@@ -1,0 +1,174 @@
+"""Saving what meta-training produces: resumable run state (orbax) and exported optimizers.
+
+Exported optimizer (`save_optimizer` / `load_optimizer`): a folder with
+  optimizer.json     format, architecture name, hyper-parameters, array shapes,
+                     and the SHA-256 of the array file
+  meta_params.npz    the meta-parameters, one array per pytree path
+Loading checks all of it and returns a ready optax transformation; nothing else
+is needed from the user. Both are written to a temporary folder and renamed
+into place, so a crash never leaves a half-written export.
+
+Run state (`RunCheckpointer`): orbax `CheckpointManager` steps under
+`RUN_DIR/checkpoints`, written synchronously (orbax finalises each step
+atomically), keeping the last few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from flatl2o.optimizers import base as lopt_base
+from flatl2o.optimizers import registry
+
+FORMAT = "flatl2o-optimizer"
+FORMAT_VERSION = 1
+_META_FILE = "optimizer.json"
+_ARRAYS_FILE = "meta_params.npz"
+
+
+class CheckpointError(ValueError):
+  """A missing, corrupted or mismatched checkpoint or export."""
+
+
+def _leaves_by_path(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def save_optimizer(path: str, lopt, meta_params) -> None:
+  """Exports a learned optimizer (architecture, hyper-parameters, meta-parameters)."""
+  arrays = _leaves_by_path(meta_params)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  payload = buffer.getvalue()
+  meta = {
+      "format": FORMAT,
+      "version": FORMAT_VERSION,
+      "architecture": lopt.name,
+      "hparams": lopt_base.hparams(lopt),
+      "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+      "sha256": hashlib.sha256(payload).hexdigest(),
+  }
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isfile(os.path.join(path, _META_FILE)):
+    raise CheckpointError(f"{path} exists and is not an exported optimizer; "
+                          "choose another path (nothing was written)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-optimizer-", dir=parent)
+  try:
+    with open(os.path.join(tmp, _ARRAYS_FILE), "wb") as f:
+      f.write(payload)
+    with open(os.path.join(tmp, _META_FILE), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    if os.path.exists(path):
+      old = path + ".old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load_learned(path: str):
+  """Returns `(lopt, meta_params)` of an exported optimizer, fully checked."""
+  meta_path = os.path.join(path, _META_FILE)
+  if not os.path.isfile(meta_path):
+    raise CheckpointError(f"{path} is not an exported optimizer (no {_META_FILE}); pass the "
+                          "folder written by save_optimizer, e.g. RUN_DIR/optimizer")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{meta_path} is corrupted ({e}); export the optimizer again") from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise CheckpointError(f"{meta_path} is not a flatl2o optimizer description")
+  if meta.get("version") != FORMAT_VERSION:
+    raise CheckpointError(f"{meta_path} has format version {meta.get('version')!r}; this "
+                          f"flatl2o reads version {FORMAT_VERSION}")
+  try:
+    lopt = registry.learned(meta["architecture"], **_tuples(meta["hparams"]))
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{meta_path}: bad architecture or hyper-parameters: {e}") from None
+
+  arrays_path = os.path.join(path, _ARRAYS_FILE)
+  try:
+    with open(arrays_path, "rb") as f:
+      payload = f.read()
+  except OSError as e:
+    raise CheckpointError(f"cannot read {arrays_path}: {e}") from None
+  if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+    raise CheckpointError(f"{arrays_path} is corrupted or truncated (checksum mismatch); "
+                          "export the optimizer again")
+  with np.load(io.BytesIO(payload)) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+
+  template = lopt.init(jax.random.key(0))
+  expected = _leaves_by_path(template)
+  if set(arrays) != set(expected):
+    raise CheckpointError(f"{path}: meta-parameters do not match architecture "
+                          f"{lopt.name} with {lopt_base.hparams(lopt)}")
+  for k, v in expected.items():
+    if arrays[k].shape != v.shape:
+      raise CheckpointError(f"{path}: meta-parameter {k} has shape {arrays[k].shape}, "
+                            f"architecture {lopt.name} expects {v.shape}")
+  leaves = [arrays[jax.tree_util.keystr(p)]
+            for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
+  meta_params = jax.tree.unflatten(jax.tree.structure(template), [jax.numpy.asarray(a)
+                                                                 for a in leaves])
+  return lopt, meta_params
+
+
+def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:
+  """Loads an exported learned optimizer as a ready optax transformation."""
+  lopt, meta_params = load_learned(path)
+  return lopt.transform(meta_params)
+
+
+def _tuples(hparams: dict) -> dict:
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
+
+
+class RunCheckpointer:
+  """Resumable meta-training state under `run_dir/checkpoints` (orbax)."""
+
+  def __init__(self, run_dir: str, max_to_keep: int = 3):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import)
+    self._ocp = ocp
+    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, template: Any) -> Any:
+    try:
+      return self._manager.restore(step, args=self._ocp.args.StandardRestore(template))
+    except Exception as e:  # orbax raises many types for a bad or foreign checkpoint.
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]}); it belongs to another configuration or is "
+          "damaged: use another run directory") from None
+
+  def close(self) -> None:
+    self._manager.close()

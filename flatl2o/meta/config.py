@@ -1,0 +1,74 @@
+"""Configuration of meta-training, checked before anything compiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+META_LOSSES = ("mean", "log_ratio")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+  """How a learned optimizer is meta-trained.
+
+  Attributes:
+    unroll_length: inner steps per truncation (one meta-gradient).
+    num_inner_steps: inner steps per episode; a multiple of `unroll_length`.
+      Each episode starts from fresh optimizee initialisations; its
+      truncations carry the optimizee and optimizer state forward.
+    meta_batch_size: optimizees trained at once (vmapped) per meta-step.
+    num_meta_iterations: meta-steps (truncations) in the whole run.
+    meta_learning_rate: Adam learning rate on the meta-parameters.
+    meta_grad_clip: global-norm clip of the meta-gradient.
+    meta_loss: 'mean' (mean inner training loss over the unroll) or
+      'log_ratio' (mean of log(f_t / f_0), f_0 the episode's first loss).
+    second_order: differentiate through the inner gradients fed to the
+      optimizer (off by default, as in Andrychowicz et al.).
+    validation_every: meta-steps between validations; the learned optimizer
+      then trains fresh optimizees for `validation_horizon` steps and is scored
+      on the validation split; the best one is kept.
+    validation_horizon: inner steps of a validation run (the meta-test horizon).
+    validation_seeds: optimizees per validation (fixed seeds across the run).
+    checkpoint_every: meta-steps between checkpoints (with a run directory).
+    log_every: meta-steps between metric lines.
+    seed: the run's seed; every key is derived from it and the meta-step index.
+  """
+
+  unroll_length: int = 20
+  num_inner_steps: int = 200
+  meta_batch_size: int = 4
+  num_meta_iterations: int = 500
+  meta_learning_rate: float = 1e-3
+  meta_grad_clip: float = 1.0
+  meta_loss: str = "mean"
+  second_order: bool = False
+  validation_every: int = 50
+  validation_horizon: int = 200
+  validation_seeds: int = 4
+  checkpoint_every: int = 50
+  log_every: int = 10
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
+                 "validation_every", "validation_horizon", "validation_seeds",
+                 "checkpoint_every", "log_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+      raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+    if self.num_inner_steps % self.unroll_length:
+      raise ValueError(f"num_inner_steps ({self.num_inner_steps}) must be a multiple of "
+                       f"unroll_length ({self.unroll_length})")
+    for name in ("meta_learning_rate", "meta_grad_clip"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if self.meta_loss not in META_LOSSES:
+      raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
+
+  @property
+  def truncations_per_episode(self) -> int:
+    return self.num_inner_steps // self.unroll_length

@@ -1,0 +1,299 @@
+"""Meta-training: fit a learned optimizer's meta-parameters by truncated unrolls.
+
+Each meta-step takes one truncation of `unroll_length` inner steps on a vmapped
+meta-batch of optimizees, differentiates the mean meta-loss w.r.t. the
+meta-parameters (`jax.grad` through `lax.scan`) and applies an optax
+meta-optimizer (global-norm clip, then Adam). Episodes of `num_inner_steps`
+start from fresh optimizee initialisations. Every key is derived from the
+seed and the meta-step index, so a resumed run repeats an uninterrupted one.
+
+A meta-step whose meta-loss or meta-gradient is not finite leaves the
+meta-parameters and meta-optimizer state unchanged (it is counted as skipped).
+
+Every `validation_every` meta-steps the learned optimizer trains fresh
+optimizees for `validation_horizon` steps and is scored on the validation split
+(accuracy, or minus the loss for tasks without accuracy). The best-scoring
+meta-parameters are what `meta_train` returns as `theta`: model selection by
+validation at the meta-test horizon, never by meta-loss.
+
+Example:
+  >>> lopt = flatl2o.optimizers.L2ODM()
+  >>> task = flatl2o.tasks.get("mlp_sigmoid", dataset="digits")
+  >>> result = flatl2o.meta.meta_train(lopt, task, flatl2o.meta.MetaTrainConfig())
+  >>> tx = lopt.transform(result.theta)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flatl2o import checkpoints, report
+from flatl2o.meta import unroll as unroll_lib
+from flatl2o.meta.config import MetaTrainConfig
+from flatl2o.optimizers import base as lopt_base
+
+
+@dataclasses.dataclass
+class MetaTrainResult:
+  """What meta-training produced.
+
+  Attributes:
+    theta: the meta-parameters with the best validation score.
+    last_theta: the meta-parameters after the last meta-step.
+    best_score: validation score of `theta` (higher is better).
+    best_iteration: meta-step at which `theta` was validated.
+    history: one dict of metrics per logged or validated meta-step.
+    num_skipped: meta-steps skipped because of a non-finite loss or gradient.
+    resumed_from: meta-step a run directory was resumed from, or None.
+  """
+
+  theta: Any
+  last_theta: Any
+  best_score: float
+  best_iteration: int
+  history: list[dict[str, Any]]
+  num_skipped: int
+  resumed_from: int | None = None
+
+
+def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(config.meta_grad_clip),
+                     optax.adam(config.meta_learning_rate))
+
+
+@functools.partial(jax.jit, static_argnames=("lopt", "config"))
+def init_states(lopt, config: MetaTrainConfig, task, meta_params, key):
+  keys = jax.random.split(key, config.meta_batch_size)
+  return jax.vmap(lambda k: unroll_lib.init_inner(lopt, task, meta_params, k))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4, 5))
+def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, states, key):
+  """One truncation on the meta-batch and one meta-optimizer update (non-finite guarded)."""
+  keys = jax.random.split(key, config.meta_batch_size)
+
+  def batch_loss(theta):
+    losses, (new_states, inner_losses) = jax.vmap(
+        lambda s, k: unroll_lib.unroll(lopt, task, config, theta, s, k))(states, keys)
+    return losses.mean(), (new_states, inner_losses)
+
+  (loss, (new_states, inner_losses)), grads = jax.value_and_grad(
+      batch_loss, has_aux=True)(meta_params)
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt_state = meta_optimizer(config).update(grads, meta_opt_state, meta_params)
+  new_params = optax.apply_updates(meta_params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = {"meta_loss": loss, "meta_grad_norm": grad_norm, "finite": finite,
+             "inner_loss_last": inner_losses[:, -1].mean()}
+  return (keep(new_params, meta_params), keep(new_opt_state, meta_opt_state), new_states,
+          metrics)
+
+
+@functools.partial(jax.jit, static_argnames=("lopt", "horizon"))
+def validate(lopt, task, meta_params, keys, horizon: int):
+  """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`."""
+
+  def one(key):
+    params, losses = unroll_lib.rollout(lopt, task, meta_params, key, horizon)
+    metrics = task.evaluate(params, "validation")
+    metrics["final_train_loss"] = losses[-10:].mean()
+    return metrics
+
+  return jax.tree.map(jnp.mean, jax.vmap(one)(keys))
+
+
+def score_of(metrics: dict[str, float]) -> float:
+  """Higher is better: validation accuracy, or minus the validation loss."""
+  if "accuracy" in metrics:
+    value = metrics["accuracy"]
+  else:
+    value = -metrics["loss"]
+  return float(value) if np.isfinite(value) else -np.inf
+
+
+def run_description(lopt, task, config: MetaTrainConfig) -> dict[str, Any]:
+  """What a run directory belongs to; a resumed run must match it exactly."""
+  data = getattr(task, "data", None)
+  return {
+      "optimizer": {"architecture": lopt.name, "hparams": lopt_base.hparams(lopt)},
+      "task": {"name": task.name, "dataset": data.name if data is not None else None,
+               "batch_size": task.batch_size},
+      "config": dataclasses.asdict(config),
+  }
+
+
+def _check_run_dir(run_dir: str, description: dict[str, Any]) -> None:
+  path = os.path.join(run_dir, "run.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        existing = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise checkpoints.CheckpointError(f"{path} is unreadable ({e}); use another run "
+                                        "directory") from None
+    if existing != description:
+      diffs = _first_difference(existing, json.loads(json.dumps(description)))
+      raise checkpoints.CheckpointError(
+          f"run directory {run_dir} belongs to a different configuration ({diffs}); "
+          "use another --run_dir or the original settings")
+  elif os.path.isdir(run_dir) and os.listdir(run_dir):
+    raise checkpoints.CheckpointError(
+        f"run directory {run_dir} is not empty and holds no run.json; use an empty or new one")
+  else:
+    report.write_json(path, description)
+
+
+def _first_difference(old, new, prefix="") -> str:
+  if isinstance(old, dict) and isinstance(new, dict):
+    for k in sorted(set(old) | set(new)):
+      if old.get(k) != new.get(k):
+        return _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+  return f"{prefix.rstrip('.')} was {old!r}, now {new!r}"
+
+
+def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
+               callback: Callable[[dict[str, Any]], None] | None = None) -> MetaTrainResult:
+  """Meta-trains `lopt` on `task`.
+
+  Args:
+    lopt: a learned-optimizer architecture (e.g. `L2ODM()`).
+    task: an optimizee from `flatl2o.tasks.get`.
+    config: a `MetaTrainConfig`.
+    run_dir: optional folder for `run.json`, checkpoints, `metrics.jsonl` and
+      TensorBoard summaries; when it holds a checkpoint of the same
+      configuration the run resumes from it, and at the end the selected
+      optimizer is exported to `run_dir/optimizer`.
+    callback: called with each logged metrics dict (progress display).
+
+  Returns:
+    A `MetaTrainResult`.
+  """
+  base_key = jax.random.key(config.seed)
+  theta = lopt.init(jax.random.fold_in(base_key, 0x7E7A))
+  meta_opt_state = meta_optimizer(config).init(theta)
+  validation_keys = jax.random.split(jax.random.fold_in(base_key, 0x7A11D), config.validation_seeds)
+  states = None
+  best = {"theta": theta, "score": jnp.float32(-jnp.inf), "iteration": jnp.int32(-1)}
+  num_skipped = 0
+  start = 0
+  history: list[dict[str, Any]] = []
+
+  checkpointer = writer = None
+  resumed_from = None
+  if run_dir is not None:
+    _check_run_dir(run_dir, run_description(lopt, task, config))
+    checkpointer = checkpoints.RunCheckpointer(run_dir)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      template = _run_state(theta, meta_opt_state,
+                            init_states(lopt, config, task, theta, base_key), best, 0, 0)
+      restored = checkpointer.restore(latest, template)
+      theta, meta_opt_state, states = (restored["theta"], restored["meta_opt_state"],
+                                       restored["states"])
+      best = restored["best"]
+      num_skipped = int(restored["num_skipped"])
+      start = resumed_from = int(restored["iteration"])
+      if start % config.truncations_per_episode == 0:
+        states = None  # a new episode starts here anyway
+    writer = _MetricsWriter(run_dir, keep_through=start)
+
+  tic = time.perf_counter()
+  for iteration in range(start, config.num_meta_iterations):
+    iteration_key = jax.random.fold_in(base_key, iteration + 1)
+    init_key, step_key = jax.random.split(iteration_key)
+    if iteration % config.truncations_per_episode == 0 or states is None:
+      states = init_states(lopt, config, task, theta, init_key)
+    theta, meta_opt_state, states, metrics = meta_step(
+        lopt, config, task, theta, meta_opt_state, states, step_key)
+    done = iteration + 1
+    log_now = done % config.log_every == 0 or done == config.num_meta_iterations
+    validate_now = done % config.validation_every == 0 or done == config.num_meta_iterations
+    if not bool(metrics["finite"]):
+      num_skipped += 1
+    if log_now or validate_now:
+      record = {"iteration": done, **{k: float(v) for k, v in metrics.items()},
+                "num_skipped": num_skipped,
+                "meta_steps_per_second": (done - start) / (time.perf_counter() - tic)}
+      if validate_now:
+        val = {k: float(v) for k, v in
+               validate(lopt, task, theta, validation_keys, config.validation_horizon).items()}
+        score = score_of(val)
+        record.update({f"validation_{k}": v for k, v in val.items()})
+        record["validation_score"] = score
+        if score > float(best["score"]):
+          best = {"theta": theta, "score": jnp.float32(score), "iteration": jnp.int32(done)}
+        record["best_validation_score"] = float(best["score"])
+      history.append(record)
+      if writer is not None:
+        writer.write(record)
+      if callback is not None:
+        callback(record)
+    if checkpointer is not None and (done % config.checkpoint_every == 0
+                                     or done == config.num_meta_iterations):
+      checkpointer.save(done, _run_state(theta, meta_opt_state, states, best, done,
+                                         num_skipped))
+
+  if checkpointer is not None:
+    checkpointer.close()
+    writer.close()
+    checkpoints.save_optimizer(os.path.join(run_dir, "optimizer"), lopt, best["theta"])
+  return MetaTrainResult(theta=best["theta"], last_theta=theta, best_score=float(best["score"]),
+                         best_iteration=int(best["iteration"]), history=history,
+                         num_skipped=num_skipped, resumed_from=resumed_from)
+
+
+def _run_state(theta, meta_opt_state, states, best, iteration, num_skipped):
+  return {"theta": theta, "meta_opt_state": meta_opt_state, "states": states, "best": best,
+          "iteration": jnp.int32(iteration), "num_skipped": jnp.int32(num_skipped)}
+
+
+class _MetricsWriter:
+  """`metrics.jsonl` (one object per logged meta-step) and TensorBoard summaries.
+
+  On resume, lines past the restored meta-step are dropped so the file reads as
+  one uninterrupted run.
+  """
+
+  def __init__(self, run_dir: str, keep_through: int):
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            break  # a line cut by a crash ends the readable part
+          if record.get("iteration", 0) <= keep_through:
+            kept.append(record)
+    report.write_jsonl(self.path, kept)
+    self._file = open(self.path, "a")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+    except ImportError:
+      self._tb = None
+
+  def write(self, record: dict[str, Any]) -> None:
+    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "iteration" and isinstance(v, (int, float)) and np.isfinite(v):
+          self._tb.add_scalar(k, v, record["iteration"])
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,125 @@
+"""The learned-optimizer interface and helpers shared by the architectures.
+
+A learned optimizer is a frozen dataclass of hyper-parameters with two methods:
+
+  meta_params = lopt.init(key)        # a pytree of arrays: what meta-training fits
+  tx = lopt.transform(meta_params)    # an optax.GradientTransformationExtraArgs
+
+The transformation works on any pytree of float leaves (f32, bf16, ...): it
+flattens all coordinates into one float32 vector of length N, runs the
+coordinatewise network in float32 with coordinates on the last (contiguous)
+axis, and casts each update back to its leaf's dtype. Its recurrent state lives
+in the optax state. It accepts `loss=` and ignores other extra arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class LearnedOptimizer(Protocol):
+  """What every learned-optimizer architecture provides."""
+
+  name: str
+
+  def init(self, key: jax.Array) -> Any:
+    ...
+
+  def transform(self, meta_params: Any) -> optax.GradientTransformationExtraArgs:
+    ...
+
+
+def hparams(lopt) -> dict[str, Any]:
+  """The architecture's hyper-parameters as a JSON-friendly dict."""
+  return {f.name: (list(v) if isinstance(v := getattr(lopt, f.name), tuple) else v)
+          for f in dataclasses.fields(lopt)}
+
+
+def check_float_tree(tree: Any, what: str = "params") -> None:
+  """Raises ValueError unless every leaf is a floating-point array."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(
+          f"learned optimizers update float arrays only; {what} leaf "
+          f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; keep integer "
+          "state out of the optimized pytree (e.g. with optax.masked)")
+
+
+def flatten(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
+  """All coordinates of `tree` as one float32 vector, and the inverse map.
+
+  The inverse casts each piece back to its leaf's dtype. An empty tree gives a
+  vector of length 0.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  sizes = [int(np.prod(jnp.shape(l))) for l in leaves]
+  shapes = [jnp.shape(l) for l in leaves]
+  dtypes = [jnp.result_type(l) for l in leaves]
+  if not leaves:
+    return jnp.zeros((0,), jnp.float32), lambda v: jax.tree.unflatten(treedef, [])
+  flat = jnp.concatenate([jnp.ravel(l).astype(jnp.float32) for l in leaves])
+  offsets = np.cumsum([0] + sizes)
+
+  def unflatten(vector):
+    pieces = [vector[offsets[i]:offsets[i + 1]].reshape(shapes[i]).astype(dtypes[i])
+              for i in range(len(leaves))]
+    return jax.tree.unflatten(treedef, pieces)
+
+  return flat, unflatten
+
+
+def num_coordinates(tree: Any) -> int:
+  return int(sum(np.prod(jnp.shape(l)) for l in jax.tree.leaves(tree)))
+
+
+def log_sign_features(grad: jax.Array, k: float) -> jax.Array:
+  """The L2O-DM gradient preprocessing, `[2, N]` from a gradient vector `[N]`.
+
+  `(log|g| / k, sign g)` where `|g| >= e^-k`, else `(-1, e^k g)` (Andrychowicz
+  et al. 2016, appendix A): scale-free inputs for gradients of any magnitude.
+  """
+  magnitude = jnp.abs(grad)
+  big = magnitude >= np.exp(-k)
+  log_part = jnp.where(big, jnp.log(jnp.maximum(magnitude, 1e-30)) / k, -1.0)
+  sign_part = jnp.where(big, jnp.sign(grad), np.exp(k) * grad)
+  return jnp.stack([log_part, sign_part])
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
+  return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
+
+
+def check_positive_int(lopt, *fields: str) -> None:
+  for field in fields:
+    value = getattr(lopt, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{type(lopt).__name__}.{field} must be a positive integer, "
+                       f"got {value!r}")
+
+
+def coordinatewise_transform(lopt, meta_params: Any) -> optax.GradientTransformationExtraArgs:
+  """Wraps `lopt.init_state(N)` and `lopt.step(meta_params, grad, state)` as optax.
+
+  The network sees the flat float32 gradient; `loss=` and any other extra
+  arguments are accepted and ignored (architectures that use the loss read it
+  in their own `update`).
+  """
+
+  def init_fn(params):
+    check_float_tree(params)
+    return lopt.init_state(num_coordinates(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    grad, unflatten = flatten(updates)
+    step, state = lopt.step(meta_params, grad, state)
+    return unflatten(step), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

