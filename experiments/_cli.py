@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 USAGE_ERROR = 2
 
@@ -28,10 +29,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _drop_library_info(record: std_logging.LogRecord) -> bool:
+  noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+  return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`app.run(main)`, turning flag errors and `ValueError`s into one line and exit 2."""
-  # JAX logs at INFO that it found no TPU; that is noise on every CPU/GPU run.
+  # JAX logs at INFO that it found no TPU, and orbax logs every file it writes:
+  # noise that would bury the progress lines.
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(_drop_library_info)
 
   def guarded_main(argv):
     try:

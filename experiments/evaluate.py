@@ -17,6 +17,7 @@ import re
 import jax
 from absl import flags, logging
 
+import flatl2o
 from experiments import _cli
 from flatl2o import evaluation, optimizers, report, tasks
 
@@ -26,7 +27,8 @@ _DATASET = flags.DEFINE_string(
     "(TFDS, prepared), or idx:PATH. The quadratic task takes none.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _OPTIMIZER = flags.DEFINE_string(
-    "optimizer", "adam", f"Optimizer name: {', '.join(optimizers.names())}.")
+    "optimizer", "adam", f"Optimizer name ({', '.join(optimizers.names())}) or the path of "
+    "an exported learned optimizer (e.g. RUN_DIR/optimizer).")
 _LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", None, "Learning rate; default: the optimizer's documented default.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Training steps.", lower_bound=1)
@@ -69,7 +71,8 @@ def config_from_flags() -> EvaluateConfig:
   dataset = _DATASET.value
   default_dir = os.path.join(
       "runs", "evaluate",
-      re.sub(r"[^\w.-]+", "_", f"{_TASK.value}-{dataset or 'default'}-{_OPTIMIZER.value}"))
+      re.sub(r"[^\w.-]+", "_", f"{_TASK.value}-{dataset or 'default'}-"
+             f"{os.path.basename(os.path.normpath(_OPTIMIZER.value))}"))
   return EvaluateConfig(
       task=_TASK.value, dataset=dataset, data_dir=_DATA_DIR.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
@@ -78,10 +81,25 @@ def config_from_flags() -> EvaluateConfig:
       out_dir=_OUT_DIR.value or default_dir)
 
 
+def resolve_optimizer(name_or_path: str, learning_rate: float | None):
+  """A hand-designed optimizer by name, or an exported learned optimizer by path."""
+  if name_or_path in optimizers.names():
+    return optimizers.get(name_or_path, learning_rate=learning_rate)
+  if os.sep in name_or_path or os.path.exists(name_or_path):
+    if learning_rate is not None:
+      raise ValueError("--learning_rate applies to hand-designed optimizers only, not to "
+                       f"the learned optimizer {name_or_path}")
+    return flatl2o.load_optimizer(name_or_path)
+  hint = (f"; {name_or_path!r} is an architecture: meta-train it with experiments.meta_train "
+          "and pass RUN_DIR/optimizer" if name_or_path in optimizers.learned_names() else "")
+  raise ValueError(f"unknown optimizer {name_or_path!r}; accepted: "
+                   f"{', '.join(optimizers.names())}, or the path of an exported optimizer{hint}")
+
+
 def evaluate(config: EvaluateConfig) -> dict:
   """Runs every seed, writes the outputs, returns the summary."""
   # Everything that can be wrong with the input fails here, before compiling.
-  tx = optimizers.get(config.optimizer, learning_rate=config.learning_rate)
+  tx = resolve_optimizer(config.optimizer, config.learning_rate)
   task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
                    batch_size=config.batch_size)
 
@@ -112,7 +130,7 @@ def evaluate(config: EvaluateConfig) -> dict:
   }
   report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
-  label = config.optimizer
+  label = config.optimizer if config.optimizer in optimizers.names() else "learned"
   report.plot_curves(os.path.join(config.out_dir, "curves.png"), {label: results},
                      title=f"{config.task} on {summary['dataset_name']}")
   return summary
@@ -127,7 +145,8 @@ def main(argv):
            if m in summary["over_seeds"]]
   print(f"{config.task} on {summary['dataset_name']}, {config.num_steps} steps, "
         f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")
-  print(report.format_table({config.optimizer: summary["over_seeds"]}, shown))
+  label = config.optimizer if config.optimizer in optimizers.names() else "learned"
+  print(report.format_table({label: summary["over_seeds"]}, shown))
   print(f"wrote {config.out_dir}/metrics.jsonl, summary.json"
         + (", curves.png" if os.path.exists(os.path.join(config.out_dir, "curves.png")) else ""))
 

@@ -2,7 +2,7 @@
 
 from flatl2o.meta.config import META_LOSSES, MetaTrainConfig
 from flatl2o.meta.trainer import MetaTrainResult, meta_step, meta_train, validate
-from flatl2o.meta.unroll import InnerState, init_inner, inner_step, rollout, unroll
+from flatl2o.meta.inner import InnerState, init_inner, rollout, unroll
 
 __all__ = ["META_LOSSES", "InnerState", "MetaTrainConfig", "MetaTrainResult", "init_inner",
-           "inner_step", "meta_step", "meta_train", "rollout", "unroll", "validate"]
+           "meta_step", "meta_train", "rollout", "unroll", "validate"]

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from flatl2o import checkpoints, report
-from flatl2o.meta import unroll as unroll_lib
+from flatl2o.meta import inner
 from flatl2o.meta.config import MetaTrainConfig
 from flatl2o.optimizers import base as lopt_base
 
@@ -73,29 +73,23 @@ def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
 
 @functools.partial(jax.jit, static_argnames=("lopt", "config"))
 def init_states(lopt, config: MetaTrainConfig, task, meta_params, key):
-  keys = jax.random.split(key, config.meta_batch_size)
-  return jax.vmap(lambda k: unroll_lib.init_inner(lopt, task, meta_params, k))(keys)
+  return inner.init_inner(lopt, task, meta_params,
+                          jax.random.split(key, config.meta_batch_size))
 
 
 @functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4, 5))
 def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, states, key):
   """One truncation on the meta-batch and one meta-optimizer update (non-finite guarded)."""
-  keys = jax.random.split(key, config.meta_batch_size)
-
-  def batch_loss(theta):
-    losses, (new_states, inner_losses) = jax.vmap(
-        lambda s, k: unroll_lib.unroll(lopt, task, config, theta, s, k))(states, keys)
-    return losses.mean(), (new_states, inner_losses)
-
   (loss, (new_states, inner_losses)), grads = jax.value_and_grad(
-      batch_loss, has_aux=True)(meta_params)
+      lambda theta: inner.unroll(lopt, task, config, theta, states, key), has_aux=True)(
+          meta_params)
   grad_norm = optax.global_norm(grads)
   updates, new_opt_state = meta_optimizer(config).update(grads, meta_opt_state, meta_params)
   new_params = optax.apply_updates(meta_params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   metrics = {"meta_loss": loss, "meta_grad_norm": grad_norm, "finite": finite,
-             "inner_loss_last": inner_losses[:, -1].mean()}
+             "inner_loss_last": inner_losses[-1].mean()}
   return (keep(new_params, meta_params), keep(new_opt_state, meta_opt_state), new_states,
           metrics)
 
@@ -104,13 +98,11 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
 def validate(lopt, task, meta_params, keys, horizon: int):
   """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`."""
 
-  def one(key):
-    params, losses = unroll_lib.rollout(lopt, task, meta_params, key, horizon)
-    metrics = task.evaluate(params, "validation")
-    metrics["final_train_loss"] = losses[-10:].mean()
-    return metrics
-
-  return jax.tree.map(jnp.mean, jax.vmap(one)(keys))
+  params, losses = inner.rollout(lopt, task, meta_params, keys, horizon)
+  metrics = jax.vmap(lambda p: task.evaluate(p, "validation"))(params)
+  metrics = jax.tree.map(jnp.mean, metrics)
+  metrics["final_train_loss"] = losses[-10:].mean()
+  return metrics
 
 
 def score_of(metrics: dict[str, float]) -> float:
@@ -122,14 +114,19 @@ def score_of(metrics: dict[str, float]) -> float:
   return float(value) if np.isfinite(value) else -np.inf
 
 
+# Settings that change how long a run goes or how often it reports, not what it
+# computes: a run may be resumed (or extended) with other values of these.
+_NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every")
+
+
 def run_description(lopt, task, config: MetaTrainConfig) -> dict[str, Any]:
-  """What a run directory belongs to; a resumed run must match it exactly."""
+  """What a run directory belongs to; a resumed run must match it (but `_NOT_IDENTITY`)."""
   data = getattr(task, "data", None)
   return {
       "optimizer": {"architecture": lopt.name, "hparams": lopt_base.hparams(lopt)},
       "task": {"name": task.name, "dataset": data.name if data is not None else None,
                "batch_size": task.batch_size},
-      "config": dataclasses.asdict(config),
+      "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IDENTITY},
   }
 
 

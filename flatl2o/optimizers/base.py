@@ -27,6 +27,9 @@ class LearnedOptimizer(Protocol):
   """What every learned-optimizer architecture provides."""
 
   name: str
+  # True when each coordinate's update depends only on that coordinate's own
+  # gradients and state; meta-training then updates a meta-batch in one call.
+  coordinatewise: bool
 
   def init(self, key: jax.Array) -> Any:
     ...

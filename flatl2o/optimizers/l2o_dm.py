@@ -64,6 +64,7 @@ class L2ODM:
   output_scale: float = 0.1
 
   name = "l2o_dm"
+  coordinatewise = True  # each coordinate's update depends only on its own history
 
   def __post_init__(self):
     base.check_positive_int(self, "hidden_size", "num_layers")
@@ -102,11 +103,10 @@ class L2ODM:
       x = grad[None, :]
     else:
       x = base.log_sign_features(grad, self.preprocess_k)
-    h = self.hidden_size
     hidden, cell = [], []
     for layer, p in enumerate(meta_params["lstm"]):
       z = p["w"] @ jnp.concatenate([x, state.hidden[layer]], axis=0) + p["b"]
-      i, f, g, o = z[:h], z[h:2 * h], z[2 * h:3 * h], z[3 * h:]
+      i, f, g, o = jnp.split(z, 4, axis=0)  # split, not slices: its transpose is one concat
       c = jax.nn.sigmoid(f) * state.cell[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
       x = jax.nn.sigmoid(o) * jnp.tanh(c)
       hidden.append(x)

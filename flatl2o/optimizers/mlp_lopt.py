@@ -3,14 +3,14 @@
 Per coordinate, with gradient g, momenta m_j <- b_j m_j + (1 - b_j) g at a few
 timescales b_j and a second moment v <- b_v v + (1 - b_v) g^2:
 
-  features = [g, m_1, ..., m_J] / (sqrt(v) + eps)       # second-moment normalised
-  features /= sqrt(mean over coordinates of features^2)  # input normalisation
+  features = [g, m_1, ..., m_J] / sqrt(v_hat)   # second-moment normalised, scale-free
   (d, s) = MLP(features; meta_params)
   update = step_size * d * exp(magnitude_scale * s)
 
 No recurrence beyond the accumulators, so a step costs a few `[hidden, N]`
 matmuls; this is the learned optimizer to use on models too big for an LSTM
-per coordinate.
+per coordinate. Like L2O-DM it is purely coordinatewise (no statistics across
+coordinates), so a meta-batch of optimizees is simply more coordinates.
 
 References:
   Metz et al., "Understanding and correcting pathologies in the training of
@@ -65,6 +65,7 @@ class MLPLOpt:
   magnitude_scale: float = 0.01
 
   name = "mlp_lopt"
+  coordinatewise = True  # each coordinate's update depends only on its own history
 
   def __post_init__(self):
     base.check_positive_int(self, "hidden_size", "num_layers")
@@ -102,7 +103,6 @@ class MLPLOpt:
     count = state.count + 1
     v_hat = second_moment / (1.0 - b**count.astype(jnp.float32))
     features = jnp.concatenate([grad[None, :], momenta], axis=0) * jax.lax.rsqrt(v_hat + 1e-16)
-    features = features * jax.lax.rsqrt(jnp.mean(features**2, axis=1, keepdims=True) + 1e-8)
     x = features
     layers = meta_params["layers"]
     for p in layers[:-1]:

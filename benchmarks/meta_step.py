@@ -1,0 +1,110 @@
+r"""Milliseconds per L2O-DM meta-step, compile time against unroll length, and the PyTorch peer.
+
+  python -m benchmarks.meta_step --dataset=idx:../shared/data/mnist-t10k \
+      --peer_python=/path/to/venv-with-torch/bin/python \
+      --peer_script=../shared/peers/torch_l2o_dm.py
+
+The work matches the peer: mlp_sigmoid 784-20-10 (15,910 parameters), batch
+128, unroll 20, one optimizee per meta-step, inner gradients not
+differentiated, Adam on the meta-parameters. The JAX meta-step is timed as the
+median of `--steps` calls after compilation; `compile_s` is the AOT compile
+time of the meta-step at each unroll of `--compile_unrolls`. When a peer is
+given it runs in this same process's session, right after, on the same cores,
+and `ratio_to_peer` = JAX ms / peer ms (below 1 is faster than the peer).
+Prints one JSON line.
+"""
+
+import json
+import re
+import statistics
+import subprocess
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks import _common
+from flatl2o import data, meta, optimizers, tasks
+
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset; default synthetic MNIST-shaped.")
+_UNROLL = flags.DEFINE_integer("unroll_length", 20, "Unroll of the timed meta-step.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed meta-steps.")
+_COMPILE_UNROLLS = flags.DEFINE_list("compile_unrolls", ["20", "200"],
+                                     "Unroll lengths whose compile time is measured.")
+_PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for the peer.")
+_PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "Path of torch_l2o_dm.py.")
+_PEER_STEPS = flags.DEFINE_integer("peer_steps", 10, "Timed peer meta-steps.")
+
+
+def _task():
+  if _DATASET.value:
+    dataset = data.load(_DATASET.value)
+  else:
+    rng = np.random.default_rng(0)
+    dataset = data.from_arrays(
+        "synthetic-mnist-shape",
+        (rng.integers(0, 256, (8000, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 8000)),
+        num_classes=10)
+  return tasks.get("mlp_sigmoid", dataset, batch_size=128)
+
+
+def _setup(lopt, task, unroll):
+  config = meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
+                                meta_batch_size=1)
+  theta = lopt.init(jax.random.key(0))
+  opt_state = meta.trainer.meta_optimizer(config).init(theta)
+  states = meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1))
+  return config, theta, opt_state, states
+
+
+def main(argv):
+  del argv
+  task = _task()
+  lopt = optimizers.L2ODM()
+  compile_s = {}
+  for unroll in sorted({int(u) for u in _COMPILE_UNROLLS.value} | {_UNROLL.value}):
+    config, theta, opt_state, states = _setup(lopt, task, unroll)
+    start = time.perf_counter()
+    compiled = meta.meta_step.lower(lopt, config, task, theta, opt_state, states,
+                                    jax.random.key(2)).compile()
+    compile_s[unroll] = time.perf_counter() - start
+    if unroll == _UNROLL.value:
+      timed = (compiled, theta, opt_state, states)
+
+  compiled, theta, opt_state, states = timed
+  times = []
+  for i in range(_STEPS.value + 2):
+    start = time.perf_counter()
+    theta, opt_state, states, metrics = compiled(task, theta, opt_state, states,
+                                                 jax.random.key(10 + i))
+    jax.block_until_ready((theta, metrics))
+    if i >= 2:
+      times.append(time.perf_counter() - start)
+  ms = 1e3 * statistics.median(times)
+
+  line = {
+      "benchmark": "meta_step",
+      "optimizer": "l2o_dm",
+      "task": "mlp_sigmoid",
+      "dataset": task.data.name,
+      "num_params": 15910,
+      "batch_size": 128,
+      "unroll_length": _UNROLL.value,
+      "ms_per_meta_step": round(ms, 2),
+      "ms_per_meta_step_min": round(1e3 * min(times), 2),
+      "compile_s": {str(k): round(v, 2) for k, v in compile_s.items()},
+      **_common.environment(),
+  }
+  if _PEER_PYTHON.value and _PEER_SCRIPT.value:
+    args = [_PEER_PYTHON.value, _PEER_SCRIPT.value, "--unroll", str(_UNROLL.value),
+            "--steps", str(_PEER_STEPS.value)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    peer_ms = float(re.search(r"median ([\d.]+) ms", out).group(1))
+    line.update({"peer": "torch_l2o_dm.py (PyTorch eager)", "peer_ms_per_meta_step": peer_ms,
+                 "ratio_to_peer": round(ms / peer_ms, 3)})
+  print(json.dumps(line))
+
+
+if __name__ == "__main__":
+  app.run(main)

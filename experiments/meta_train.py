@@ -1,0 +1,107 @@
+r"""Meta-train a learned optimizer and export it.
+
+  python -m experiments.meta_train --optimizer=l2o_dm --task=mlp_sigmoid \
+      --dataset=digits --num_meta_iterations=500 --run_dir=runs/l2o_dm
+
+The run directory holds `run.json` (what the run is), orbax checkpoints,
+`metrics.jsonl`, TensorBoard summaries, and at the end `optimizer/`, the
+learned optimizer with the best validation score (load it with
+`flatl2o.load_optimizer` or pass it to `experiments.evaluate --optimizer=`).
+Rerunning the same command resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import flags, logging
+
+from experiments import _cli
+from flatl2o import meta, optimizers, tasks
+
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "l2o_dm", optimizers.learned_names(),
+                               "Learned optimizer architecture.")
+_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", tasks.names(), "Optimizee.")
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset (default digits; see evaluate).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Inner minibatch size.")
+_RUN_DIR = flags.DEFINE_string(
+    "run_dir", None, "Run directory; default runs/meta_train/OPTIMIZER-TASK-DATASET-sSEED.")
+
+_defaults = meta.MetaTrainConfig()
+_UNROLL = flags.DEFINE_integer("unroll_length", _defaults.unroll_length,
+                               "Inner steps per truncation.")
+_INNER = flags.DEFINE_integer("num_inner_steps", _defaults.num_inner_steps,
+                              "Inner steps per episode (a multiple of unroll_length).")
+_META_BATCH = flags.DEFINE_integer("meta_batch_size", _defaults.meta_batch_size,
+                                   "Optimizees per meta-step.")
+_ITERATIONS = flags.DEFINE_integer("num_meta_iterations", _defaults.num_meta_iterations,
+                                   "Meta-steps.")
+_META_LR = flags.DEFINE_float("meta_learning_rate", _defaults.meta_learning_rate,
+                              "Adam learning rate of the meta-optimizer.")
+_CLIP = flags.DEFINE_float("meta_grad_clip", _defaults.meta_grad_clip,
+                           "Global-norm clip of the meta-gradient.")
+_META_LOSS = flags.DEFINE_enum("meta_loss", _defaults.meta_loss, meta.META_LOSSES,
+                               "Meta-loss form.")
+_SECOND_ORDER = flags.DEFINE_bool("second_order", _defaults.second_order,
+                                  "Differentiate through the inner gradients.")
+_VAL_EVERY = flags.DEFINE_integer("validation_every", _defaults.validation_every,
+                                  "Meta-steps between validations.")
+_VAL_HORIZON = flags.DEFINE_integer("validation_horizon", _defaults.validation_horizon,
+                                    "Inner steps of a validation run.")
+_VAL_SEEDS = flags.DEFINE_integer("validation_seeds", _defaults.validation_seeds,
+                                  "Optimizees per validation.")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", _defaults.checkpoint_every,
+                                   "Meta-steps between checkpoints.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", _defaults.log_every,
+                                  "Meta-steps between progress lines.")
+_SEED = flags.DEFINE_integer("seed", _defaults.seed, "Seed of the run.")
+
+
+def config_from_flags() -> meta.MetaTrainConfig:
+  return meta.MetaTrainConfig(
+      unroll_length=_UNROLL.value, num_inner_steps=_INNER.value,
+      meta_batch_size=_META_BATCH.value, num_meta_iterations=_ITERATIONS.value,
+      meta_learning_rate=_META_LR.value, meta_grad_clip=_CLIP.value,
+      meta_loss=_META_LOSS.value, second_order=_SECOND_ORDER.value,
+      validation_every=_VAL_EVERY.value, validation_horizon=_VAL_HORIZON.value,
+      validation_seeds=_VAL_SEEDS.value, checkpoint_every=_CKPT_EVERY.value,
+      log_every=_LOG_EVERY.value, seed=_SEED.value)
+
+
+def progress_line(total: int):
+  def log(record):
+    line = (f"meta-step {record['iteration']}/{total}  meta_loss {record['meta_loss']:.4f}  "
+            f"{record['meta_steps_per_second']:.2f} steps/s")
+    if "validation_score" in record:
+      line += (f"  validation score {record['validation_score']:.4f} "
+               f"(best {record['best_validation_score']:.4f})")
+    if record["num_skipped"]:
+      line += f"  skipped {record['num_skipped']}"
+    logging.info(line)
+  return log
+
+
+def main(argv):
+  del argv
+  config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
+  lopt = optimizers.learned(_OPTIMIZER.value)
+  task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value,
+                   batch_size=_BATCH_SIZE.value)
+  run_dir = _RUN_DIR.value or os.path.join(
+      "runs", "meta_train",
+      f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}".replace(
+          "/", "_").replace(":", "_"))
+  logging.info("meta-training %s on %s: %s", lopt.name, task.name, dataclasses.asdict(config))
+  result = meta.meta_train(lopt, task, config, run_dir=run_dir,
+                           callback=progress_line(config.num_meta_iterations))
+  if result.resumed_from is not None:
+    print(f"resumed from meta-step {result.resumed_from}")
+  print(f"best validation score {result.best_score:.4f} at meta-step {result.best_iteration}; "
+        f"{result.num_skipped} meta-steps skipped as non-finite")
+  print(f"exported {os.path.join(run_dir, 'optimizer')}")
+
+
+if __name__ == "__main__":
+  _cli.run(main)
