@@ -48,3 +48,17 @@ def run(main: Callable[[list[str]], None]) -> None:
       fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
   app.run(guarded_main, flags_parser=_parse_flags)
+
+
+def progress_line(total: int):
+  """A meta_train callback that logs one progress line per logged meta-step."""
+  def log(record):
+    line = (f"meta-step {record['iteration']}/{total}  meta_loss {record['meta_loss']:.4f}  "
+            f"{record['meta_steps_per_second']:.2f} steps/s")
+    if "validation_score" in record:
+      line += (f"  validation score {record['validation_score']:.4f} "
+               f"(best {record['best_validation_score']:.4f})")
+    if record["num_skipped"]:
+      line += f"  skipped {record['num_skipped']}"
+    absl_logging.info(line)
+  return log

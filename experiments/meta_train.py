@@ -70,19 +70,6 @@ def config_from_flags() -> meta.MetaTrainConfig:
       log_every=_LOG_EVERY.value, seed=_SEED.value)
 
 
-def progress_line(total: int):
-  def log(record):
-    line = (f"meta-step {record['iteration']}/{total}  meta_loss {record['meta_loss']:.4f}  "
-            f"{record['meta_steps_per_second']:.2f} steps/s")
-    if "validation_score" in record:
-      line += (f"  validation score {record['validation_score']:.4f} "
-               f"(best {record['best_validation_score']:.4f})")
-    if record["num_skipped"]:
-      line += f"  skipped {record['num_skipped']}"
-    logging.info(line)
-  return log
-
-
 def main(argv):
   del argv
   config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
@@ -95,7 +82,7 @@ def main(argv):
           "/", "_").replace(":", "_"))
   logging.info("meta-training %s on %s: %s", lopt.name, task.name, dataclasses.asdict(config))
   result = meta.meta_train(lopt, task, config, run_dir=run_dir,
-                           callback=progress_line(config.num_meta_iterations))
+                           callback=_cli.progress_line(config.num_meta_iterations))
   if result.resumed_from is not None:
     print(f"resumed from meta-step {result.resumed_from}")
   print(f"best validation score {result.best_score:.4f} at meta-step {result.best_iteration}; "

@@ -1,0 +1,80 @@
+"""A loaded learned optimizer in ordinary Flax code: linen TrainState, nnx.Optimizer, optax.chain."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from absl.testing import absltest
+from flax import nnx
+from flax.training import train_state
+
+import flatl2o
+from flatl2o import optimizers
+
+
+def _data():
+  x = jax.random.normal(jax.random.key(0), (64, 5))
+  y = x @ jnp.arange(1.0, 6.0)[:, None]
+  return x, y
+
+
+class DropInTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # An untrained L2O-DM is a poor optimizer but still an optimizer; what is tested
+    # here is the plumbing, so a hand-set output scale keeps the steps sane.
+    lopt = optimizers.L2ODM(output_scale=0.01)
+    cls.path = os.path.join(absltest.get_default_test_tmpdir(), "dropin_opt")
+    flatl2o.save_optimizer(cls.path, lopt, lopt.init(jax.random.key(0)))
+
+  def test_linen_train_state(self):
+    model = nn.Dense(1)
+    x, y = _data()
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=model.init(jax.random.key(1), x)["params"],
+        tx=flatl2o.load_optimizer(self.path))
+
+    @jax.jit
+    def step(state):
+      loss, grads = jax.value_and_grad(
+          lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
+      return state.apply_gradients(grads=grads), loss
+
+    for _ in range(3):
+      state, loss = step(state)
+    self.assertEqual(int(state.step), 3)
+    self.assertTrue(jnp.isfinite(loss))
+
+  def test_nnx_optimizer(self):
+    model = nnx.Linear(5, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, flatl2o.load_optimizer(self.path), wrt=nnx.Param)
+    x, y = _data()
+    before = model.kernel[...].copy()
+
+    @nnx.jit
+    def step(model, optimizer):
+      loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+      optimizer.update(model, grads)
+      return loss
+
+    for _ in range(3):
+      loss = step(model, optimizer)
+    self.assertTrue(jnp.isfinite(loss))
+    self.assertFalse(jnp.allclose(before, model.kernel[...]))
+
+  def test_inside_optax_chain_with_clipping(self):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), flatl2o.load_optimizer(self.path))
+    params = {"w": jnp.ones(4) * 3.0}
+    state = tx.init(params)
+    grads = {"w": jnp.full(4, 100.0)}
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    self.assertEqual(updates["w"].shape, (4,))
+    self.assertTrue(jnp.all(jnp.isfinite(updates["w"])))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,136 @@
+"""Learned optimizers as optax transformations: any pytree, dtypes, jit/vmap/grad, semantics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+from flatl2o import optimizers
+from flatl2o.optimizers import base
+
+ARCHITECTURES = (("l2o_dm", optimizers.L2ODM()), ("mlp_lopt", optimizers.MLPLOpt()))
+
+
+def _tree():
+  return {"dense": {"kernel": jnp.linspace(-1, 1, 12).reshape(3, 4), "bias": jnp.zeros(4)},
+          "scale": jnp.float32(0.5),
+          "half": jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3) / 7,
+          "list": [jnp.ones((2, 1, 2))]}
+
+
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+class TransformTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*ARCHITECTURES)
+  def test_any_pytree_keeps_structure_and_dtypes(self, lopt):
+    tx = lopt.transform(lopt.init(jax.random.key(0)))
+    params = _tree()
+    grads = jax.tree.map(lambda x: (x * 0.3 + 0.1).astype(x.dtype), params)
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params, loss=jnp.float32(1.0), unused=3)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+    chex.assert_tree_all_finite(updates)
+    self.assertEqual(updates["half"].dtype, jnp.bfloat16)
+    # A second step uses the recurrent state.
+    updates2, _ = jax.jit(tx.update)(grads, state, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates2, params)
+
+  @parameterized.named_parameters(*ARCHITECTURES)
+  def test_rejects_integer_leaves(self, lopt):
+    tx = lopt.transform(lopt.init(jax.random.key(0)))
+    with self.assertRaisesRegex(ValueError, r"leaf \['step'\] has dtype int32"):
+      tx.init({"w": jnp.ones(3), "step": jnp.int32(0)})
+
+  @parameterized.named_parameters(*ARCHITECTURES)
+  def test_empty_pytree(self, lopt):
+    tx = lopt.transform(lopt.init(jax.random.key(0)))
+    updates, _ = tx.update({}, tx.init({}), {})
+    self.assertEqual(updates, {})
+
+  @parameterized.named_parameters(*ARCHITECTURES)
+  def test_meta_gradient_through_unroll(self, lopt):
+    target = jnp.array([1.0, -2.0, 3.0])
+
+    def meta_loss(theta):
+      tx = lopt.transform(theta)
+      params = {"w": jnp.zeros(3)}
+      state = tx.init(params)
+      total = 0.0
+      for _ in range(3):
+        loss, grads = jax.value_and_grad(lambda p: jnp.sum((p["w"] - target) ** 2))(params)
+        updates, state = tx.update(grads, state, params, loss=loss)
+        params = optax.apply_updates(params, updates)
+        total += loss
+      return total
+
+    grads = jax.jit(jax.grad(meta_loss))(lopt.init(jax.random.key(1)))
+    chex.assert_tree_all_finite(grads)
+    self.assertGreater(float(optax.global_norm(grads)), 0.0)
+
+  @parameterized.named_parameters(*ARCHITECTURES)
+  def test_coordinatewise_batch_equals_separate_calls(self, lopt):
+    tx = lopt.transform(lopt.init(jax.random.key(0)))
+    grads = [{"w": jax.random.normal(jax.random.key(i), (5, 3))} for i in range(3)]
+    separate = [tx.update(g, tx.init(g), g)[0] for g in grads]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
+    together, _ = tx.update(stacked, tx.init(stacked), stacked)
+    chex.assert_trees_all_close(together, jax.tree.map(lambda *x: jnp.stack(x), *separate),
+                                rtol=1e-5, atol=1e-7)
+    vmapped = jax.vmap(lambda g: tx.update(g, tx.init(g), g)[0])(stacked)
+    chex.assert_trees_all_close(together, vmapped, rtol=1e-5, atol=1e-7)
+
+  def test_log_sign_features(self):
+    g = jnp.array([1.0, -np.exp(-2.0), 1e-4, -1e-5, 0.0])
+    feats = np.asarray(base.log_sign_features(g, 5.0))
+    np.testing.assert_allclose(feats[0], [0.0, -0.4, -1.0, -1.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(feats[1], [1.0, -1.0, np.exp(5) * 1e-4, -np.exp(5) * 1e-5, 0.0],
+                               rtol=1e-5)
+
+  def test_l2o_dm_step_matches_a_numpy_lstm(self):
+    lopt = optimizers.L2ODM(hidden_size=3, num_layers=2)
+    theta = jax.tree.map(lambda x: x + 0.1, lopt.init(jax.random.key(2)))  # non-zero biases
+    g = np.array([0.5, -0.02, 1e-4], np.float32)
+    update, state = lopt.step(theta, jnp.asarray(g), lopt.init_state(3))
+
+    x = np.asarray(base.log_sign_features(jnp.asarray(g), 5.0))
+    for layer in range(2):
+      w, b = np.asarray(theta["lstm"][layer]["w"]), np.asarray(theta["lstm"][layer]["b"])
+      z = w @ np.concatenate([x, np.zeros((3, 3))]) + b  # previous h = 0
+      i, f, gg, o = z[0:3], z[3:6], z[6:9], z[9:12]
+      c = _sigmoid(i) * np.tanh(gg)  # previous c = 0
+      x = _sigmoid(o) * np.tanh(c)
+      np.testing.assert_allclose(state.cell[layer], c, rtol=1e-5, atol=1e-6)
+    expected = (np.asarray(theta["out_w"]) @ x + np.asarray(theta["out_b"]))[0] * 0.1
+    np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-7)
+
+  def test_forget_gate_bias_starts_at_one(self):
+    theta = optimizers.L2ODM().init(jax.random.key(0))
+    b = np.asarray(theta["lstm"][0]["b"])[:, 0]
+    np.testing.assert_array_equal(b[20:40], 1.0)
+    np.testing.assert_array_equal(np.delete(b, np.s_[20:40]), 0.0)
+
+
+class RegistryTest(parameterized.TestCase):
+
+  def test_learned_by_name(self):
+    self.assertEqual(optimizers.learned("l2o_dm", hidden_size=8), optimizers.L2ODM(hidden_size=8))
+    self.assertSameElements(optimizers.learned_names(), ["l2o_dm", "mlp_lopt"])
+
+  @parameterized.parameters(
+      ("rnnprop", {}, "unknown learned optimizer 'rnnprop'; accepted: l2o_dm, mlp_lopt"),
+      ("l2o_dm", {"width": 3}, "takes no hyper-parameter 'width'; accepted: hidden_size"),
+      ("l2o_dm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
+      ("mlp_lopt", {"decays": (0.5, 1.5)}, "decays must be non-empty, each in"),
+  )
+  def test_bad_architecture(self, name, hparams, message):
+    with self.assertRaisesRegex(optimizers.OptimizerError, message):
+      optimizers.learned(name, **hparams)
+
+
+if __name__ == "__main__":
+  absltest.main()

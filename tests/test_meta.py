@@ -1,0 +1,138 @@
+"""Meta-training: it learns, resumes exactly, guards non-finite steps, checks its run directory."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from flatl2o import checkpoints, meta, optimizers, tasks
+
+SMALL = dict(unroll_length=5, num_inner_steps=20, meta_batch_size=2, validation_every=10,
+             validation_horizon=20, validation_seeds=2, checkpoint_every=5, log_every=5)
+
+
+class MetaTrainTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.task = tasks.get("mlp_sigmoid", batch_size=32)
+
+  @parameterized.named_parameters(
+      ("l2o_dm_mean", optimizers.L2ODM(), "mean"),
+      ("l2o_dm_log_ratio", optimizers.L2ODM(), "log_ratio"),
+      ("mlp_lopt_mean", optimizers.MLPLOpt(), "mean"),
+  )
+  def test_learns(self, lopt, meta_loss):
+    config = meta.MetaTrainConfig(num_meta_iterations=40, meta_learning_rate=1e-2,
+                                  meta_loss=meta_loss, **SMALL)
+    result = meta.meta_train(lopt, self.task, config)
+    keys = jax.random.split(jax.random.key(123), 4)
+    before = meta.validate(lopt, self.task, lopt.init(jax.random.key(0)), keys, 60)
+    after = meta.validate(lopt, self.task, result.last_theta, keys, 60)
+    self.assertLess(float(after["final_train_loss"]), 0.7 * float(before["final_train_loss"]))
+    self.assertEqual(result.num_skipped, 0)
+    validated = [h for h in result.history if "validation_score" in h]
+    self.assertLen(validated, 4)
+    self.assertEqual(result.best_score, max(h["validation_score"] for h in validated))
+    chex.assert_trees_all_equal_structs(result.theta, lopt.init(jax.random.key(0)))
+
+  def test_second_order_meta_gradient_is_finite_and_differs(self):
+    lopt = optimizers.L2ODM()
+    theta = lopt.init(jax.random.key(0))
+    grads = {}
+    for second_order in (False, True):
+      config = meta.MetaTrainConfig(second_order=second_order, **SMALL)
+      states = meta.trainer.init_states(lopt, config, self.task, theta, jax.random.key(1))
+      grads[second_order] = jax.grad(
+          lambda t: meta.unroll(lopt, self.task, config, t, states, jax.random.key(2))[0])(theta)
+      chex.assert_tree_all_finite(grads[second_order])
+    diff = optax_norm(jax.tree.map(jnp.subtract, grads[True], grads[False]))
+    self.assertGreater(diff, 0.0)
+
+  def test_non_finite_step_leaves_meta_parameters_unchanged(self):
+    lopt = optimizers.L2ODM()
+    config = meta.MetaTrainConfig(**SMALL)
+    theta = lopt.init(jax.random.key(0))
+    opt_state = meta.trainer.meta_optimizer(config).init(theta)
+    states = meta.trainer.init_states(lopt, config, self.task, theta, jax.random.key(1))
+    poisoned = states._replace(params=jax.tree.map(lambda x: x * jnp.nan, states.params))
+    new_theta, new_opt_state, _, metrics = meta.meta_step(
+        lopt, config, self.task, theta, jax.tree.map(jnp.copy, opt_state), poisoned,
+        jax.random.key(2))
+    self.assertFalse(bool(metrics["finite"]))
+    chex.assert_trees_all_equal(new_theta, theta)
+    chex.assert_trees_all_equal(new_opt_state, opt_state)
+
+  @parameterized.parameters(
+      ({"unroll_length": 0}, "unroll_length must be a positive integer"),
+      ({"meta_batch_size": -1}, "meta_batch_size must be a positive integer"),
+      ({"num_inner_steps": 30, "unroll_length": 20}, "must be a multiple of unroll_length"),
+      ({"meta_learning_rate": 0.0}, "meta_learning_rate must be a positive number"),
+      ({"meta_loss": "sum"}, "unknown meta_loss 'sum'; accepted: mean, log_ratio"),
+  )
+  def test_bad_config(self, kwargs, message):
+    with self.assertRaisesRegex(ValueError, message):
+      meta.MetaTrainConfig(**kwargs)
+
+
+def optax_norm(tree):
+  return float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
+
+
+class RunDirectoryTest(absltest.TestCase):
+
+  def test_interrupted_and_resumed_run_equals_uninterrupted(self):
+    task = tasks.get("mlp_sigmoid", batch_size=32)
+    lopt = optimizers.L2ODM()
+    full_dir = self.create_tempdir().full_path
+    full = meta.meta_train(lopt, task, meta.MetaTrainConfig(num_meta_iterations=15, **SMALL),
+                           run_dir=full_dir)
+    split_dir = self.create_tempdir().full_path
+    meta.meta_train(lopt, task, meta.MetaTrainConfig(num_meta_iterations=10, **SMALL),
+                    run_dir=split_dir)
+    resumed = meta.meta_train(lopt, task, meta.MetaTrainConfig(num_meta_iterations=15, **SMALL),
+                              run_dir=split_dir)
+    self.assertEqual(resumed.resumed_from, 10)
+    chex.assert_trees_all_equal(resumed.last_theta, full.last_theta)
+    with open(os.path.join(split_dir, "metrics.jsonl")) as f:
+      iterations = [json.loads(line)["iteration"] for line in f]
+    self.assertEqual(iterations, [5, 10, 15])
+    # The export is the selected optimizer and loads on its own.
+    lopt2, theta2 = checkpoints.load_learned(os.path.join(full_dir, "optimizer"))
+    self.assertEqual(lopt2, lopt)
+    chex.assert_trees_all_equal(theta2, full.theta)
+    self.assertTrue(os.path.isdir(os.path.join(full_dir, "tensorboard")))
+
+  def test_other_configuration_is_refused_and_nothing_is_overwritten(self):
+    task = tasks.get("mlp_sigmoid", batch_size=32)
+    run_dir = self.create_tempdir().full_path
+    meta.meta_train(optimizers.L2ODM(), task,
+                    meta.MetaTrainConfig(num_meta_iterations=5, **SMALL), run_dir=run_dir)
+    before = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)}
+    with self.assertRaisesRegex(checkpoints.CheckpointError,
+                                "belongs to a different configuration .*unroll_length was 5, now 10"):
+      meta.meta_train(optimizers.L2ODM(), task,
+                      meta.MetaTrainConfig(num_meta_iterations=5, **{**SMALL, "unroll_length": 10}),
+                      run_dir=run_dir)
+    with self.assertRaisesRegex(checkpoints.CheckpointError, "hidden_size was 20, now 8"):
+      meta.meta_train(optimizers.L2ODM(hidden_size=8), task,
+                      meta.MetaTrainConfig(num_meta_iterations=5, **SMALL), run_dir=run_dir)
+    after = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)}
+    self.assertEqual(before, after)
+
+  def test_foreign_folder_is_refused(self):
+    run_dir = self.create_tempdir()
+    run_dir.create_file("notes.txt", content="mine")
+    with self.assertRaisesRegex(checkpoints.CheckpointError, "not empty and holds no run.json"):
+      meta.meta_train(optimizers.L2ODM(), tasks.get("quadratic"),
+                      meta.MetaTrainConfig(num_meta_iterations=5, **SMALL),
+                      run_dir=run_dir.full_path)
+
+
+if __name__ == "__main__":
+  absltest.main()
