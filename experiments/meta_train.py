@@ -12,10 +12,9 @@ Rerunning the same command resumes from the last checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from experiments import _cli
 from flatl2o import meta, optimizers, tasks
@@ -80,7 +79,6 @@ def main(argv):
       "runs", "meta_train",
       f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}".replace(
           "/", "_").replace(":", "_"))
-  logging.info("meta-training %s on %s: %s", lopt.name, task.name, dataclasses.asdict(config))
   result = meta.meta_train(lopt, task, config, run_dir=run_dir,
                            callback=_cli.progress_line(config.num_meta_iterations))
   if result.resumed_from is not None:

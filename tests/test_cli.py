@@ -59,5 +59,81 @@ class EvaluateBinaryTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(out))
 
 
+TINY_META = ["--num_meta_iterations=4", "--unroll_length=5", "--num_inner_steps=10",
+             "--meta_batch_size=2", "--validation_every=2", "--validation_horizon=10",
+             "--validation_seeds=1", "--checkpoint_every=2", "--batch_size=16"]
+
+
+class MetaTrainBinaryTest(parameterized.TestCase):
+
+  def test_train_resume_export_and_evaluate(self):
+    run_dir = os.path.join(self.create_tempdir().full_path, "run")
+    proc = run_binary("experiments.meta_train", *TINY_META, f"--run_dir={run_dir}")
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertIn("exported", proc.stdout)
+    self.assertTrue(os.path.isfile(os.path.join(run_dir, "optimizer", "optimizer.json")))
+    self.assertIn("meta-step 4/4", proc.stderr)  # the progress line
+    again = run_binary("experiments.meta_train", *TINY_META, f"--run_dir={run_dir}")
+    self.assertEqual(again.returncode, 0, again.stderr)
+    self.assertIn("resumed from meta-step 4", again.stdout)
+
+    out = self.create_tempdir().full_path
+    proc = run_binary("experiments.evaluate", f"--optimizer={run_dir}/optimizer",
+                      "--num_steps=20", "--eval_every=10", "--seeds=0,1", f"--out_dir={out}")
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertIn("learned", proc.stdout)
+
+    # Another configuration in the same run directory: refused, nothing touched.
+    before = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)}
+    proc = run_binary("experiments.meta_train", *TINY_META, "--meta_learning_rate=0.01",
+                      f"--run_dir={run_dir}")
+    self.assertEqual(proc.returncode, 2)
+    self.assertIn("belongs to a different configuration", proc.stderr)
+    self.assertLen(proc.stderr.strip().splitlines(), 1, proc.stderr)
+    self.assertEqual(before, {f: os.path.getmtime(os.path.join(run_dir, f))
+                              for f in os.listdir(run_dir)})
+
+  @parameterized.named_parameters(
+      ("zero_unroll", ["--unroll_length=0"], "unroll_length must be a positive integer"),
+      ("not_a_multiple", ["--unroll_length=20", "--num_inner_steps=30"], "must be a multiple"),
+      ("negative_meta_batch", ["--meta_batch_size=-2"], "meta_batch_size must be a positive"),
+      ("unknown_architecture", ["--optimizer=rnnprop"], "--optimizer=rnnprop"),
+      ("bad_meta_loss", ["--meta_loss=sum"], "--meta_loss=sum"),
+  )
+  def test_bad_flags(self, args, message):
+    run_dir = os.path.join(self.create_tempdir().full_path, "run")
+    proc = run_binary("experiments.meta_train", *args, f"--run_dir={run_dir}")
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    self.assertLen(proc.stderr.strip().splitlines(), 1, proc.stderr)
+    self.assertIn(message, proc.stderr)
+    self.assertFalse(os.path.exists(run_dir))
+
+
+class LoadedOptimizerErrorsTest(parameterized.TestCase):
+
+  def test_corrupted_export(self):
+    folder = self.create_tempdir()
+    folder.create_file("optimizer.json", content="{not json")
+    proc = run_binary("experiments.evaluate", f"--optimizer={folder.full_path}",
+                      "--out_dir=" + os.path.join(folder.full_path, "out"))
+    self.assertEqual(proc.returncode, 2)
+    self.assertIn("optimizer.json is corrupted", proc.stderr)
+    self.assertFalse(os.path.exists(os.path.join(folder.full_path, "out")))
+
+  def test_architecture_name_is_not_an_optimizer(self):
+    proc = run_binary("experiments.evaluate", "--optimizer=l2o_dm")
+    self.assertEqual(proc.returncode, 2)
+    self.assertIn("meta-train it with experiments.meta_train", proc.stderr)
+
+  def test_reproduce_bad_flags(self):
+    for args, message in ((["--adam_grid=0.1,x"], "--adam_grid holds 'x'"),
+                          (["--long_horizon=300"], "must be a multiple of --num_inner_steps")):
+      out = os.path.join(self.create_tempdir().full_path, "out")
+      proc = run_binary("experiments.reproduce", *args, f"--run_dir={out}")
+      self.assertEqual(proc.returncode, 2, proc.stderr)
+      self.assertIn(message, proc.stderr)
+      self.assertFalse(os.path.exists(out))
+
+
 if __name__ == "__main__":
   absltest.main()
