@@ -4,8 +4,9 @@ r"""Train an optimizee with an optimizer on several seeds; report test accuracy.
       --optimizer=adam --num_steps=1000 --seeds=0,1,2,3,4 --out_dir=runs/adam
 
 Writes to --out_dir: `metrics.jsonl` (one JSON object per seed and evaluated
-step), `summary.json` (configuration, per-seed finals, mean and 95% interval
-over seeds) and `curves.png` (when matplotlib is installed); prints a table.
+step), `summary.json` (configuration, per-seed finals with the flatness of the
+final parameters, mean and 95% interval over seeds) and `curves.png` (when
+matplotlib is installed); prints a table.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def evaluate(config: EvaluateConfig) -> dict:
   results = []
   for seed in config.seeds:
     result = evaluation.train(task, tx, config.num_steps, jax.random.key(seed),
-                              eval_every=config.eval_every)
+                              eval_every=config.eval_every, flatness=True)
     logging.info("seed %d: %s (%.1f s)", seed, result.final("test"), result.wall_time_s)
     results.append(result)
 
@@ -119,7 +120,7 @@ def evaluate(config: EvaluateConfig) -> dict:
       for split, metrics in r.metrics.items():
         record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
       records.append(record)
-    finals.append({**records[-1], "wall_time_s": r.wall_time_s,
+    finals.append({**records[-1], **r.flatness, "wall_time_s": r.wall_time_s,
                    "steps_per_second": r.steps_per_second})
   metric_names = [k for k in finals[0] if k not in ("seed", "step")]
   summary = {
@@ -141,7 +142,8 @@ def main(argv):
   config = config_from_flags()
   summary = evaluate(config)
   shown = [m for m in ("train_loss", "test_accuracy", "test_loss", "validation_accuracy",
-                       "test_distance_to_optimum", "steps_per_second")
+                       "test_distance_to_optimum", "hessian_trace", "top_eigenvalue",
+                       "local_entropy_gap")
            if m in summary["over_seeds"]]
   print(f"{config.task} on {summary['dataset_name']}, {config.num_steps} steps, "
         f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")

@@ -8,16 +8,23 @@ The run directory holds `run.json` (what the run is), orbax checkpoints,
 learned optimizer with the best validation score (load it with
 `flatl2o.load_optimizer` or pass it to `experiments.evaluate --optimizer=`).
 Rerunning the same command resumes from the last checkpoint.
+
+--regularizer=hessian|entropy adds the flatness term of Yang et al. (2023) to
+the meta-objective (see flatl2o/meta/objective.py). A run whose optimizer
+collapsed (stopped lowering the training loss at every validation) exports
+nothing and exits with code 3.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
 from experiments import _cli
 from flatl2o import meta, optimizers, tasks
+from flatl2o.meta import objective
 
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "l2o_dm", optimizers.learned_names(),
                                "Learned optimizer architecture.")
@@ -57,6 +64,53 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", _defaults.log_every,
                                   "Meta-steps between progress lines.")
 _SEED = flags.DEFINE_integer("seed", _defaults.seed, "Seed of the run.")
 
+_reg = meta.RegularizerConfig()
+_REGULARIZER = flags.DEFINE_enum("regularizer", "none", objective.KINDS,
+                                 "Flatness term added to the meta-objective.")
+_HESSIAN_ESTIMATOR = flags.DEFINE_enum("hessian_estimator", _reg.hessian_estimator,
+                                       objective.HESSIAN_ESTIMATORS,
+                                       "Hessian term: trace/n, or the top eigenvalue.")
+_ALPHA = flags.DEFINE_float("alpha", None, "Hessian coefficient (default 1 for trace, "
+                            "0.01 for eigenvalue and lanczos).")
+_HESSIAN_PROBES = flags.DEFINE_integer("hessian_probes", _reg.hessian_probes,
+                                       "Hutchinson probes per trace estimate.")
+_POWER_ITERS = flags.DEFINE_integer("power_iters", _reg.power_iters,
+                                    "Hessian-vector products per eigenvalue estimate.")
+_BETA = flags.DEFINE_float("beta", _reg.beta, "Local-entropy coefficient.")
+_GAMMA = flags.DEFINE_float("entropy_gamma", _reg.entropy_gamma, "Local-entropy gamma.")
+_CHAINS = flags.DEFINE_integer("entropy_chains", _reg.entropy_chains, "Langevin chains K.")
+_STEPS = flags.DEFINE_integer("entropy_steps", _reg.entropy_steps, "Langevin steps L.")
+_STEP_SIZE = flags.DEFINE_float("entropy_step_size", _reg.entropy_step_size,
+                                "Langevin step size.")
+_NOISE = flags.DEFINE_float("entropy_noise", _reg.entropy_noise, "Langevin noise scale.")
+_WHEN = flags.DEFINE_enum("regularize_when", _reg.when, objective.WHEN,
+                          "Which unrolls of an episode get the flatness term.")
+_INNER_LOSS = flags.DEFINE_bool("regularize_inner_loss", _reg.add_to_inner_loss,
+                                "Also add the term to the loss the optimizer sees.")
+
+_FLAGS_OF = {
+    "hessian": ("hessian_estimator", "alpha", "hessian_probes", "power_iters"),
+    "entropy": ("beta", "entropy_gamma", "entropy_chains", "entropy_steps",
+                "entropy_step_size", "entropy_noise"),
+}
+
+
+def regularizer_from_flags() -> meta.RegularizerConfig:
+  kind = _REGULARIZER.value
+  for owner, names in _FLAGS_OF.items():
+    for name in names:
+      if flags.FLAGS[name].present and kind != owner:
+        raise ValueError(f"--{name} belongs to --regularizer={owner}, but --regularizer={kind}")
+  for name in ("regularize_when", "regularize_inner_loss"):
+    if flags.FLAGS[name].present and kind == "none":
+      raise ValueError(f"--{name} needs --regularizer=hessian or --regularizer=entropy")
+  return meta.RegularizerConfig(
+      kind=kind, hessian_estimator=_HESSIAN_ESTIMATOR.value, alpha=_ALPHA.value,
+      hessian_probes=_HESSIAN_PROBES.value, power_iters=_POWER_ITERS.value, beta=_BETA.value,
+      entropy_gamma=_GAMMA.value, entropy_chains=_CHAINS.value, entropy_steps=_STEPS.value,
+      entropy_step_size=_STEP_SIZE.value, entropy_noise=_NOISE.value, when=_WHEN.value,
+      add_to_inner_loss=_INNER_LOSS.value)
+
 
 def config_from_flags() -> meta.MetaTrainConfig:
   return meta.MetaTrainConfig(
@@ -66,7 +120,7 @@ def config_from_flags() -> meta.MetaTrainConfig:
       meta_loss=_META_LOSS.value, second_order=_SECOND_ORDER.value,
       validation_every=_VAL_EVERY.value, validation_horizon=_VAL_HORIZON.value,
       validation_seeds=_VAL_SEEDS.value, checkpoint_every=_CKPT_EVERY.value,
-      log_every=_LOG_EVERY.value, seed=_SEED.value)
+      log_every=_LOG_EVERY.value, seed=_SEED.value, regularizer=regularizer_from_flags())
 
 
 def main(argv):
@@ -83,6 +137,12 @@ def main(argv):
                            callback=_cli.progress_line(config.num_meta_iterations))
   if result.resumed_from is not None:
     print(f"resumed from meta-step {result.resumed_from}")
+  if result.collapsed:
+    sys.stderr.write(
+        "meta_train: the learned optimizer collapsed: at every validation it no longer lowered "
+        "the training loss, so nothing was exported; lower --alpha or --beta, or train "
+        "without --regularizer\n")
+    sys.exit(3)
   print(f"best validation score {result.best_score:.4f} at meta-step {result.best_iteration}; "
         f"{result.num_skipped} meta-steps skipped as non-finite")
   print(f"exported {os.path.join(run_dir, 'optimizer')}")

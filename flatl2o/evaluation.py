@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flatl2o import flatness as flatness_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -40,6 +42,8 @@ class TrainResult:
     wall_time_s: seconds for the whole call, compilation included.
     steps_per_second: training speed over the chunks after the first (which
       compiles); NaN when there is only one chunk.
+    flatness: with `flatness=True`, measures of the final parameters on the
+      training loss over a fixed batch (`flatness_measures`); else empty.
   """
 
   train_loss: np.ndarray
@@ -48,9 +52,37 @@ class TrainResult:
   params: Any
   wall_time_s: float
   steps_per_second: float
+  flatness: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def final(self, split: str = "test") -> dict[str, float]:
     return {k: float(v[-1]) for k, v in self.metrics[split].items()}
+
+
+# How flatness of a solution is measured (fixed, so runs compare): the training
+# loss on the first FLATNESS_BATCH training examples; Hutchinson with 32
+# probes; 20 Lanczos steps; -F - f at gamma = 1000 (perturbations of std 0.03
+# per coordinate) from 128 samples.
+FLATNESS_BATCH = 2048
+FLATNESS_GAMMA = 1000.0
+
+
+@jax.jit
+def flatness_measures(task, params, key: jax.Array) -> dict[str, jax.Array]:
+  """Hessian trace, top eigenvalue and local-entropy gap of the training loss at `params`.
+
+  Also returns the loss itself (`flatness_batch_loss`): compare flatness at
+  matched training loss, since the trace falls with the loss (DESIGN.md).
+  """
+  batch = task.fixed_batch(FLATNESS_BATCH)
+  f = lambda p: task.loss(p, batch)
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      "flatness_batch_loss": f(params),
+      "hessian_trace": flatness_lib.hessian_trace(f, params, k1, num_probes=32),
+      "top_eigenvalue": flatness_lib.lanczos(f, params, k2, num_iters=20).top_eigenvalue,
+      "local_entropy_gap": flatness_lib.local_entropy_gap(f, params, k3, gamma=FLATNESS_GAMMA,
+                                                      num_samples=128),
+  }
 
 
 def accepts_loss(tx: optax.GradientTransformation) -> bool:
@@ -100,7 +132,8 @@ def _chunk_fn(tx: optax.GradientTransformation):
 
 def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array,
           eval_every: int = 100,
-          eval_splits: Sequence[str] = ("validation", "test")) -> TrainResult:
+          eval_splits: Sequence[str] = ("validation", "test"),
+          flatness: bool = False) -> TrainResult:
   """Trains a fresh optimizee of `task` with `tx` for `num_steps` steps.
 
   Args:
@@ -110,6 +143,7 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
     key: PRNG key; it decides the initialisation and the batch stream.
     eval_every: steps between full-split evaluations (also the compiled chunk).
     eval_splits: splits to evaluate at step 0, every `eval_every` and at the end.
+    flatness: also measure the flatness of the final parameters.
 
   Returns:
     A `TrainResult`.
@@ -144,6 +178,10 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
       s: {m: np.asarray([e[s][m] for e in evals], np.float64) for m in evals[0][s]}
       for s in eval_splits
   }
+  measures = {}
+  if flatness:
+    measures = {k: float(v) for k, v in
+                flatness_measures(task, params, jax.random.fold_in(key, 0xF1A7)).items()}
   timed = chunk_times[1:]
   steps_per_second = (sum(n for _, n in timed) / sum(t for t, _ in timed)
                       if timed else float("nan"))
@@ -153,4 +191,5 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
       metrics=metrics,
       params=params,
       wall_time_s=time.perf_counter() - start_time,
-      steps_per_second=steps_per_second)
+      steps_per_second=steps_per_second,
+      flatness=measures)

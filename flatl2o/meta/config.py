@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from flatl2o.meta.objective import RegularizerConfig
+
 META_LOSSES = ("mean", "log_ratio")
 
 
@@ -33,6 +35,7 @@ class MetaTrainConfig:
     checkpoint_every: meta-steps between checkpoints (with a run directory).
     log_every: meta-steps between metric lines.
     seed: the run's seed; every key is derived from it and the meta-step index.
+    regularizer: the flatness term of the meta-objective (`RegularizerConfig`).
   """
 
   unroll_length: int = 20
@@ -49,6 +52,7 @@ class MetaTrainConfig:
   checkpoint_every: int = 50
   log_every: int = 10
   seed: int = 0
+  regularizer: RegularizerConfig = RegularizerConfig()
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
@@ -66,6 +70,9 @@ class MetaTrainConfig:
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not isinstance(self.regularizer, RegularizerConfig):
+      raise ValueError("regularizer must be a RegularizerConfig, got "
+                       f"{type(self.regularizer).__name__}")
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
 

@@ -15,7 +15,8 @@ Two choices here are for speed (measured in `benchmarks/meta_step.py`):
 - The scan body is rematerialised (`jax.checkpoint`): the backward pass
   recomputes each step instead of storing every gate activation. On the CPU
   this was 40% faster, not slower (the stored activations cost more in memory
-  traffic than the recomputation), and it bounds memory at long unrolls.
+  traffic than the recomputation), and it bounds memory at long unrolls. Only
+  the Langevin mean of the entropy term is saved, so its chains run once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flatl2o.meta import objective
 from flatl2o.meta.config import MetaTrainConfig
 
 
@@ -69,38 +71,70 @@ def init_inner(lopt, task, meta_params, keys: jax.Array) -> InnerState:
   return InnerState(params, opt_state, initial_loss, jnp.zeros((), jnp.int32))
 
 
-def _step_fn(task, tx, differentiate_gradients: bool):
-  """`((params, opt_state), key) -> ((params, opt_state), losses[B])` on a meta-batch."""
+def _step_fn(task, tx, differentiate_gradients: bool,
+             regularizer: objective.RegularizerConfig | None = None,
+             reg_weight: jax.Array | float = 0.0):
+  """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
 
-  def loss_and_grad(params, key):
-    return jax.value_and_grad(task.loss)(params, task.sample_batch(key))
+  `reg` is the weighted flatness term at each optimizee's iterate (zeros when
+  no regularizer is on); with `add_to_inner_loss` it is also in the gradient.
+  """
+  regularizing = regularizer is not None and regularizer.active
+
+  def one(params, key):
+    batch = task.sample_batch(key)
+    loss_fn = lambda p: task.loss(p, batch)
+    if not regularizing:
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      return loss, jnp.zeros((), jnp.float32), grads
+
+    def regularized(p):
+      loss = loss_fn(p)
+      reg = jax.lax.cond(
+          reg_weight > 0,
+          lambda q: reg_weight * objective.term(regularizer, loss_fn, q, jax.random.fold_in(key, 1)),
+          lambda q: jnp.zeros((), jnp.float32), p)
+      total = loss + reg if regularizer.add_to_inner_loss else loss
+      return total, (loss, reg)
+
+    (_, (loss, reg)), grads = jax.value_and_grad(regularized, has_aux=True)(params)
+    return loss, reg, grads
 
   def step(carry, key):
     params, opt_state = carry
     batch_size = jax.tree.leaves(params)[0].shape[0]
-    losses, grads = jax.vmap(loss_and_grad)(params, jax.random.split(key, batch_size))
+    losses, regs, grads = jax.vmap(one)(params, jax.random.split(key, batch_size))
     if not differentiate_gradients:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = tx.update(grads, opt_state, params, loss=losses)
-    return (optax.apply_updates(params, updates), opt_state), losses
+    return (optax.apply_updates(params, updates), opt_state), (losses, regs)
 
   return step
 
 
 def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
-           key: jax.Array) -> tuple[jax.Array, tuple[InnerState, jax.Array]]:
-  """Runs one truncation; returns `(meta_loss, (new_state, inner_losses[T, B]))`."""
+           key: jax.Array) -> tuple[jax.Array, tuple[InnerState, dict[str, jax.Array]]]:
+  """Runs one truncation; returns `(meta_loss, (new_state, {'losses', 'regularizer'}))`.
+
+  `losses` and `regularizer` are `[T, B]`: the inner training losses and the
+  weighted flatness term at each iterate.
+  """
   tx = _batched_tx(lopt, meta_params)
-  step = jax.checkpoint(_step_fn(task, tx, config.second_order))
+  reg_weight = objective.weight(config.regularizer, state.step, config.num_inner_steps)
+  step = jax.checkpoint(
+      _step_fn(task, tx, config.second_order, config.regularizer, reg_weight),
+      policy=jax.checkpoint_policies.save_only_these_names(objective.ENTROPY_MEAN))
   keys = jax.random.split(key, config.unroll_length)
-  (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), keys)
+  (params, opt_state), (losses, regs) = jax.lax.scan(
+      step, (state.params, state.opt_state), keys)
   if config.meta_loss == "log_ratio":
     meta_loss = jnp.mean(jnp.log(losses / jax.lax.stop_gradient(state.initial_loss)))
   else:
     meta_loss = jnp.mean(losses)
+  meta_loss = meta_loss + jnp.mean(regs)
   new_state = InnerState(params, opt_state, state.initial_loss,
                          state.step + config.unroll_length)
-  return meta_loss, (new_state, losses)
+  return meta_loss, (new_state, {"losses": losses, "regularizer": regs})
 
 
 def rollout(lopt, task, meta_params, keys: jax.Array, num_steps: int):
@@ -109,5 +143,5 @@ def rollout(lopt, task, meta_params, keys: jax.Array, num_steps: int):
   tx = _batched_tx(lopt, meta_params)
   step = _step_fn(task, tx, differentiate_gradients=False)
   step_keys = jax.random.split(jax.random.fold_in(keys[0], 1), num_steps)
-  (params, _), losses = jax.lax.scan(step, (state.params, state.opt_state), step_keys)
+  (params, _), (losses, _) = jax.lax.scan(step, (state.params, state.opt_state), step_keys)
   return params, losses

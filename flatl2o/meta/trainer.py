@@ -55,6 +55,9 @@ class MetaTrainResult:
     history: one dict of metrics per logged or validated meta-step.
     num_skipped: meta-steps skipped because of a non-finite loss or gradient.
     resumed_from: meta-step a run directory was resumed from, or None.
+    collapsed: True when every validation found the optimizer no longer
+      lowering the training loss (`COLLAPSE_RATIO`); `theta` is then the last
+      validated meta-parameters and nothing is exported.
   """
 
   theta: Any
@@ -64,6 +67,7 @@ class MetaTrainResult:
   history: list[dict[str, Any]]
   num_skipped: int
   resumed_from: int | None = None
+  collapsed: bool = False
 
 
 def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
@@ -80,7 +84,7 @@ def init_states(lopt, config: MetaTrainConfig, task, meta_params, key):
 @functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4, 5))
 def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, states, key):
   """One truncation on the meta-batch and one meta-optimizer update (non-finite guarded)."""
-  (loss, (new_states, inner_losses)), grads = jax.value_and_grad(
+  (loss, (new_states, traces)), grads = jax.value_and_grad(
       lambda theta: inner.unroll(lopt, task, config, theta, states, key), has_aux=True)(
           meta_params)
   grad_norm = optax.global_norm(grads)
@@ -89,7 +93,8 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   metrics = {"meta_loss": loss, "meta_grad_norm": grad_norm, "finite": finite,
-             "inner_loss_last": inner_losses[-1].mean()}
+             "inner_loss_last": traces["losses"][-1].mean(),
+             "regularizer": traces["regularizer"].mean()}
   return (keep(new_params, meta_params), keep(new_opt_state, meta_opt_state), new_states,
           metrics)
 
@@ -101,8 +106,21 @@ def validate(lopt, task, meta_params, keys, horizon: int):
   params, losses = inner.rollout(lopt, task, meta_params, keys, horizon)
   metrics = jax.vmap(lambda p: task.evaluate(p, "validation"))(params)
   metrics = jax.tree.map(jnp.mean, metrics)
-  metrics["final_train_loss"] = losses[-10:].mean()
+  window = max(1, horizon // 10)
+  metrics["initial_train_loss"] = losses[:window].mean()
+  metrics["final_train_loss"] = losses[-window:].mean()
   return metrics
+
+
+# An optimizer whose validation runs end above this fraction of their starting
+# training loss has stopped optimizing (e.g. a too-large flatness coefficient
+# taught it to stay put, which is "flat" and useless); it is never selected.
+COLLAPSE_RATIO = 0.9
+
+
+def collapsed(metrics: dict[str, float]) -> bool:
+  final, initial = metrics["final_train_loss"], metrics["initial_train_loss"]
+  return not np.isfinite(final) or final > COLLAPSE_RATIO * initial
 
 
 def score_of(metrics: dict[str, float]) -> float:
@@ -205,6 +223,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         states = None  # a new episode starts here anyway
     writer = _MetricsWriter(run_dir, keep_through=start)
 
+  last_collapsed = None
   tic = time.perf_counter()
   for iteration in range(start, config.num_meta_iterations):
     iteration_key = jax.random.fold_in(base_key, iteration + 1)
@@ -228,7 +247,10 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         score = score_of(val)
         record.update({f"validation_{k}": v for k, v in val.items()})
         record["validation_score"] = score
-        if score > float(best["score"]):
+        record["collapsed"] = collapsed(val)
+        if record["collapsed"]:
+          last_collapsed = theta
+        elif score > float(best["score"]):
           best = {"theta": theta, "score": jnp.float32(score), "iteration": jnp.int32(done)}
         record["best_validation_score"] = float(best["score"])
       history.append(record)
@@ -241,13 +263,18 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       checkpointer.save(done, _run_state(theta, meta_opt_state, states, best, done,
                                          num_skipped))
 
+  is_collapsed = int(best["iteration"]) < 0
+  selected = best["theta"] if not is_collapsed else (
+      last_collapsed if last_collapsed is not None else theta)
   if checkpointer is not None:
     checkpointer.close()
     writer.close()
-    checkpoints.save_optimizer(os.path.join(run_dir, "optimizer"), lopt, best["theta"])
-  return MetaTrainResult(theta=best["theta"], last_theta=theta, best_score=float(best["score"]),
+    if not is_collapsed:
+      checkpoints.save_optimizer(os.path.join(run_dir, "optimizer"), lopt, selected)
+  return MetaTrainResult(theta=selected, last_theta=theta, best_score=float(best["score"]),
                          best_iteration=int(best["iteration"]), history=history,
-                         num_skipped=num_skipped, resumed_from=resumed_from)
+                         num_skipped=num_skipped, resumed_from=resumed_from,
+                         collapsed=is_collapsed)
 
 
 def _run_state(theta, meta_opt_state, states, best, iteration, num_skipped):

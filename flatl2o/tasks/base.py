@@ -3,12 +3,13 @@
 A task is a `flax.struct` dataclass: its data arrays are pytree leaves and its
 model and hyper-parameters are static, so `jax.jit(fn)(task, params, key)`
 compiles once per task kind and never embeds the dataset as a constant. Every
-task offers the same five methods:
+task offers the same methods:
 
   params = task.init(key)
   batch = task.sample_batch(key)                 # inside jit: index sampling
   loss = task.loss(params, batch)                # scalar, differentiable
   metrics = task.evaluate(params, split="test")  # full split, jitted
+  batch = task.fixed_batch(2048)                 # first examples: flatness measurements
   task.metric_names                              # keys of `evaluate`
 """
 
@@ -64,6 +65,11 @@ class ClassificationTask:
 
   def sample_batch(self, key: jax.Array, split: str = "train"):
     return self.data.sample_batch(key, self.batch_size, split)
+
+  def fixed_batch(self, size: int = 2048, split: str = "train"):
+    """The first `size` examples of a split: a fixed batch for flatness measurements."""
+    inputs, labels = self.data.split(split)
+    return inputs[:size], labels[:size]
 
   def loss(self, params, batch) -> jax.Array:
     inputs, labels = batch
@@ -134,6 +140,10 @@ class QuadraticTask:
     self._check_split(split)
     idx = jax.random.randint(key, (self.batch_size,), 0, self.targets[split].shape[0])
     return self.inputs[split][idx], self.targets[split][idx]
+
+  def fixed_batch(self, size: int = 2048, split: str = "train"):
+    self._check_split(split)
+    return self.inputs[split][:size], self.targets[split][:size]
 
   def loss(self, params, batch) -> jax.Array:
     inputs, targets = batch

@@ -1,0 +1,133 @@
+"""The flatness terms of the meta-objective (Yang et al., AISTATS 2023).
+
+  meta_loss = mean_t f(x_t) + alpha * mean_t R_hessian(x_t) + beta * mean_t R_entropy(x_t)
+
+Each term is evaluated at every inner iterate x_t of the unroll, on the same
+minibatch loss f_t that gave x_t's gradient, and reaches the meta-parameters
+through x_t(meta_params):
+
+- R_hessian: tr(H)/n by Hutchinson (`hessian_probes` Rademacher probes), the
+  mean curvature per coordinate, so alpha means the same for any model size;
+  or the top eigenvalue by power iteration or Lanczos (`power_iters` hvps),
+  which does not grow with n.
+- R_entropy: gamma/2 ||x_t - sg(mu_t)||^2 with mu_t from K Langevin chains of L
+  steps; its gradient w.r.t. x_t is the local-entropy gradient gamma (x_t - mu_t),
+  on the same scale as the loss gradient (mu is held constant, DESIGN.md).
+
+`when` switches the terms on for every unroll, or only for the first or second
+half of each episode's truncations. `add_to_inner_loss` also adds the term to
+the loss whose gradient the learned optimizer sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from flatl2o import flatness
+from flatl2o.optimizers import base
+
+KINDS = ("none", "hessian", "entropy")
+HESSIAN_ESTIMATORS = ("trace", "eigenvalue", "lanczos")
+WHEN = ("always", "first_half", "second_half")
+
+# The name under which the Langevin mean is saved by the rematerialised scan
+# body, so the backward pass does not run the chains a second time.
+ENTROPY_MEAN = "flatl2o_entropy_mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizerConfig:
+  """Which flatness term the meta-objective adds, and its estimator's settings.
+
+  Attributes:
+    kind: 'none', 'hessian' or 'entropy'.
+    hessian_estimator: 'trace' (Hutchinson, divided by the number of
+      coordinates), 'eigenvalue' (power iteration) or 'lanczos' (top Ritz value).
+    alpha: coefficient of the Hessian term; None picks the estimator's default,
+      1.0 for the per-coordinate trace and 0.01 for an eigenvalue (an
+      eigenvalue is ~100x the mean curvature here, and alpha = 1 on it made
+      L2O-DM collapse on the digits MLP within 20 meta-steps).
+    hessian_probes: Rademacher probes per trace estimate (one probe is mostly
+      noise in the meta-gradient; DESIGN.md).
+    power_iters: Hessian-vector products per eigenvalue estimate.
+    beta: coefficient of the entropy term.
+    entropy_gamma: gamma, the inverse width of the local region.
+    entropy_chains: K, Langevin chains (vmapped).
+    entropy_steps: L, Langevin steps per chain.
+    entropy_step_size: Langevin step size.
+    entropy_noise: Langevin noise scale (1 samples the local Gibbs measure).
+    when: 'always', 'first_half' or 'second_half' of each episode.
+    add_to_inner_loss: also regularize the loss the learned optimizer sees.
+  """
+
+  kind: str = "none"
+  hessian_estimator: str = "trace"
+  alpha: float | None = None
+  hessian_probes: int = 4
+  power_iters: int = 10
+  beta: float = 1.0
+  entropy_gamma: float = 1.0
+  entropy_chains: int = 4
+  entropy_steps: int = 5
+  entropy_step_size: float = 0.1
+  entropy_noise: float = 0.01
+  when: str = "always"
+  add_to_inner_loss: bool = False
+
+  def __post_init__(self):
+    if self.alpha is None:
+      object.__setattr__(self, "alpha", 1.0 if self.hessian_estimator == "trace" else 0.01)
+    for name, accepted in (("kind", KINDS), ("hessian_estimator", HESSIAN_ESTIMATORS),
+                           ("when", WHEN)):
+      if getattr(self, name) not in accepted:
+        raise ValueError(f"unknown regularizer {name} {getattr(self, name)!r}; accepted: "
+                         f"{', '.join(accepted)}")
+    for name in ("hessian_probes", "power_iters", "entropy_chains", "entropy_steps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("alpha", "beta", "entropy_gamma", "entropy_step_size"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not isinstance(self.entropy_noise, (int, float)) or not 0 <= self.entropy_noise < math.inf:
+      raise ValueError(f"entropy_noise must be a non-negative number, got {self.entropy_noise!r}")
+
+  @property
+  def active(self) -> bool:
+    return self.kind != "none"
+
+
+def term(config: RegularizerConfig, loss_fn, params, key: jax.Array) -> jax.Array:
+  """coefficient * R(params) for one optimizee's minibatch loss `loss_fn`."""
+  if config.kind == "hessian":
+    if config.hessian_estimator == "trace":
+      value = (flatness.hessian_trace(loss_fn, params, key, config.hessian_probes)
+               / base.num_coordinates(params))
+    elif config.hessian_estimator == "eigenvalue":
+      value = flatness.top_hessian_eigenvalue(loss_fn, params, key, config.power_iters)
+    else:
+      value = flatness.lanczos_top_eigenvalue(loss_fn, params, key, config.power_iters)
+    return config.alpha * value
+  if config.kind == "entropy":
+    mu = flatness.langevin_mean(
+        loss_fn, params, key, gamma=config.entropy_gamma, num_chains=config.entropy_chains,
+        num_steps=config.entropy_steps, step_size=config.entropy_step_size,
+        noise=config.entropy_noise)
+    mu = checkpoint_name(jax.lax.stop_gradient(mu), ENTROPY_MEAN)
+    return config.beta * flatness.local_entropy_surrogate(params, mu, config.entropy_gamma)
+  return jnp.zeros((), jnp.float32)
+
+
+def weight(config: RegularizerConfig, episode_step: jax.Array, num_inner_steps: int) -> jax.Array:
+  """1.0 where the terms are on at this point of the episode, else 0.0."""
+  if config.when == "always":
+    return jnp.float32(1.0)
+  first_half = episode_step < num_inner_steps // 2
+  on = first_half if config.when == "first_half" else jnp.logical_not(first_half)
+  return on.astype(jnp.float32)
