@@ -21,11 +21,10 @@ import subprocess
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from benchmarks import _common
-from flatl2o import data, meta, optimizers, tasks
+from flatl2o import meta, optimizers
 
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset; default synthetic MNIST-shaped.")
 _UNROLL = flags.DEFINE_integer("unroll_length", 20, "Unroll of the timed meta-step.")
@@ -35,18 +34,6 @@ _COMPILE_UNROLLS = flags.DEFINE_list("compile_unrolls", ["20", "200"],
 _PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for the peer.")
 _PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "Path of torch_l2o_dm.py.")
 _PEER_STEPS = flags.DEFINE_integer("peer_steps", 10, "Timed peer meta-steps.")
-
-
-def _task():
-  if _DATASET.value:
-    dataset = data.load(_DATASET.value)
-  else:
-    rng = np.random.default_rng(0)
-    dataset = data.from_arrays(
-        "synthetic-mnist-shape",
-        (rng.integers(0, 256, (8000, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 8000)),
-        num_classes=10)
-  return tasks.get("mlp_sigmoid", dataset, batch_size=128)
 
 
 def _setup(lopt, task, unroll):
@@ -60,7 +47,7 @@ def _setup(lopt, task, unroll):
 
 def main(argv):
   del argv
-  task = _task()
+  task = _common.mnist_shaped_task(_DATASET.value)
   lopt = optimizers.L2ODM()
   compile_s = {}
   for unroll in sorted({int(u) for u in _COMPILE_UNROLLS.value} | {_UNROLL.value}):
