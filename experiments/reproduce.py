@@ -1,14 +1,18 @@
-r"""The main job: meta-train L2O-DM, tune Adam, compare both on held-out seeds.
+r"""The main job: Adam against L2O-DM meta-trained plain and with each flatness term.
 
-  python -m experiments.reproduce            # digits, mlp_sigmoid, ~4 minutes on 2 CPU cores
+  python -m experiments.reproduce            # digits, mlp_sigmoid, ~5 minutes on 2 CPU cores
 
-1. Meta-trains L2O-DM on the task (run directory RUN_DIR/l2o_dm; rerunning
-   resumes), keeping the meta-parameters with the best validation accuracy.
+1. Meta-trains L2O-DM three ways, for each seed in --seeds: plain, with the
+   Hessian-trace term (--alpha) and with the local-entropy term (--beta)
+   (run directories RUN_DIR/VARIANT-sSEED; rerunning resumes), each keeping
+   the meta-parameters with the best validation accuracy.
 2. Tunes Adam's learning rate on a small grid: lowest training loss at the
    meta-training horizon, on validation seeds.
-3. Trains both on held-out seeds (never used above) for --long_horizon steps
-   and reports, at the meta-training horizon and at the long horizon, the
-   training loss, test accuracy and test loss (mean ± 95% interval over seeds).
+3. Trains every optimizer on held-out seeds (never used above) and reports, at
+   the meta-training horizon and at --long_horizon: training loss, test
+   accuracy, test loss, and the Hessian trace of the training loss at the
+   final parameters. Intervals are over held-out seeds with one meta-training
+   seed, and over meta-training seeds (of per-seed means) with several.
 
 Writes RUN_DIR/summary.json, RUN_DIR/metrics.jsonl and RUN_DIR/comparison.png.
 """
@@ -27,13 +31,17 @@ from flatl2o import evaluation, meta, optimizers, report, tasks
 _TASK = flags.DEFINE_enum("task", "mlp_sigmoid", tasks.names(), "Optimizee.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset (default digits).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
-_ITERATIONS = flags.DEFINE_integer("num_meta_iterations", 1000, "Meta-steps of L2O-DM.",
-                                   lower_bound=1)
+_ITERATIONS = flags.DEFINE_integer("num_meta_iterations", 600,
+                                   "Meta-steps of each L2O-DM variant.", lower_bound=1)
 _HORIZON = flags.DEFINE_integer("num_inner_steps", 200,
                                 "Meta-training horizon (episode length).", lower_bound=1)
 _LONG = flags.DEFINE_integer("long_horizon", 1000, "Longest meta-test horizon.", lower_bound=1)
 _TEST_SEEDS = flags.DEFINE_integer("test_seeds", 5, "Held-out optimizee seeds.", lower_bound=2)
-_SEED = flags.DEFINE_integer("seed", 0, "Meta-training seed.", lower_bound=0)
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Meta-training seeds (comma-separated).")
+_ALPHA = flags.DEFINE_float("alpha", 1.0, "Coefficient of the Hessian-trace term (trace / n).")
+_BETA = flags.DEFINE_float("beta", 1.0, "Coefficient of the local-entropy term.")
+_VARIANTS = flags.DEFINE_list("variants", ["plain", "hessian", "entropy"],
+                              "Which L2O-DM variants to meta-train: plain, hessian, entropy.")
 _ADAM_GRID = flags.DEFINE_list("adam_grid", ["0.001", "0.003", "0.01", "0.03", "0.1", "0.3"],
                                "Adam learning rates to tune over.")
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/reproduce", "Output folder.")
@@ -53,8 +61,7 @@ def _metrics_at(result, step: int) -> dict[str, float]:
           **{f"test_{k}": float(v[i]) for k, v in result.metrics["test"].items()}}
 
 
-def main(argv):
-  del argv
+def _parse_flags():
   horizon, long_horizon = _HORIZON.value, _LONG.value
   if long_horizon % horizon:
     raise ValueError(f"--long_horizon ({long_horizon}) must be a multiple of "
@@ -67,14 +74,41 @@ def main(argv):
       raise ValueError(f"--adam_grid holds {value!r}; give positive numbers") from None
   if not grid or min(grid) <= 0:
     raise ValueError("--adam_grid must list positive learning rates")
-  config = meta.MetaTrainConfig(num_inner_steps=horizon, validation_horizon=horizon,
-                                num_meta_iterations=_ITERATIONS.value, seed=_SEED.value)
+  if not all(v.isdigit() for v in _SEEDS.value) or len(set(_SEEDS.value)) != len(_SEEDS.value):
+    raise ValueError(f"--seeds must be distinct non-negative integers, got {_SEEDS.value}")
+  regularizers = {"plain": meta.RegularizerConfig(),
+                  "hessian": meta.RegularizerConfig(kind="hessian", alpha=_ALPHA.value),
+                  "entropy": meta.RegularizerConfig(kind="entropy", beta=_BETA.value)}
+  unknown = [v for v in _VARIANTS.value if v not in regularizers]
+  if unknown or not _VARIANTS.value:
+    raise ValueError(f"unknown --variants {unknown}; accepted: {', '.join(regularizers)}")
+  variants = {f"l2o_dm{'' if v == 'plain' else ' + ' + v}": regularizers[v]
+              for v in _VARIANTS.value}
+  return horizon, long_horizon, grid, [int(v) for v in _SEEDS.value], variants
+
+
+def main(argv):
+  del argv
+  horizon, long_horizon, grid, meta_seeds, variants = _parse_flags()
+  configs = {name: meta.MetaTrainConfig(num_inner_steps=horizon, validation_horizon=horizon,
+                                        num_meta_iterations=_ITERATIONS.value, seed=seed,
+                                        regularizer=reg)
+             for name, reg in variants.items() for seed in meta_seeds}  # validates all first
+  del configs
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value)
   lopt = optimizers.L2ODM()
 
-  logging.info("1/3 meta-training L2O-DM for %d meta-steps", config.num_meta_iterations)
-  trained = meta.meta_train(lopt, task, config, run_dir=os.path.join(_RUN_DIR.value, "l2o_dm"),
-                            callback=_cli.progress_line(config.num_meta_iterations))
+  trained = {}
+  for seed in meta_seeds:
+    for name, reg in variants.items():
+      config = meta.MetaTrainConfig(num_inner_steps=horizon, validation_horizon=horizon,
+                                    num_meta_iterations=_ITERATIONS.value, seed=seed,
+                                    regularizer=reg)
+      logging.info("1/3 meta-training %s, seed %d, %d meta-steps", name, seed,
+                   config.num_meta_iterations)
+      run_dir = os.path.join(_RUN_DIR.value, f"{name.replace(' + ', '_')}-s{seed}")
+      trained[name, seed] = meta.meta_train(
+          lopt, task, config, run_dir=run_dir, callback=_cli.progress_line(config.num_meta_iterations))
 
   logging.info("2/3 tuning Adam over %s", grid)
   tuning = {}
@@ -85,43 +119,67 @@ def main(argv):
                  horizon) for s in TUNING_SEEDS]))
   best_lr = min(tuning, key=lambda lr: tuning[lr] if np.isfinite(tuning[lr]) else np.inf)
 
-  logging.info("3/3 meta-testing on %d held-out seeds", _TEST_SEEDS.value)
-  contenders = {f"adam (lr {best_lr:g})": optimizers.get("adam", learning_rate=best_lr),
-                "l2o_dm": lopt.transform(trained.theta)}
-  seeds = [TEST_SEED_BASE + i for i in range(_TEST_SEEDS.value)]
-  results = {name: [evaluation.train(task, tx, long_horizon, jax.random.key(s),
-                                     eval_every=horizon) for s in seeds]
-             for name, tx in contenders.items()}
+  test_seeds = [TEST_SEED_BASE + i for i in range(_TEST_SEEDS.value)]
+  logging.info("3/3 meta-testing on held-out seeds %s", test_seeds)
+  adam_name = f"adam (lr {best_lr:g})"
+  contenders = {(adam_name, None): optimizers.get("adam", learning_rate=best_lr)}
+  for (name, seed), result in trained.items():
+    label = name + (" (collapsed)" if result.collapsed else "")
+    contenders[label, seed] = lopt.transform(result.theta)
 
-  records, rows = [], {}
-  for name, runs in results.items():
-    for seed, r in zip(seeds, runs):
-      for step in r.eval_steps[1:]:
-        records.append({"optimizer": name, "seed": seed, "step": int(step),
-                        **_metrics_at(r, int(step))})
-    for step in sorted({horizon, long_horizon}):
-      finals = [_metrics_at(r, step) for r in runs]
-      rows[f"{name} @ {step}"] = {m: report.summarize([f[m] for f in finals])
-                                  for m in finals[0]}
+  records, finals, curves = [], {}, {}
+  for (name, meta_seed), tx in contenders.items():
+    for test_seed in test_seeds:
+      key = jax.random.key(test_seed)
+      runs = {horizon: evaluation.train(task, tx, horizon, key, eval_every=horizon,
+                                        flatness=True),
+              long_horizon: evaluation.train(task, tx, long_horizon, key, eval_every=horizon,
+                                             flatness=True)}
+      curves.setdefault(name, []).append(runs[long_horizon])
+      for step, r in runs.items():
+        record = {"optimizer": name, "meta_seed": meta_seed, "test_seed": test_seed,
+                  "step": step, **_metrics_at(r, step), **r.flatness}
+        records.append(record)
+        finals.setdefault((name, step), {}).setdefault(meta_seed, []).append(record)
+
+  columns = ["train_loss", "test_accuracy", "test_loss", "hessian_trace"]
+  rows = {}
+  for (name, step), by_seed in sorted(finals.items(), key=lambda kv: (kv[0][0] != adam_name,
+                                                                       kv[0][0], kv[0][1])):
+    if len(by_seed) > 1:  # several meta-training seeds: the interval is over them
+      values = {m: [np.mean([r[m] for r in recs]) for recs in by_seed.values()]
+                for m in columns}
+    else:
+      values = {m: [r[m] for r in next(iter(by_seed.values()))] for m in columns}
+    rows[f"{name} @ {step}"] = {m: report.summarize(v) for m, v in values.items()}
+
   summary = {
       "task": task.name, "dataset": task.data.name if hasattr(task, "data") else None,
-      "meta_training": {"config": config.__dict__, "best_validation_accuracy": trained.best_score,
-                        "best_meta_step": trained.best_iteration,
-                        "skipped_meta_steps": trained.num_skipped},
+      "meta_training": {
+          f"{name} seed {seed}": {"best_validation_accuracy": r.best_score,
+                                  "best_meta_step": r.best_iteration,
+                                  "collapsed": r.collapsed, "skipped_meta_steps": r.num_skipped}
+          for (name, seed), r in trained.items()},
+      "num_meta_iterations": _ITERATIONS.value, "meta_seeds": meta_seeds,
+      "alpha": _ALPHA.value, "beta": _BETA.value,
       "adam_tuning_train_loss": {str(k): v for k, v in tuning.items()},
-      "adam_learning_rate": best_lr, "test_seeds": seeds, "results": rows,
+      "adam_learning_rate": best_lr, "test_seeds": test_seeds, "results": rows,
   }
   report.write_json(os.path.join(_RUN_DIR.value, "summary.json"), summary)
   report.write_jsonl(os.path.join(_RUN_DIR.value, "metrics.jsonl"), records)
   png = os.path.join(_RUN_DIR.value, "comparison.png")
-  wrote_png = report.plot_curves(png, results, title=f"{task.name} on {summary['dataset']}: "
-                                 f"held-out seeds {seeds[0]}-{seeds[-1]}")
+  wrote_png = report.plot_curves(png, curves, title=f"{task.name} on {summary['dataset']}: "
+                                 f"held-out seeds {test_seeds[0]}-{test_seeds[-1]}")
 
-  print(f"L2O-DM: best validation accuracy {trained.best_score:.4f} at meta-step "
-        f"{trained.best_iteration}; Adam learning rate {best_lr:g} (grid {grid})")
-  print(f"{task.name} on {summary['dataset']}, {len(seeds)} held-out seeds "
-        f"(mean ± 95% interval); '@ N' = after N inner steps")
-  print(report.format_table(rows, ["train_loss", "test_accuracy", "test_loss"]))
+  for (name, seed), r in trained.items():
+    print(f"{name}, meta seed {seed}: best validation accuracy {r.best_score:.4f} at meta-step "
+          f"{r.best_iteration}" + ("  COLLAPSED: stopped lowering the training loss"
+                                   if r.collapsed else ""))
+  print(f"Adam learning rate {best_lr:g} (grid {grid})")
+  over = ("meta-training seeds" if len(meta_seeds) > 1 else f"{len(test_seeds)} held-out seeds")
+  print(f"{task.name} on {summary['dataset']} (mean ± 95% interval over {over}); "
+        "'@ N' = after N inner steps; hessian_trace of the training loss at the end")
+  print(report.format_table(rows, columns))
   print(f"wrote {_RUN_DIR.value}/summary.json, metrics.jsonl" + (", comparison.png" if wrote_png
                                                                    else ""))
 
