@@ -32,6 +32,8 @@ class EvaluateBinaryTest(parameterized.TestCase):
     with open(os.path.join(out, "summary.json")) as f:
       summary = json.load(f)
     self.assertEqual(summary["over_seeds"]["test_accuracy"]["n"], 2)
+    for measure in ("hessian_trace", "top_eigenvalue", "local_entropy_gap"):
+      self.assertGreater(summary["over_seeds"][measure]["mean"], 0.0)
     self.assertEqual(summary["config"]["seeds"], [0, 1])
     self.assertTrue(os.path.exists(os.path.join(out, "curves.png")))
     self.assertEmpty([f for f in os.listdir(out) if f.startswith(".tmp")])
@@ -99,6 +101,20 @@ class MetaTrainBinaryTest(parameterized.TestCase):
       ("negative_meta_batch", ["--meta_batch_size=-2"], "meta_batch_size must be a positive"),
       ("unknown_architecture", ["--optimizer=rnnprop"], "--optimizer=rnnprop"),
       ("bad_meta_loss", ["--meta_loss=sum"], "--meta_loss=sum"),
+      ("zero_beta", ["--regularizer=entropy", "--beta=0"], "beta must be a positive number"),
+      ("negative_alpha", ["--regularizer=hessian", "--alpha=-1"], "alpha must be a positive"),
+      ("zero_chains", ["--regularizer=entropy", "--entropy_chains=0"],
+       "entropy_chains must be a positive integer"),
+      ("zero_gamma", ["--regularizer=entropy", "--entropy_gamma=0"],
+       "entropy_gamma must be a positive number"),
+      ("alpha_without_hessian", ["--regularizer=entropy", "--alpha=0.1"],
+       "--alpha belongs to --regularizer=hessian, but --regularizer=entropy"),
+      ("entropy_flag_without_entropy", ["--entropy_steps=3"],
+       "--entropy_steps belongs to --regularizer=entropy, but --regularizer=none"),
+      ("when_without_regularizer", ["--regularize_when=first_half"],
+       "--regularize_when needs --regularizer=hessian or --regularizer=entropy"),
+      ("unknown_estimator", ["--regularizer=hessian", "--hessian_estimator=frobenius"],
+       "--hessian_estimator=frobenius"),
   )
   def test_bad_flags(self, args, message):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")

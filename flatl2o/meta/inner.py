@@ -92,8 +92,9 @@ def _step_fn(task, tx, differentiate_gradients: bool,
       loss = loss_fn(p)
       reg = jax.lax.cond(
           reg_weight > 0,
-          lambda q: reg_weight * objective.term(regularizer, loss_fn, q, jax.random.fold_in(key, 1)),
-          lambda q: jnp.zeros((), jnp.float32), p)
+          lambda q: (reg_weight * objective.term(
+              regularizer, loss_fn, q, jax.random.fold_in(key, 1))).astype(loss.dtype),
+          lambda q: jnp.zeros((), loss.dtype), p)
       total = loss + reg if regularizer.add_to_inner_loss else loss
       return total, (loss, reg)
 

@@ -115,9 +115,16 @@ def coordinatewise_transform(lopt, meta_params: Any) -> optax.GradientTransforma
   in their own `update`).
   """
 
+  # The recurrent state lives in the meta-parameters' float dtype (float32
+  # normally; float64 when meta-gradients are checked in double precision).
+  dtype = jnp.result_type(*jax.tree.leaves(meta_params)) if jax.tree.leaves(meta_params) else None
+
   def init_fn(params):
     check_float_tree(params)
-    return lopt.init_state(num_coordinates(params))
+    state = lopt.init_state(num_coordinates(params))
+    return jax.tree.map(
+        lambda s: s.astype(dtype) if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating)
+        else s, state)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
