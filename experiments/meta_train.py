@@ -63,6 +63,9 @@ _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", _defaults.checkpoint_ever
 _LOG_EVERY = flags.DEFINE_integer("log_every", _defaults.log_every,
                                   "Meta-steps between progress lines.")
 _SEED = flags.DEFINE_integer("seed", _defaults.seed, "Seed of the run.")
+_MAX_SKIPPED = flags.DEFINE_integer(
+    "max_consecutive_skipped", _defaults.max_consecutive_skipped,
+    "Non-finite meta-steps in a row after which the run stops (exit code 3).")
 
 _reg = meta.RegularizerConfig()
 _REGULARIZER = flags.DEFINE_enum("regularizer", "none", objective.KINDS,
@@ -120,7 +123,8 @@ def config_from_flags() -> meta.MetaTrainConfig:
       meta_loss=_META_LOSS.value, second_order=_SECOND_ORDER.value,
       validation_every=_VAL_EVERY.value, validation_horizon=_VAL_HORIZON.value,
       validation_seeds=_VAL_SEEDS.value, checkpoint_every=_CKPT_EVERY.value,
-      log_every=_LOG_EVERY.value, seed=_SEED.value, regularizer=regularizer_from_flags())
+      log_every=_LOG_EVERY.value, seed=_SEED.value, regularizer=regularizer_from_flags(),
+      max_consecutive_skipped=_MAX_SKIPPED.value)
 
 
 def main(argv):
@@ -133,8 +137,12 @@ def main(argv):
       "runs", "meta_train",
       f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}".replace(
           "/", "_").replace(":", "_"))
-  result = meta.meta_train(lopt, task, config, run_dir=run_dir,
-                           callback=_cli.progress_line(config.num_meta_iterations))
+  try:
+    result = meta.meta_train(lopt, task, config, run_dir=run_dir,
+                             callback=_cli.progress_line(config.num_meta_iterations))
+  except meta.MetaTrainingDivergedError as e:
+    sys.stderr.write(f"meta_train: {e}\n")
+    sys.exit(3)
   if result.resumed_from is not None:
     print(f"resumed from meta-step {result.resumed_from}")
   if result.collapsed:

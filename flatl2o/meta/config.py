@@ -36,6 +36,7 @@ class MetaTrainConfig:
     log_every: meta-steps between metric lines.
     seed: the run's seed; every key is derived from it and the meta-step index.
     regularizer: the flatness term of the meta-objective (`RegularizerConfig`).
+    max_consecutive_skipped: non-finite meta-steps in a row that stop the run.
   """
 
   unroll_length: int = 20
@@ -53,11 +54,12 @@ class MetaTrainConfig:
   log_every: int = 10
   seed: int = 0
   regularizer: RegularizerConfig = RegularizerConfig()
+  max_consecutive_skipped: int = 20
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
                  "validation_every", "validation_horizon", "validation_seeds",
-                 "checkpoint_every", "log_every"):
+                 "checkpoint_every", "log_every", "max_consecutive_skipped"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

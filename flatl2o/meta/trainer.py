@@ -8,7 +8,10 @@ start from fresh optimizee initialisations. Every key is derived from the
 seed and the meta-step index, so a resumed run repeats an uninterrupted one.
 
 A meta-step whose meta-loss or meta-gradient is not finite leaves the
-meta-parameters and meta-optimizer state unchanged (it is counted as skipped).
+meta-parameters and meta-optimizer state unchanged (it is counted as skipped);
+a meta-batch holding a blown-up optimizee is restarted at the next meta-step;
+`max_consecutive_skipped` skipped steps in a row stop the run with
+`MetaTrainingDivergedError`, leaving the last checkpoint intact.
 
 Every `validation_every` meta-steps the learned optimizer trains fresh
 optimizees for `validation_horizon` steps and is scored on the validation split
@@ -99,6 +102,15 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
           metrics)
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class MetaTrainingDivergedError(RuntimeError):
+  """Too many consecutive meta-steps had a non-finite meta-loss or meta-gradient."""
+
+
 @functools.partial(jax.jit, static_argnames=("lopt", "horizon"))
 def validate(lopt, task, meta_params, keys, horizon: int):
   """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`."""
@@ -134,7 +146,8 @@ def score_of(metrics: dict[str, float]) -> float:
 
 # Settings that change how long a run goes or how often it reports, not what it
 # computes: a run may be resumed (or extended) with other values of these.
-_NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every")
+_NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every",
+                 "max_consecutive_skipped")
 
 
 def run_description(lopt, task, config: MetaTrainConfig) -> dict[str, Any]:
@@ -169,6 +182,21 @@ def _check_run_dir(run_dir: str, description: dict[str, Any]) -> None:
     report.write_json(path, description)
 
 
+def environment() -> dict[str, Any]:
+  """Package versions and platform, recorded in the run directory at every (re)start."""
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for package in ("flatl2o", "jax", "jaxlib", "optax", "flax", "chex", "orbax-checkpoint",
+                  "numpy", "tensorflow-datasets"):
+    try:
+      versions[package] = md.version(package)
+    except md.PackageNotFoundError:
+      versions[package] = None
+  return {"python": platform.python_version(), "platform": platform.platform(),
+          "backend": jax.default_backend(), "packages": versions}
+
+
 def _first_difference(old, new, prefix="") -> str:
   if isinstance(old, dict) and isinstance(new, dict):
     for k in sorted(set(old) | set(new)):
@@ -200,7 +228,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   validation_keys = jax.random.split(jax.random.fold_in(base_key, 0x7A11D), config.validation_seeds)
   states = None
   best = {"theta": theta, "score": jnp.float32(-jnp.inf), "iteration": jnp.int32(-1)}
-  num_skipped = 0
+  num_skipped = consecutive_skipped = num_resets = 0
   start = 0
   history: list[dict[str, Any]] = []
 
@@ -208,16 +236,19 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   resumed_from = None
   if run_dir is not None:
     _check_run_dir(run_dir, run_description(lopt, task, config))
+    report.write_json(os.path.join(run_dir, "versions.json"), environment())
     checkpointer = checkpoints.RunCheckpointer(run_dir)
     latest = checkpointer.latest_step()
     if latest is not None:
       template = _run_state(theta, meta_opt_state,
-                            init_states(lopt, config, task, theta, base_key), best, 0, 0)
+                            init_states(lopt, config, task, theta, base_key), best, 0, 0, 0, 0)
       restored = checkpointer.restore(latest, template)
       theta, meta_opt_state, states = (restored["theta"], restored["meta_opt_state"],
                                        restored["states"])
       best = restored["best"]
       num_skipped = int(restored["num_skipped"])
+      consecutive_skipped = int(restored["consecutive_skipped"])
+      num_resets = int(restored["num_resets"])
       start = resumed_from = int(restored["iteration"])
       if start % config.truncations_per_episode == 0:
         states = None  # a new episode starts here anyway
@@ -230,16 +261,35 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     init_key, step_key = jax.random.split(iteration_key)
     if iteration % config.truncations_per_episode == 0 or states is None:
       states = init_states(lopt, config, task, theta, init_key)
+    elif not bool(all_finite(states.params)):
+      # An optimizee blew up in the last truncation (that meta-step was skipped):
+      # restart the meta-batch here rather than let it poison the episode.
+      states = init_states(lopt, config, task, theta, init_key)
+      num_resets += 1
     theta, meta_opt_state, states, metrics = meta_step(
         lopt, config, task, theta, meta_opt_state, states, step_key)
     done = iteration + 1
     log_now = done % config.log_every == 0 or done == config.num_meta_iterations
     validate_now = done % config.validation_every == 0 or done == config.num_meta_iterations
-    if not bool(metrics["finite"]):
+    if bool(metrics["finite"]):
+      consecutive_skipped = 0
+    else:
       num_skipped += 1
+      consecutive_skipped += 1
+      if consecutive_skipped >= config.max_consecutive_skipped:
+        if checkpointer is not None:
+          checkpointer.close()
+          writer.close()
+        where = (f"; the last good checkpoint (meta-step {checkpointer.latest_step()}) is in "
+                 f"{checkpointer.directory}" if checkpointer is not None
+                 and checkpointer.latest_step() is not None else "")
+        raise MetaTrainingDivergedError(
+            f"meta-training diverged: {consecutive_skipped} consecutive meta-steps (up to "
+            f"meta-step {done}) had a non-finite meta-loss or meta-gradient and were skipped"
+            f"{where}; lower the meta learning rate or the flatness coefficients")
     if log_now or validate_now:
       record = {"iteration": done, **{k: float(v) for k, v in metrics.items()},
-                "num_skipped": num_skipped,
+                "num_skipped": num_skipped, "num_resets": num_resets,
                 "meta_steps_per_second": (done - start) / (time.perf_counter() - tic)}
       if validate_now:
         val = {k: float(v) for k, v in
@@ -261,7 +311,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     if checkpointer is not None and (done % config.checkpoint_every == 0
                                      or done == config.num_meta_iterations):
       checkpointer.save(done, _run_state(theta, meta_opt_state, states, best, done,
-                                         num_skipped))
+                                         num_skipped, consecutive_skipped, num_resets))
 
   is_collapsed = int(best["iteration"]) < 0
   selected = best["theta"] if not is_collapsed else (
@@ -277,9 +327,12 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
                          collapsed=is_collapsed)
 
 
-def _run_state(theta, meta_opt_state, states, best, iteration, num_skipped):
+def _run_state(theta, meta_opt_state, states, best, iteration, num_skipped,
+               consecutive_skipped, num_resets):
   return {"theta": theta, "meta_opt_state": meta_opt_state, "states": states, "best": best,
-          "iteration": jnp.int32(iteration), "num_skipped": jnp.int32(num_skipped)}
+          "iteration": jnp.int32(iteration), "num_skipped": jnp.int32(num_skipped),
+          "consecutive_skipped": jnp.int32(consecutive_skipped),
+          "num_resets": jnp.int32(num_resets)}
 
 
 class _MetricsWriter:
