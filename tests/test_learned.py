@@ -45,6 +45,9 @@ class TransformTest(parameterized.TestCase):
     tx = lopt.transform(lopt.init(jax.random.key(0)))
     with self.assertRaisesRegex(ValueError, r"leaf \['step'\] has dtype int32"):
       tx.init({"w": jnp.ones(3), "step": jnp.int32(0)})
+    state = tx.init({"w": jnp.ones(3)})
+    with self.assertRaisesRegex(ValueError, r"updates leaf \['w'\] has dtype int32"):
+      tx.update({"w": jnp.ones(3, jnp.int32)}, state)
 
   @parameterized.named_parameters(*ARCHITECTURES)
   def test_empty_pytree(self, lopt):

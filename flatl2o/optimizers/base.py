@@ -128,6 +128,7 @@ def coordinatewise_transform(lopt, meta_params: Any) -> optax.GradientTransforma
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    check_float_tree(updates, "updates")  # dtypes are static: free under jit
     grad, unflatten = flatten(updates)
     step, state = lopt.step(meta_params, grad, state)
     return unflatten(step), state
