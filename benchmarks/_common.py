@@ -33,3 +33,25 @@ def mnist_shaped_task(dataset: str | None, num_examples: int = 8000):
         (rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8),
          rng.integers(0, 10, num_examples)), num_classes=10)
   return tasks.get("mlp_sigmoid", loaded, batch_size=128)
+
+
+def time_meta_step(lopt, task, config, steps: int, warmup: int = 1):
+  """AOT-compiles `meta.meta_step` for `config`; returns (compile seconds, per-step seconds)."""
+  import time  # pylint: disable=g-import-not-at-top
+  from flatl2o import meta  # pylint: disable=g-import-not-at-top
+  theta = lopt.init(jax.random.key(0))
+  opt_state = meta.trainer.meta_optimizer(config).init(theta)
+  states = meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1))
+  start = time.perf_counter()
+  compiled = meta.meta_step.lower(lopt, config, task, theta, opt_state, states,
+                                  jax.random.key(2)).compile()
+  compile_s = time.perf_counter() - start
+  times = []
+  for i in range(steps + warmup):
+    start = time.perf_counter()
+    theta, opt_state, states, metrics = compiled(task, theta, opt_state, states,
+                                                 jax.random.key(10 + i))
+    jax.block_until_ready((theta, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return compile_s, times

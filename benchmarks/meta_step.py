@@ -18,9 +18,7 @@ import json
 import re
 import statistics
 import subprocess
-import time
 
-import jax
 from absl import app, flags
 
 from benchmarks import _common
@@ -36,38 +34,19 @@ _PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "Path of torch_l2o_dm.py
 _PEER_STEPS = flags.DEFINE_integer("peer_steps", 10, "Timed peer meta-steps.")
 
 
-def _setup(lopt, task, unroll):
-  config = meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
-                                meta_batch_size=1)
-  theta = lopt.init(jax.random.key(0))
-  opt_state = meta.trainer.meta_optimizer(config).init(theta)
-  states = meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1))
-  return config, theta, opt_state, states
-
-
 def main(argv):
   del argv
   task = _common.mnist_shaped_task(_DATASET.value)
   lopt = optimizers.L2ODM()
   compile_s = {}
   for unroll in sorted({int(u) for u in _COMPILE_UNROLLS.value} | {_UNROLL.value}):
-    config, theta, opt_state, states = _setup(lopt, task, unroll)
-    start = time.perf_counter()
-    compiled = meta.meta_step.lower(lopt, config, task, theta, opt_state, states,
-                                    jax.random.key(2)).compile()
-    compile_s[unroll] = time.perf_counter() - start
-    if unroll == _UNROLL.value:
-      timed = (compiled, theta, opt_state, states)
-
-  compiled, theta, opt_state, states = timed
-  times = []
-  for i in range(_STEPS.value + 2):
-    start = time.perf_counter()
-    theta, opt_state, states, metrics = compiled(task, theta, opt_state, states,
-                                                 jax.random.key(10 + i))
-    jax.block_until_ready((theta, metrics))
-    if i >= 2:
-      times.append(time.perf_counter() - start)
+    config = meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
+                                  meta_batch_size=1)
+    timed = unroll == _UNROLL.value
+    compile_s[unroll], step_times = _common.time_meta_step(
+        lopt, task, config, steps=_STEPS.value if timed else 0, warmup=2 if timed else 0)
+    if timed:
+      times = step_times
   ms = 1e3 * statistics.median(times)
 
   line = {

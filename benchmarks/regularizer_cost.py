@@ -12,9 +12,7 @@ median of --steps meta-steps. Prints one JSON line.
 
 import json
 import statistics
-import time
 
-import jax
 from absl import app, flags
 
 from benchmarks import _common
@@ -43,21 +41,7 @@ def main(argv):
   for name, reg in VARIANTS.items():
     config = meta.MetaTrainConfig(unroll_length=20, num_inner_steps=20, meta_batch_size=1,
                                   regularizer=reg)
-    theta = lopt.init(jax.random.key(0))
-    opt_state = meta.trainer.meta_optimizer(config).init(theta)
-    states = meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1))
-    start = time.perf_counter()
-    compiled = meta.meta_step.lower(lopt, config, task, theta, opt_state, states,
-                                    jax.random.key(2)).compile()
-    compile_s = time.perf_counter() - start
-    times = []
-    for i in range(_STEPS.value + 1):
-      start = time.perf_counter()
-      theta, opt_state, states, metrics = compiled(task, theta, opt_state, states,
-                                                   jax.random.key(10 + i))
-      jax.block_until_ready((theta, metrics))
-      if i:
-        times.append(time.perf_counter() - start)
+    compile_s, times = _common.time_meta_step(lopt, task, config, steps=_STEPS.value)
     out[name] = {"ms": round(1e3 * statistics.median(times), 1), "compile_s": round(compile_s, 2)}
   base_ms = out["none"]["ms"]
   for v in out.values():
