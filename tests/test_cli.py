@@ -153,3 +153,19 @@ class LoadedOptimizerErrorsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class BenchmarkSmokeTest(parameterized.TestCase):
+  """Benchmarks print one JSON line; tiny settings keep them from rotting (no timing asserted)."""
+
+  @parameterized.parameters(
+      ("benchmarks.inner_step", ["--steps=5", "--repeats=1"], "ms_per_step"),
+      ("benchmarks.meta_step", ["--steps=1", "--unroll_length=3", "--compile_unrolls=3"],
+       "ms_per_meta_step"),
+  )
+  def test_prints_one_json_line(self, module, args, key):
+    proc = run_binary(module, *args)
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    self.assertLen(lines, 1)
+    self.assertGreater(json.loads(lines[0])[key], 0.0)
