@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flatl2o import _checks
 from flatl2o import flatness as flatness_lib
 
 
@@ -148,9 +149,8 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
   Returns:
     A `TrainResult`.
   """
-  for label, value in (("num_steps", num_steps), ("eval_every", eval_every)):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{label} must be a positive integer, got {value!r}")
+  _checks.positive_int("num_steps", num_steps)
+  _checks.positive_int("eval_every", eval_every)
   start_time = time.perf_counter()
   init_key, data_key = jax.random.split(key)
   params = task.init(init_key)

@@ -113,15 +113,12 @@ def from_arrays(name: str,
   """
   train_x, train_y = _check_pair(name, "train", *train)
   if test is None:
-    keep, held = held_out_split(len(train_y), test_fraction, _TEST_SEED)
-    test_x, test_y = train_x[held], train_y[held]
-    train_x, train_y = train_x[keep], train_y[keep]
+    (train_x, train_y), (test_x, test_y) = _carve(train_x, train_y, test_fraction, _TEST_SEED)
   else:
     test_x, test_y = _check_pair(name, "test", *test)
   if validation is None:
-    keep, held = held_out_split(len(train_y), validation_fraction, _VALIDATION_SEED)
-    validation_x, validation_y = train_x[held], train_y[held]
-    train_x, train_y = train_x[keep], train_y[keep]
+    (train_x, train_y), (validation_x, validation_y) = _carve(
+        train_x, train_y, validation_fraction, _VALIDATION_SEED)
   else:
     validation_x, validation_y = _check_pair(name, "validation", *validation)
 
@@ -141,6 +138,12 @@ def from_arrays(name: str,
       test_x=put(test_x), test_y=put(test_y),
       name=name, num_classes=int(num_classes),
       input_shape=tuple(int(d) for d in train_x.shape[1:]))
+
+
+def _carve(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+  """`((kept_x, kept_y), (held_x, held_y))` by `held_out_split`."""
+  keep, held = held_out_split(len(y), fraction, seed)
+  return (x[keep], y[keep]), (x[held], y[held])
 
 
 def _check_pair(name: str, split: str, x, y) -> tuple[np.ndarray, np.ndarray]:

@@ -44,17 +44,16 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from flatl2o.flatness._checks import positive_int, positive_number
+
 
 def _check(num_chains, num_steps, gamma, step_size, noise, rate):
-  for name, value in (("num_chains", num_chains), ("num_steps", num_steps)):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  for name, value in (("gamma", gamma), ("step_size", step_size)):
-    if not isinstance(value, (int, float)) or not value > 0:
-      raise ValueError(f"{name} must be a positive number, got {value!r}")
-  if not isinstance(noise, (int, float)) or not noise >= 0:
-    raise ValueError(f"noise must be a non-negative number, got {noise!r}")
-  if not 0 < rate <= 1:
+  positive_int("num_chains", num_chains)
+  positive_int("num_steps", num_steps)
+  positive_number("gamma", gamma)
+  positive_number("step_size", step_size)
+  positive_number("noise", noise, allow_zero=True)
+  if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
     raise ValueError(f"mean_rate must lie in (0, 1], got {rate!r}")
 
 
@@ -107,10 +106,8 @@ def local_entropy_surrogate(params, mu, gamma: float) -> jax.Array:
 def local_entropy_gap(f: Callable[[Any], jax.Array], params, key: jax.Array, *, gamma: float,
                       num_samples: int = 128) -> jax.Array:
   """Monte-Carlo estimate of -F(x; gamma) - f(x) (0 for a flat f; larger is sharper)."""
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-    raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-  if not isinstance(gamma, (int, float)) or not gamma > 0:
-    raise ValueError(f"gamma must be a positive number, got {gamma!r}")
+  positive_int("num_samples", num_samples)
+  positive_number("gamma", gamma)
   f0 = f(params)
   leaves, treedef = jax.tree.flatten(params)
 

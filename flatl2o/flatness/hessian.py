@@ -31,16 +31,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from flatl2o.flatness._checks import positive_int
+
 Fn = Callable[[Any], jax.Array]
 
 
 def _vdot(a, b) -> jax.Array:
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _check_count(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def hvp(f: Fn, params, v):
@@ -58,7 +55,7 @@ def rademacher_like(key: jax.Array, params):
 
 def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10) -> jax.Array:
   """Hutchinson estimate of tr(H); unbiased, variance shrinking as 1/num_probes."""
-  _check_count("num_probes", num_probes)
+  positive_int("num_probes", num_probes)
   probes = jax.vmap(lambda k: rademacher_like(k, params))(jax.random.split(key, num_probes))
   quad = jax.vmap(lambda z: _vdot(z, hvp(f, params, z)))(probes)
   return jnp.mean(quad)
@@ -71,7 +68,7 @@ def _normalize(v):
 
 def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20) -> jax.Array:
   """Largest-magnitude eigenvalue of H by power iteration (the top one near a minimum)."""
-  _check_count("num_iters", num_iters)
+  positive_int("num_iters", num_iters)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, max(len(leaves), 1))
   v = _normalize(jax.tree.unflatten(treedef, [
@@ -107,7 +104,7 @@ class LanczosResult(NamedTuple):
 
 def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20) -> LanczosResult:
   """Lanczos on H with full re-orthogonalisation; `num_iters` is capped at the dimension."""
-  _check_count("num_iters", num_iters)
+  positive_int("num_iters", num_iters)
   flat, unravel = ravel_pytree(params)
   n = flat.shape[0]
   m = min(num_iters, n)

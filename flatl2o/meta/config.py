@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
+from flatl2o import _checks
 from flatl2o.meta.objective import RegularizerConfig
 
 META_LOSSES = ("mean", "log_ratio")
@@ -60,18 +60,14 @@ class MetaTrainConfig:
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
                  "validation_every", "validation_horizon", "validation_seeds",
                  "checkpoint_every", "log_every", "max_consecutive_skipped"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+      _checks.positive_int(name, getattr(self, name))
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
       raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
     if self.num_inner_steps % self.unroll_length:
       raise ValueError(f"num_inner_steps ({self.num_inner_steps}) must be a multiple of "
                        f"unroll_length ({self.unroll_length})")
     for name in ("meta_learning_rate", "meta_grad_clip"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+      _checks.positive_number(name, getattr(self, name))
     if not isinstance(self.regularizer, RegularizerConfig):
       raise ValueError("regularizer must be a RegularizerConfig, got "
                        f"{type(self.regularizer).__name__}")

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flatl2o import flatness
+from flatl2o import _checks, flatness
 from flatl2o.optimizers import base
 
 KINDS = ("none", "hessian", "entropy")
@@ -88,13 +88,9 @@ class RegularizerConfig:
         raise ValueError(f"unknown regularizer {name} {getattr(self, name)!r}; accepted: "
                          f"{', '.join(accepted)}")
     for name in ("hessian_probes", "power_iters", "entropy_chains", "entropy_steps"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+      _checks.positive_int(name, getattr(self, name))
     for name in ("alpha", "beta", "entropy_gamma", "entropy_step_size"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+      _checks.positive_number(name, getattr(self, name))
     if not isinstance(self.entropy_noise, (int, float)) or not 0 <= self.entropy_noise < math.inf:
       raise ValueError(f"entropy_noise must be a non-negative number, got {self.entropy_noise!r}")
 

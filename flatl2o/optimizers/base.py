@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flatl2o import _checks
+
 
 class LearnedOptimizer(Protocol):
   """What every learned-optimizer architecture provides."""
@@ -101,10 +103,7 @@ def uniform(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
 
 def check_positive_int(lopt, *fields: str) -> None:
   for field in fields:
-    value = getattr(lopt, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{type(lopt).__name__}.{field} must be a positive integer, "
-                       f"got {value!r}")
+    _checks.positive_int(f"{type(lopt).__name__}.{field}", getattr(lopt, field))
 
 
 def coordinatewise_transform(lopt, meta_params: Any) -> optax.GradientTransformationExtraArgs:

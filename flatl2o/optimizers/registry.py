@@ -27,6 +27,7 @@ from typing import Callable
 
 import optax
 
+from flatl2o import _checks
 from flatl2o.optimizers.base import LearnedOptimizer
 from flatl2o.optimizers.l2o_dm import L2ODM
 from flatl2o.optimizers.mlp_lopt import MLPLOpt
@@ -91,10 +92,8 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
                          f"accepted: {', '.join(accepted)}")
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
   for key in ("learning_rate", "rho"):
-    value = kwargs.get(key, 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-      raise OptimizerError(f"optimizer {name!r}: {key} must be a positive number, "
-                           f"got {value!r}")
+    if key in kwargs:
+      _checks.positive_number(f"optimizer {name!r}: {key}", kwargs[key], OptimizerError)
   return _FACTORIES[name](**kwargs)
 
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from flatl2o import _checks
 from flatl2o import data as data_lib
 from flatl2o.tasks.base import ClassificationTask, QuadraticTask
 from flatl2o.tasks.models import MLP, ConvNet
@@ -55,8 +56,7 @@ def get(name: str, dataset: str | data_lib.Dataset | None = None, *,
   """
   if name not in names():
     raise TaskError(f"unknown task {name!r}; accepted: {', '.join(names())}")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-    raise TaskError(f"batch_size must be a positive integer, got {batch_size!r}")
+  _checks.positive_int("batch_size", batch_size, TaskError)
   if name == "quadratic":
     if dataset is not None:
       raise TaskError("task 'quadratic' makes its own data; pass no dataset")
