@@ -107,7 +107,7 @@ def evaluate(config: EvaluateConfig) -> dict:
   results = []
   for seed in config.seeds:
     result = evaluation.train(task, tx, config.num_steps, jax.random.key(seed),
-                              eval_every=config.eval_every, flatness=True)
+                              eval_every=config.eval_every, flatness_at=(config.num_steps,))
     logging.info("seed %d: %s (%.1f s)", seed, result.final("test"), result.wall_time_s)
     results.append(result)
 
@@ -120,7 +120,7 @@ def evaluate(config: EvaluateConfig) -> dict:
       for split, metrics in r.metrics.items():
         record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
       records.append(record)
-    finals.append({**records[-1], **r.flatness, "wall_time_s": r.wall_time_s,
+    finals.append({**records[-1], **r.flatness[config.num_steps], "wall_time_s": r.wall_time_s,
                    "steps_per_second": r.steps_per_second})
   metric_names = [k for k in finals[0] if k not in ("seed", "step")]
   summary = {

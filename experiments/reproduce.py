@@ -90,25 +90,22 @@ def _parse_flags():
 def main(argv):
   del argv
   horizon, long_horizon, grid, meta_seeds, variants = _parse_flags()
-  configs = {name: meta.MetaTrainConfig(num_inner_steps=horizon, validation_horizon=horizon,
-                                        num_meta_iterations=_ITERATIONS.value, seed=seed,
-                                        regularizer=reg)
-             for name, reg in variants.items() for seed in meta_seeds}  # validates all first
-  del configs
+  # Every configuration is built (and so checked) before anything compiles.
+  configs = {(name, seed): meta.MetaTrainConfig(
+      num_inner_steps=horizon, validation_horizon=horizon,
+      num_meta_iterations=_ITERATIONS.value, seed=seed, regularizer=reg)
+             for seed in meta_seeds for name, reg in variants.items()}
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value)
   lopt = optimizers.L2ODM()
 
   trained = {}
-  for seed in meta_seeds:
-    for name, reg in variants.items():
-      config = meta.MetaTrainConfig(num_inner_steps=horizon, validation_horizon=horizon,
-                                    num_meta_iterations=_ITERATIONS.value, seed=seed,
-                                    regularizer=reg)
-      logging.info("1/3 meta-training %s, seed %d, %d meta-steps", name, seed,
-                   config.num_meta_iterations)
-      run_dir = os.path.join(_RUN_DIR.value, f"{name.replace(' + ', '_')}-s{seed}")
-      trained[name, seed] = meta.meta_train(
-          lopt, task, config, run_dir=run_dir, callback=_cli.progress_line(config.num_meta_iterations))
+  for (name, seed), config in configs.items():
+    logging.info("1/3 meta-training %s, seed %d, %d meta-steps", name, seed,
+                 config.num_meta_iterations)
+    run_dir = os.path.join(_RUN_DIR.value, f"{name.replace(' + ', '_')}-s{seed}")
+    trained[name, seed] = meta.meta_train(
+        lopt, task, config, run_dir=run_dir,
+        callback=_cli.progress_line(config.num_meta_iterations))
 
   logging.info("2/3 tuning Adam over %s", grid)
   tuning = {}
@@ -130,15 +127,12 @@ def main(argv):
   records, finals, curves = [], {}, {}
   for (name, meta_seed), tx in contenders.items():
     for test_seed in test_seeds:
-      key = jax.random.key(test_seed)
-      runs = {horizon: evaluation.train(task, tx, horizon, key, eval_every=horizon,
-                                        flatness=True),
-              long_horizon: evaluation.train(task, tx, long_horizon, key, eval_every=horizon,
-                                             flatness=True)}
-      curves.setdefault(name, []).append(runs[long_horizon])
-      for step, r in runs.items():
+      r = evaluation.train(task, tx, long_horizon, jax.random.key(test_seed),
+                           eval_every=horizon, flatness_at=(horizon, long_horizon))
+      curves.setdefault(name, []).append(r)
+      for step in sorted({horizon, long_horizon}):
         record = {"optimizer": name, "meta_seed": meta_seed, "test_seed": test_seed,
-                  "step": step, **_metrics_at(r, step), **r.flatness}
+                  "step": step, **_metrics_at(r, step), **r.flatness[step]}
         records.append(record)
         finals.setdefault((name, step), {}).setdefault(meta_seed, []).append(record)
 

@@ -43,8 +43,8 @@ class TrainResult:
     wall_time_s: seconds for the whole call, compilation included.
     steps_per_second: training speed over the chunks after the first (which
       compiles); NaN when there is only one chunk.
-    flatness: with `flatness=True`, measures of the final parameters on the
-      training loss over a fixed batch (`flatness_measures`); else empty.
+    flatness: `step -> flatness_measures(...)` of the parameters at each
+      step of `flatness_at` (the training loss over a fixed batch).
   """
 
   train_loss: np.ndarray
@@ -53,7 +53,7 @@ class TrainResult:
   params: Any
   wall_time_s: float
   steps_per_second: float
-  flatness: dict[str, float] = dataclasses.field(default_factory=dict)
+  flatness: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
   def final(self, split: str = "test") -> dict[str, float]:
     return {k: float(v[-1]) for k, v in self.metrics[split].items()}
@@ -134,7 +134,7 @@ def _chunk_fn(tx: optax.GradientTransformation):
 def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array,
           eval_every: int = 100,
           eval_splits: Sequence[str] = ("validation", "test"),
-          flatness: bool = False) -> TrainResult:
+          flatness_at: Sequence[int] = ()) -> TrainResult:
   """Trains a fresh optimizee of `task` with `tx` for `num_steps` steps.
 
   Args:
@@ -144,13 +144,21 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
     key: PRNG key; it decides the initialisation and the batch stream.
     eval_every: steps between full-split evaluations (also the compiled chunk).
     eval_splits: splits to evaluate at step 0, every `eval_every` and at the end.
-    flatness: also measure the flatness of the final parameters.
+    flatness_at: evaluation steps (multiples of `eval_every`, or `num_steps`) at
+      which to also measure flatness; one run then serves several horizons.
 
   Returns:
     A `TrainResult`.
   """
   _checks.positive_int("num_steps", num_steps)
   _checks.positive_int("eval_every", eval_every)
+  flatness_at = sorted(set(flatness_at))
+  off_grid = [s for s in flatness_at if s != num_steps and (s <= 0 or s % eval_every or s > num_steps)]
+  if off_grid:
+    raise ValueError(f"flatness_at steps {off_grid} are not evaluation steps; accepted: "
+                     f"multiples of eval_every ({eval_every}) up to num_steps, or num_steps")
+  flatness_key = jax.random.fold_in(key, 0xF1A7)
+  measures = {}
   start_time = time.perf_counter()
   init_key, data_key = jax.random.split(key)
   params = task.init(init_key)
@@ -172,16 +180,15 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
     step += length
     eval_steps.append(step)
     evals.append({s: task.evaluate(params, s) for s in eval_splits})
+    if step in flatness_at:
+      measures[step] = flatness_measures(task, params, flatness_key)
 
   evals = jax.device_get(evals)
   metrics = {
       s: {m: np.asarray([e[s][m] for e in evals], np.float64) for m in evals[0][s]}
       for s in eval_splits
   }
-  measures = {}
-  if flatness:
-    measures = {k: float(v) for k, v in
-                flatness_measures(task, params, jax.random.fold_in(key, 0xF1A7)).items()}
+  measures = {step: {k: float(v) for k, v in m.items()} for step, m in measures.items()}
   timed = chunk_times[1:]
   steps_per_second = (sum(n for _, n in timed) / sum(t for t, _ in timed)
                       if timed else float("nan"))

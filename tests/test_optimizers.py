@@ -94,6 +94,17 @@ class TrainLoopTest(parameterized.TestCase):
     self.assertEqual(float(state), float(loss))
     self.assertGreater(float(loss), 0.0)
 
+  def test_flatness_at_several_steps_of_one_run(self):
+    task = tasks.get("mlp_sigmoid")
+    tx = optax.adam(1e-2)
+    long = evaluation.train(task, tx, 60, jax.random.key(0), eval_every=20, flatness_at=(20, 60))
+    short = evaluation.train(task, tx, 20, jax.random.key(0), eval_every=20, flatness_at=(20,))
+    self.assertEqual(sorted(long.flatness), [20, 60])
+    self.assertEqual(long.flatness[20], short.flatness[20])  # one run serves both horizons
+    self.assertGreater(long.flatness[20]["hessian_trace"], 0.0)
+    with self.assertRaisesRegex(ValueError, r"flatness_at steps \[30\] are not evaluation steps"):
+      evaluation.train(task, tx, 60, jax.random.key(0), eval_every=20, flatness_at=(30,))
+
   def test_bad_lengths(self):
     task = tasks.get("quadratic")
     with self.assertRaisesRegex(ValueError, "num_steps must be a positive integer"):
