@@ -131,10 +131,13 @@ def evaluate(config: EvaluateConfig) -> dict:
   }
   report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
-  label = config.optimizer if config.optimizer in optimizers.names() else "learned"
-  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {label: results},
+  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {_label(config): results},
                      title=f"{config.task} on {summary['dataset_name']}")
   return summary
+
+
+def _label(config: EvaluateConfig) -> str:
+  return config.optimizer if config.optimizer in optimizers.names() else "learned"
 
 
 def main(argv):
@@ -147,8 +150,7 @@ def main(argv):
            if m in summary["over_seeds"]]
   print(f"{config.task} on {summary['dataset_name']}, {config.num_steps} steps, "
         f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")
-  label = config.optimizer if config.optimizer in optimizers.names() else "learned"
-  print(report.format_table({label: summary["over_seeds"]}, shown))
+  print(report.format_table({_label(config): summary["over_seeds"]}, shown))
   print(f"wrote {config.out_dir}/metrics.jsonl, summary.json"
         + (", curves.png" if os.path.exists(os.path.join(config.out_dir, "curves.png")) else ""))
 
