@@ -1,27 +1,14 @@
-"""What every benchmark line records about where it ran."""
+"""Shared pieces of the benchmarks: the MNIST-shaped task and meta-step timing.
 
-import os
-import platform
+Every benchmark line also carries `flatl2o.environment.describe()` (machine,
+JAX version and backend, allocator, package versions).
+"""
 
 import jax
 
 
-def environment() -> dict:
-  preload = os.environ.get("LD_PRELOAD", "")
-  allocator = "jemalloc" if "jemalloc" in preload else ("tcmalloc" if "tcmalloc" in preload
-                                                        else "glibc")
-  return {
-      "jax": jax.__version__,
-      "backend": jax.default_backend(),
-      "device": jax.devices()[0].device_kind,
-      "cpu_count": os.cpu_count(),
-      "machine": platform.machine(),
-      "allocator": allocator,
-  }
-
-
-def mnist_shaped_task(dataset: str | None, num_examples: int = 8000):
-  """mlp_sigmoid (batch 128) on `dataset`, or on random MNIST-shaped images when None."""
+def mnist_shaped_task(dataset: str | None, num_examples: int = 8000, batch_size: int = 128):
+  """mlp_sigmoid on `dataset`, or on random MNIST-shaped images when None."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flatl2o import data, tasks  # pylint: disable=g-import-not-at-top
   if dataset:
@@ -32,26 +19,26 @@ def mnist_shaped_task(dataset: str | None, num_examples: int = 8000):
         "synthetic-mnist-shape",
         (rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8),
          rng.integers(0, 10, num_examples)), num_classes=10)
-  return tasks.get("mlp_sigmoid", loaded, batch_size=128)
+  return tasks.get("mlp_sigmoid", loaded, batch_size=batch_size)
 
 
 def time_meta_step(lopt, task, config, steps: int, warmup: int = 1):
   """AOT-compiles `meta.meta_step` for `config`; returns (compile seconds, per-step seconds)."""
   import time  # pylint: disable=g-import-not-at-top
   from flatl2o import meta  # pylint: disable=g-import-not-at-top
-  theta = lopt.init(jax.random.key(0))
-  opt_state = meta.trainer.meta_optimizer(config).init(theta)
-  states = meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1))
+  meta_params = lopt.init(jax.random.key(0))
+  opt_state = meta.meta_optimizer(config).init(meta_params)
+  states = meta.init_meta_batch(lopt, config, task, meta_params, jax.random.key(1))
   start = time.perf_counter()
-  compiled = meta.meta_step.lower(lopt, config, task, theta, opt_state, states,
+  compiled = meta.meta_step.lower(lopt, config, task, meta_params, opt_state, states,
                                   jax.random.key(2)).compile()
   compile_s = time.perf_counter() - start
   times = []
   for i in range(steps + warmup):
     start = time.perf_counter()
-    theta, opt_state, states, metrics = compiled(task, theta, opt_state, states,
-                                                 jax.random.key(10 + i))
-    jax.block_until_ready((theta, metrics))
+    meta_params, opt_state, states, metrics = compiled(task, meta_params, opt_state, states,
+                                                       jax.random.key(10 + i))
+    jax.block_until_ready((meta_params, metrics))
     if i >= warmup:
       times.append(time.perf_counter() - start)
   return compile_s, times

@@ -13,11 +13,10 @@ import statistics
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from benchmarks import _common
-from flatl2o import data, evaluation, optimizers, tasks
+from flatl2o import environment, evaluation, optimizers
 
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset name; default: synthetic MNIST-sized.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Steps per timed chunk.", lower_bound=1)
@@ -27,19 +26,13 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Minibatch size.", lower_b
 
 def main(argv):
   del argv
-  if _DATASET.value:
-    dataset = data.load(_DATASET.value)
-  else:
-    rng = np.random.default_rng(0)
-    dataset = data.from_arrays(
-        "synthetic-mnist-shape",
-        (rng.integers(0, 256, (10_000, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 10_000)),
-        num_classes=10)
-  task = tasks.get("mlp_sigmoid", dataset, batch_size=_BATCH_SIZE.value)
+  task = _common.mnist_shaped_task(_DATASET.value, num_examples=10_000,
+                                   batch_size=_BATCH_SIZE.value)
+  dataset = task.data
   tx = optimizers.get("adam")
   params = task.init(jax.random.key(0))
   opt_state = tx.init(params)
-  run_chunk = evaluation._chunk_fn(tx)  # pylint: disable=protected-access
+  run_chunk = evaluation.chunk_runner(tx)
   key = jax.random.key(1)
 
   start = time.perf_counter()
@@ -64,7 +57,7 @@ def main(argv):
       "ms_per_step": round(ms, 4),
       "ms_per_step_min": round(1e3 * min(times) / _STEPS.value, 4),
       "first_call_s": round(first_call_s, 3),
-      **_common.environment(),
+      **environment.describe(),
   }))
 
 

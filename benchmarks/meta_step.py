@@ -22,6 +22,7 @@ import subprocess
 from absl import app, flags
 
 from benchmarks import _common
+from flatl2o import environment
 from flatl2o import meta, optimizers
 
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset; default synthetic MNIST-shaped.")
@@ -60,7 +61,7 @@ def main(argv):
       "ms_per_meta_step": round(ms, 2),
       "ms_per_meta_step_min": round(1e3 * min(times), 2),
       "compile_s": {str(k): round(v, 2) for k, v in compile_s.items()},
-      **_common.environment(),
+      **environment.describe(),
   }
   if _PEER_PYTHON.value and _PEER_SCRIPT.value:
     args = [_PEER_PYTHON.value, _PEER_SCRIPT.value, "--unroll", str(_UNROLL.value),

@@ -16,6 +16,7 @@ import statistics
 from absl import app, flags
 
 from benchmarks import _common
+from flatl2o import environment
 from flatl2o import meta, optimizers
 
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset; default synthetic MNIST-shaped.")
@@ -48,7 +49,7 @@ def main(argv):
     v["ratio"] = round(v["ms"] / base_ms, 3)
   print(json.dumps({"benchmark": "regularizer_cost", "optimizer": "l2o_dm",
                     "task": "mlp_sigmoid", "dataset": task.data.name, "unroll_length": 20,
-                    "meta_batch_size": 1, "variants": out, **_common.environment()}))
+                    "meta_batch_size": 1, "variants": out, **environment.describe()}))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 from typing import Callable
 
@@ -19,11 +20,17 @@ def fail(message: str) -> None:
   sys.exit(USAGE_ERROR)
 
 
+def safe_name(text: str) -> str:
+  """`text` as one folder name: every run of other characters than [A-Za-z0-9_.-] becomes '_'."""
+  return re.sub(r"[^\w.-]+", "_", text)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).replace("\n", " "))
+  except (flags.Error, KeyError, AttributeError) as e:
+    # ml_collections' --config.FIELD overrides raise KeyError/AttributeError for unknown fields.
+    fail(str(e).strip("'\"").replace("\n", " "))
   if len(rest) > 1:
     fail(f"unexpected positional arguments {rest[1:]}; all options are --flags")
   return rest

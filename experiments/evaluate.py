@@ -70,10 +70,9 @@ class EvaluateConfig:
 
 def config_from_flags() -> EvaluateConfig:
   dataset = _DATASET.value
-  default_dir = os.path.join(
-      "runs", "evaluate",
-      re.sub(r"[^\w.-]+", "_", f"{_TASK.value}-{dataset or 'default'}-"
-             f"{os.path.basename(os.path.normpath(_OPTIMIZER.value))}"))
+  default_dir = os.path.join("runs", "evaluate", _cli.safe_name(
+      f"{_TASK.value}-{dataset or 'default'}-"
+      f"{os.path.basename(os.path.normpath(_OPTIMIZER.value))}"))
   return EvaluateConfig(
       task=_TASK.value, dataset=dataset, data_dir=_DATA_DIR.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
@@ -125,7 +124,7 @@ def evaluate(config: EvaluateConfig) -> dict:
   metric_names = [k for k in finals[0] if k not in ("seed", "step")]
   summary = {
       "config": dataclasses.asdict(config),
-      "dataset_name": task.data.name if hasattr(task, "data") else task.name,
+      "dataset_name": task.dataset_name,
       "final": finals,
       "over_seeds": {m: report.summarize([f[m] for f in finals]) for m in metric_names},
   }

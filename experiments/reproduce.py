@@ -122,7 +122,7 @@ def main(argv):
   contenders = {(adam_name, None): optimizers.get("adam", learning_rate=best_lr)}
   for (name, seed), result in trained.items():
     label = name + (" (collapsed)" if result.collapsed else "")
-    contenders[label, seed] = lopt.transform(result.theta)
+    contenders[label, seed] = lopt.transform(result.meta_params)
 
   records, finals, curves = [], {}, {}
   for (name, meta_seed), tx in contenders.items():
@@ -148,7 +148,7 @@ def main(argv):
     rows[f"{name} @ {step}"] = {m: report.summarize(v) for m, v in values.items()}
 
   summary = {
-      "task": task.name, "dataset": task.data.name if hasattr(task, "data") else None,
+      "task": task.name, "dataset": task.dataset_name,
       "meta_training": {
           f"{name} seed {seed}": {"best_validation_accuracy": r.best_score,
                                   "best_meta_step": r.best_iteration,

@@ -1,16 +1,17 @@
-"""Saving what meta-training produces: resumable run state (orbax) and exported optimizers.
+"""The export format of a learned optimizer: `save_optimizer`, `load_optimizer`.
 
-Exported optimizer (`save_optimizer` / `load_optimizer`): a folder with
+An exported optimizer is a folder with
   optimizer.json     format, architecture name, hyper-parameters, array shapes,
                      and the SHA-256 of the array file
   meta_params.npz    the meta-parameters, one array per pytree path
 Loading checks all of it and returns a ready optax transformation; nothing else
 is needed from the user. Both are written to a temporary folder and renamed
-into place, so a crash never leaves a half-written export.
+into place, so a crash never leaves a half-written export. (A meta-training
+run's resumable state lives in its run directory: `flatl2o.meta.run_dir`.)
 
-Run state (`RunCheckpointer`): orbax `CheckpointManager` steps under
-`RUN_DIR/checkpoints`, written synchronously (orbax finalises each step
-atomically), keeping the last few.
+Example:
+  >>> flatl2o.save_optimizer("my_optimizer", lopt, meta_params)
+  >>> tx = flatl2o.load_optimizer("my_optimizer")   # an optax transformation
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
       "format": FORMAT,
       "version": FORMAT_VERSION,
       "architecture": lopt.name,
-      "hparams": lopt_base.hparams(lopt),
+      "hparams": lopt_base.architecture_hparams(lopt),
       "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
       "sha256": hashlib.sha256(payload).hexdigest(),
   }
@@ -121,7 +122,7 @@ def load_learned(path: str):
   expected = _leaves_by_path(template)
   if set(arrays) != set(expected):
     raise CheckpointError(f"{path}: meta-parameters do not match architecture "
-                          f"{lopt.name} with {lopt_base.hparams(lopt)}")
+                          f"{lopt.name} with {lopt_base.architecture_hparams(lopt)}")
   for k, v in expected.items():
     if arrays[k].shape != v.shape:
       raise CheckpointError(f"{path}: meta-parameter {k} has shape {arrays[k].shape}, "
@@ -141,34 +142,3 @@ def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:
 
 def _tuples(hparams: dict) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-
-
-class RunCheckpointer:
-  """Resumable meta-training state under `run_dir/checkpoints` (orbax)."""
-
-  def __init__(self, run_dir: str, max_to_keep: int = 3):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import)
-    self._ocp = ocp
-    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
-  def save(self, step: int, state: Any) -> None:
-    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
-
-  def restore(self, step: int, template: Any) -> Any:
-    try:
-      return self._manager.restore(step, args=self._ocp.args.StandardRestore(template))
-    except Exception as e:  # orbax raises many types for a bad or foreign checkpoint.
-      raise CheckpointError(
-          f"checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
-          f"{str(e).splitlines()[0][:200]}); it belongs to another configuration or is "
-          "damaged: use another run directory") from None
-
-  def close(self) -> None:
-    self._manager.close()

@@ -72,7 +72,7 @@ def flatness_measures(task, params, key: jax.Array) -> dict[str, jax.Array]:
   """Hessian trace, top eigenvalue and local-entropy gap of the training loss at `params`.
 
   Also returns the loss itself (`flatness_batch_loss`): compare flatness at
-  matched training loss, since the trace falls with the loss (DESIGN.md).
+  matched training loss, since the trace falls with the loss (docs/science.md).
   """
   batch = task.fixed_batch(FLATNESS_BATCH)
   f = lambda p: task.loss(p, batch)
@@ -112,8 +112,14 @@ def step_fn(task, tx: optax.GradientTransformation):
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_fn(tx: optax.GradientTransformation):
-  """One compiled chunk runner per transformation, shared by every seed and task."""
+def chunk_runner(tx: optax.GradientTransformation):
+  """The jitted `run_chunk(task, params, opt_state, data_key, first_step, length)` of `tx`.
+
+  It scans `length` training steps from step `first_step`, drawing step t's
+  batch from `fold_in(data_key, t)`, and returns `(params, opt_state, losses)`.
+  One compiled runner per transformation (cached), shared by every seed and
+  task of the same shapes; `train` runs it chunk by chunk, benchmarks time it.
+  """
 
   @functools.partial(jax.jit, static_argnames="length")
   def run_chunk(task, params, opt_state, data_key, first_step, length):
@@ -163,7 +169,7 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
   init_key, data_key = jax.random.split(key)
   params = task.init(init_key)
   opt_state = tx.init(params)
-  run_chunk = _chunk_fn(tx)
+  run_chunk = chunk_runner(tx)
 
   eval_steps = [0]
   evals = [{s: task.evaluate(params, s) for s in eval_splits}]

@@ -16,28 +16,28 @@ class ExportTest(parameterized.TestCase):
 
   def _export(self, lopt=None):
     lopt = lopt or optimizers.L2ODM(hidden_size=6)
-    theta = jax.tree.map(lambda x: x + 0.01, lopt.init(jax.random.key(3)))
+    meta_params = jax.tree.map(lambda x: x + 0.01, lopt.init(jax.random.key(3)))
     path = os.path.join(self.create_tempdir().full_path, "opt")
-    flatl2o.save_optimizer(path, lopt, theta)
-    return path, lopt, theta
+    flatl2o.save_optimizer(path, lopt, meta_params)
+    return path, lopt, meta_params
 
   @parameterized.parameters(optimizers.L2ODM(hidden_size=6), optimizers.MLPLOpt(decays=(0.9,)))
   def test_round_trip(self, lopt):
-    path, lopt, theta = self._export(lopt)
+    path, lopt, meta_params = self._export(lopt)
     tx = flatl2o.load_optimizer(path)
     params = {"w": jnp.linspace(-1, 1, 7)}
-    expected, _ = lopt.transform(theta).update(params, lopt.transform(theta).init(params), params)
+    expected, _ = lopt.transform(meta_params).update(params, lopt.transform(meta_params).init(params), params)
     got, _ = tx.update(params, tx.init(params), params)
     chex.assert_trees_all_equal(got, expected)
     self.assertEqual(sorted(os.listdir(os.path.dirname(path))), ["opt"])  # no temp left
 
   def test_overwrites_an_export_but_not_a_foreign_folder(self):
-    path, lopt, theta = self._export()
-    flatl2o.save_optimizer(path, lopt, theta)  # re-export in place is fine
+    path, lopt, meta_params = self._export()
+    flatl2o.save_optimizer(path, lopt, meta_params)  # re-export in place is fine
     foreign = self.create_tempdir()
     foreign.create_file("data.txt")
     with self.assertRaisesRegex(checkpoints.CheckpointError, "is not an exported optimizer"):
-      flatl2o.save_optimizer(foreign.full_path, lopt, theta)
+      flatl2o.save_optimizer(foreign.full_path, lopt, meta_params)
     self.assertEqual(os.listdir(foreign.full_path), ["data.txt"])
 
   def test_missing(self):

@@ -115,6 +115,14 @@ class MetaTrainBinaryTest(parameterized.TestCase):
        "--regularize_when needs --regularizer=hessian or --regularizer=entropy"),
       ("unknown_estimator", ["--regularizer=hessian", "--hessian_estimator=frobenius"],
        "--hessian_estimator=frobenius"),
+      ("unknown_config_field", ["--config.unroll_lenght=5"],
+       "unknown configuration field --config.unroll_lenght; accepted: unroll_length,"),
+      ("config_override_checked", ["--config.unroll_length=0"],
+       "unroll_length must be a positive integer"),
+      ("config_override_owned", ["--config.regularizer.beta=2"],
+       "--beta belongs to --regularizer=entropy, but --regularizer=none"),
+      ("both_spellings", ["--regularizer=hessian", "--alpha=0.1",
+                          "--config.regularizer.alpha=0.2"], "set the same field"),
   )
   def test_bad_flags(self, args, message):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")

@@ -98,7 +98,7 @@ class SamplingTest(absltest.TestCase):
     self.assertFalse(np.array_equal(inputs, other))
     self.assertEqual(draw._cache_size(), 1)  # data is an argument, not a constant
 
-  def test_sample_batch_in_scan_never_leaves_device(self):
+  def test_sample_batch_in_scan_makes_no_host_to_device_transfer(self):
     ds = data.load("digits")
 
     @jax.jit
@@ -109,7 +109,13 @@ class SamplingTest(absltest.TestCase):
       total, _ = jax.lax.scan(body, jnp.float32(0), jax.random.split(key, 50))
       return total / 50
 
-    value = float(mean_of_batches(ds, jax.random.key(0)))
+    key = jax.random.key(0)
+    mean_of_batches(ds, key).block_until_ready()  # compiles
+    with jax.transfer_guard_host_to_device("disallow"):
+      value = float(mean_of_batches(ds, key))  # batches drawn on the device: no transfer
+      # The guard does see transfers: the same call with host-side data is refused.
+      with self.assertRaisesRegex(Exception, "Disallowed host-to-device transfer"):
+        mean_of_batches(ds.replace(train_x=np.asarray(ds.train_x)), key).block_until_ready()
     self.assertAlmostEqual(value, float(ds.train_x.mean()), delta=0.02)
 
 

@@ -59,8 +59,8 @@ class TransformTest(parameterized.TestCase):
   def test_meta_gradient_through_unroll(self, lopt):
     target = jnp.array([1.0, -2.0, 3.0])
 
-    def meta_loss(theta):
-      tx = lopt.transform(theta)
+    def meta_loss(meta_params):
+      tx = lopt.transform(meta_params)
       params = {"w": jnp.zeros(3)}
       state = tx.init(params)
       total = 0.0
@@ -96,24 +96,24 @@ class TransformTest(parameterized.TestCase):
 
   def test_l2o_dm_step_matches_a_numpy_lstm(self):
     lopt = optimizers.L2ODM(hidden_size=3, num_layers=2)
-    theta = jax.tree.map(lambda x: x + 0.1, lopt.init(jax.random.key(2)))  # non-zero biases
+    meta_params = jax.tree.map(lambda x: x + 0.1, lopt.init(jax.random.key(2)))  # non-zero biases
     g = np.array([0.5, -0.02, 1e-4], np.float32)
-    update, state = lopt.step(theta, jnp.asarray(g), lopt.init_state(3))
+    update, state = lopt.step(meta_params, jnp.asarray(g), lopt.init_state(3))
 
     x = np.asarray(base.log_sign_features(jnp.asarray(g), 5.0))
     for layer in range(2):
-      w, b = np.asarray(theta["lstm"][layer]["w"]), np.asarray(theta["lstm"][layer]["b"])
+      w, b = np.asarray(meta_params["lstm"][layer]["w"]), np.asarray(meta_params["lstm"][layer]["b"])
       z = w @ np.concatenate([x, np.zeros((3, 3))]) + b  # previous h = 0
       i, f, gg, o = z[0:3], z[3:6], z[6:9], z[9:12]
       c = _sigmoid(i) * np.tanh(gg)  # previous c = 0
       x = _sigmoid(o) * np.tanh(c)
       np.testing.assert_allclose(state.cell[layer], c, rtol=1e-5, atol=1e-6)
-    expected = (np.asarray(theta["out_w"]) @ x + np.asarray(theta["out_b"]))[0] * 0.1
+    expected = (np.asarray(meta_params["out_w"]) @ x + np.asarray(meta_params["out_b"]))[0] * 0.1
     np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-7)
 
   def test_forget_gate_bias_starts_at_one(self):
-    theta = optimizers.L2ODM().init(jax.random.key(0))
-    b = np.asarray(theta["lstm"][0]["b"])[:, 0]
+    meta_params = optimizers.L2ODM().init(jax.random.key(0))
+    b = np.asarray(meta_params["lstm"][0]["b"])[:, 0]
     np.testing.assert_array_equal(b[20:40], 1.0)
     np.testing.assert_array_equal(np.delete(b, np.s_[20:40]), 0.0)
 

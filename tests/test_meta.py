@@ -33,13 +33,13 @@ class MetaTrainTest(parameterized.TestCase):
     result = meta.meta_train(lopt, self.task, config)
     keys = jax.random.split(jax.random.key(123), 4)
     before = meta.validate(lopt, self.task, lopt.init(jax.random.key(0)), keys, 60)
-    after = meta.validate(lopt, self.task, result.last_theta, keys, 60)
+    after = meta.validate(lopt, self.task, result.last_meta_params, keys, 60)
     self.assertLess(float(after["final_train_loss"]), 0.7 * float(before["final_train_loss"]))
     self.assertEqual(result.num_skipped, 0)
     validated = [h for h in result.history if "validation_score" in h]
     self.assertLen(validated, 4)
     self.assertEqual(result.best_score, max(h["validation_score"] for h in validated))
-    chex.assert_trees_all_equal_structs(result.theta, lopt.init(jax.random.key(0)))
+    chex.assert_trees_all_equal_structs(result.meta_params, lopt.init(jax.random.key(0)))
 
   def test_vmapped_path_for_non_coordinatewise_optimizers_agrees(self):
     # L2O-DM is coordinatewise, so the folded meta-batch and the vmapped
@@ -50,21 +50,21 @@ class MetaTrainTest(parameterized.TestCase):
     config = meta.MetaTrainConfig(**SMALL)
     results = []
     for lopt in (optimizers.L2ODM(), VmappedL2ODM()):
-      theta = optimizers.L2ODM().init(jax.random.key(0))
-      states = meta.trainer.init_states(lopt, config, self.task, theta, jax.random.key(1))
+      meta_params = optimizers.L2ODM().init(jax.random.key(0))
+      states = meta.init_meta_batch(lopt, config, self.task, meta_params, jax.random.key(1))
       results.append(jax.value_and_grad(
-          lambda t: meta.unroll(lopt, self.task, config, t, states, jax.random.key(2))[0])(theta))
+          lambda t: meta.unroll(lopt, self.task, config, t, states, jax.random.key(2))[0])(meta_params))
     chex.assert_trees_all_close(results[0], results[1], rtol=2e-4, atol=1e-6)
 
   def test_second_order_meta_gradient_is_finite_and_differs(self):
     lopt = optimizers.L2ODM()
-    theta = lopt.init(jax.random.key(0))
+    meta_params = lopt.init(jax.random.key(0))
     grads = {}
     for second_order in (False, True):
       config = meta.MetaTrainConfig(second_order=second_order, **SMALL)
-      states = meta.trainer.init_states(lopt, config, self.task, theta, jax.random.key(1))
+      states = meta.init_meta_batch(lopt, config, self.task, meta_params, jax.random.key(1))
       grads[second_order] = jax.grad(
-          lambda t: meta.unroll(lopt, self.task, config, t, states, jax.random.key(2))[0])(theta)
+          lambda t: meta.unroll(lopt, self.task, config, t, states, jax.random.key(2))[0])(meta_params)
       chex.assert_tree_all_finite(grads[second_order])
     diff = optax_norm(jax.tree.map(jnp.subtract, grads[True], grads[False]))
     self.assertGreater(diff, 0.0)
@@ -72,15 +72,15 @@ class MetaTrainTest(parameterized.TestCase):
   def test_non_finite_step_leaves_meta_parameters_unchanged(self):
     lopt = optimizers.L2ODM()
     config = meta.MetaTrainConfig(**SMALL)
-    theta = lopt.init(jax.random.key(0))
-    opt_state = meta.trainer.meta_optimizer(config).init(theta)
-    states = meta.trainer.init_states(lopt, config, self.task, theta, jax.random.key(1))
+    meta_params = lopt.init(jax.random.key(0))
+    opt_state = meta.meta_optimizer(config).init(meta_params)
+    states = meta.init_meta_batch(lopt, config, self.task, meta_params, jax.random.key(1))
     poisoned = states._replace(params=jax.tree.map(lambda x: x * jnp.nan, states.params))
-    new_theta, new_opt_state, _, metrics = meta.meta_step(
-        lopt, config, self.task, theta, jax.tree.map(jnp.copy, opt_state), poisoned,
+    new_meta_params, new_opt_state, _, metrics = meta.meta_step(
+        lopt, config, self.task, meta_params, jax.tree.map(jnp.copy, opt_state), poisoned,
         jax.random.key(2))
     self.assertFalse(bool(metrics["finite"]))
-    chex.assert_trees_all_equal(new_theta, theta)
+    chex.assert_trees_all_equal(new_meta_params, meta_params)
     chex.assert_trees_all_equal(new_opt_state, opt_state)
 
   @parameterized.parameters(
@@ -113,14 +113,14 @@ class RunDirectoryTest(absltest.TestCase):
     resumed = meta.meta_train(lopt, task, meta.MetaTrainConfig(num_meta_iterations=15, **SMALL),
                               run_dir=split_dir)
     self.assertEqual(resumed.resumed_from, 10)
-    chex.assert_trees_all_equal(resumed.last_theta, full.last_theta)
+    chex.assert_trees_all_equal(resumed.last_meta_params, full.last_meta_params)
     with open(os.path.join(split_dir, "metrics.jsonl")) as f:
       iterations = [json.loads(line)["iteration"] for line in f]
     self.assertEqual(iterations, [5, 10, 15])
     # The export is the selected optimizer and loads on its own.
-    lopt2, theta2 = checkpoints.load_learned(os.path.join(full_dir, "optimizer"))
+    lopt2, meta_params2 = checkpoints.load_learned(os.path.join(full_dir, "optimizer"))
     self.assertEqual(lopt2, lopt)
-    chex.assert_trees_all_equal(theta2, full.theta)
+    chex.assert_trees_all_equal(meta_params2, full.meta_params)
     self.assertTrue(os.path.isdir(os.path.join(full_dir, "tensorboard")))
 
   def test_other_configuration_is_refused_and_nothing_is_overwritten(self):

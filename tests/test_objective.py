@@ -28,10 +28,10 @@ def _tiny_problem(regularizer, dtype=jnp.float32, second_order=False):
   task = tasks.get("mlp_sigmoid", data, batch_size=8)
   lopt = optimizers.L2ODM(hidden_size=4, num_layers=1)
   config = meta.MetaTrainConfig(regularizer=regularizer, second_order=second_order, **TINY)
-  theta = jax.tree.map(lambda x: x.astype(dtype), lopt.init(jax.random.key(0)))
-  states = _cast(meta.trainer.init_states(lopt, config, task, theta, jax.random.key(1)), dtype)
+  meta_params = jax.tree.map(lambda x: x.astype(dtype), lopt.init(jax.random.key(0)))
+  states = _cast(meta.init_meta_batch(lopt, config, task, meta_params, jax.random.key(1)), dtype)
   loss = jax.jit(lambda t: meta.unroll(lopt, task, config, t, states, jax.random.key(2))[0])
-  return loss, theta
+  return loss, meta_params
 
 
 class ObjectiveGradientTest(parameterized.TestCase):
@@ -44,18 +44,18 @@ class ObjectiveGradientTest(parameterized.TestCase):
   )
   def test_meta_gradient_matches_finite_differences(self, regularizer):
     # Exact derivative of the meta-loss: second order (the first-order default
-    # drops d(inner gradient)/d(theta) on purpose), in float64.
+    # drops d(inner gradient)/d(meta_params) on purpose), in float64.
     with jax.enable_x64(True):
-      loss, theta = _tiny_problem(regularizer, jnp.float64, second_order=True)
-      grad = jax.grad(loss)(theta)
+      loss, meta_params = _tiny_problem(regularizer, jnp.float64, second_order=True)
+      grad = jax.grad(loss)(meta_params)
       chex.assert_tree_all_finite(grad)
       flat_grad = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grad)])
       direction = jax.tree.map(
-          lambda x: jax.random.normal(jax.random.key(7), x.shape, jnp.float64), theta)
+          lambda x: jax.random.normal(jax.random.key(7), x.shape, jnp.float64), meta_params)
       flat_dir = np.concatenate([np.ravel(d) for d in jax.tree.leaves(direction)])
       eps = 1e-5
-      plus = loss(jax.tree.map(lambda t, d: t + eps * d, theta, direction))
-      minus = loss(jax.tree.map(lambda t, d: t - eps * d, theta, direction))
+      plus = loss(jax.tree.map(lambda t, d: t + eps * d, meta_params, direction))
+      minus = loss(jax.tree.map(lambda t, d: t - eps * d, meta_params, direction))
       numeric = float((plus - minus) / (2 * eps))
       analytic = float(flat_grad @ flat_dir)
       self.assertAlmostEqual(analytic, numeric, delta=1e-4 * max(1.0, abs(numeric)))
@@ -70,17 +70,17 @@ class ObjectiveGradientTest(parameterized.TestCase):
     # These hold a stop-gradient quantity fixed by design (the eigenvector, the
     # Langevin mean mu), so their gradient is not the finite difference of the
     # estimate; it must be finite and differ from the plain one.
-    plain, theta = _tiny_problem(meta.RegularizerConfig())
+    plain, meta_params = _tiny_problem(meta.RegularizerConfig())
     loss, _ = _tiny_problem(regularizer)
-    grad = jax.grad(loss)(theta)
+    grad = jax.grad(loss)(meta_params)
     chex.assert_tree_all_finite(grad)
-    diff = jax.tree.map(jnp.subtract, grad, jax.grad(plain)(theta))
+    diff = jax.tree.map(jnp.subtract, grad, jax.grad(plain)(meta_params))
     self.assertGreater(float(sum(jnp.sum(d**2) for d in jax.tree.leaves(diff))), 0.0)
 
   def test_regularizer_changes_the_meta_gradient(self):
-    plain, theta = _tiny_problem(meta.RegularizerConfig())
+    plain, meta_params = _tiny_problem(meta.RegularizerConfig())
     regularized, _ = _tiny_problem(meta.RegularizerConfig(kind="hessian", alpha=10.0))
-    self.assertGreater(float(regularized(theta) - plain(theta)), 0.0)
+    self.assertGreater(float(regularized(meta_params) - plain(meta_params)), 0.0)
 
   def test_trace_term_is_per_coordinate(self):
     # f = c/2 ||x||^2 has tr(H)/n = c whatever n is.
@@ -98,10 +98,10 @@ class ObjectiveGradientTest(parameterized.TestCase):
     self.assertEqual(got, expected)
 
   def test_switched_off_half_adds_nothing(self):
-    plain, theta = _tiny_problem(meta.RegularizerConfig())
+    plain, meta_params = _tiny_problem(meta.RegularizerConfig())
     # The tiny problem's first truncation starts at step 0: 'second_half' is off there.
     off, _ = _tiny_problem(meta.RegularizerConfig(kind="hessian", when="second_half"))
-    self.assertEqual(float(off(theta)), float(plain(theta)))
+    self.assertEqual(float(off(meta_params)), float(plain(meta_params)))
 
   def test_default_alpha_depends_on_estimator(self):
     self.assertEqual(meta.RegularizerConfig(kind="hessian").alpha, 1.0)

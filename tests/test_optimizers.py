@@ -39,7 +39,7 @@ class RegistryTest(parameterized.TestCase):
       optimizers.get("adam", learning_rate=lr)
 
   def test_learning_rate_none_means_default(self):
-    self.assertEqual(optimizers.hparams("adam")["learning_rate"], 0.01)
+    self.assertEqual(optimizers.default_hparams("adam")["learning_rate"], 0.01)
     params = {"w": jnp.ones(3)}
     tx = optimizers.get("sgd", learning_rate=None)
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
@@ -117,7 +117,7 @@ class TrainLoopTest(parameterized.TestCase):
     tx = optax.sgd(0.05)
     for seed in range(3):
       evaluation.train(task, tx, 20, jax.random.key(seed), eval_every=20)
-    chex.assert_equal(evaluation._chunk_fn(tx)._cache_size(), 1)
+    chex.assert_equal(evaluation.chunk_runner(tx)._cache_size(), 1)
 
 
 if __name__ == "__main__":

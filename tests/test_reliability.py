@@ -53,7 +53,7 @@ class GuardTest(absltest.TestCase):
     self.assertGreater(result.num_skipped, 0)
     self.assertGreater(last["num_resets"], 0)
     self.assertLess(result.num_skipped, 40)
-    chex.assert_tree_all_finite(result.last_theta)
+    chex.assert_tree_all_finite(result.last_meta_params)
     self.assertEqual(sum(1 for h in result.history if not h["finite"]), result.num_skipped)
 
   def test_consecutive_non_finite_steps_stop_the_run_keeping_the_checkpoint(self):
@@ -65,7 +65,7 @@ class GuardTest(absltest.TestCase):
                                 r"7 consecutive meta-steps \(up to meta-step 7\) had a "
                                 r"non-finite .* last good checkpoint \(meta-step 5\)"):
       meta.meta_train(lopt, task, config, run_dir=run_dir)
-    restored = checkpoints.RunCheckpointer(run_dir)
+    restored = meta.run_dir.RunCheckpointer(run_dir)
     self.assertEqual(restored.latest_step(), 5)
     self.assertFalse(os.path.exists(os.path.join(run_dir, "optimizer")))
 
@@ -74,12 +74,12 @@ class GuardTest(absltest.TestCase):
     config = meta.MetaTrainConfig(num_meta_iterations=12, **SMALL)
     a = meta.meta_train(optimizers.L2ODM(), task, config)
     b = meta.meta_train(optimizers.L2ODM(), task, config)
-    chex.assert_trees_all_equal(a.last_theta, b.last_theta)
+    chex.assert_trees_all_equal(a.last_meta_params, b.last_meta_params)
     self.assertEqual([h["meta_loss"] for h in a.history], [h["meta_loss"] for h in b.history])
     c = meta.meta_train(optimizers.L2ODM(), task,
                         meta.MetaTrainConfig(num_meta_iterations=12, seed=1, **SMALL))
-    self.assertFalse(np.array_equal(jax.tree.leaves(a.last_theta)[0],
-                                    jax.tree.leaves(c.last_theta)[0]))
+    self.assertFalse(np.array_equal(jax.tree.leaves(a.last_meta_params)[0],
+                                    jax.tree.leaves(c.last_meta_params)[0]))
 
 
 META_ARGS = ["--num_meta_iterations=14", "--unroll_length=5", "--num_inner_steps=10",

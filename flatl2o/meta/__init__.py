@@ -1,10 +1,17 @@
-"""Meta-training of learned optimizers: `meta_train(lopt, task, MetaTrainConfig(...))`."""
+"""Meta-training of learned optimizers: `meta_train(lopt, task, MetaTrainConfig(...))`.
 
-from flatl2o.meta.config import META_LOSSES, MetaTrainConfig
-from flatl2o.meta.objective import RegularizerConfig
-from flatl2o.meta.trainer import (MetaTrainingDivergedError, MetaTrainResult, meta_step,
-                                  meta_train, validate)
+Modules: `config` (MetaTrainConfig, RegularizerConfig), `inner` (the unrolled
+inner training), `objective` (the flatness terms), `trainer` (meta-step,
+validation, the loop), `run_dir` (run identity, resume, checkpoints, metrics).
+"""
+
+from flatl2o.meta import run_dir
+from flatl2o.meta.config import META_LOSSES, MetaTrainConfig, RegularizerConfig
 from flatl2o.meta.inner import InnerState, init_inner, rollout, unroll
+from flatl2o.meta.trainer import (MetaTrainingDivergedError, MetaTrainResult, init_meta_batch,
+                                  meta_optimizer, meta_step, meta_train, validate)
 
-__all__ = ["META_LOSSES", "InnerState", "MetaTrainConfig", "MetaTrainResult", "MetaTrainingDivergedError", "RegularizerConfig", "init_inner",
-           "meta_step", "meta_train", "rollout", "unroll", "validate"]
+__all__ = ["META_LOSSES", "InnerState", "MetaTrainConfig", "MetaTrainResult",
+           "MetaTrainingDivergedError", "RegularizerConfig", "init_inner", "init_meta_batch",
+           "meta_optimizer", "meta_step", "meta_train", "rollout", "run_dir", "unroll",
+           "validate"]

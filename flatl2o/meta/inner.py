@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from flatl2o.meta import objective
-from flatl2o.meta.config import MetaTrainConfig
+from flatl2o.meta.config import MetaTrainConfig, RegularizerConfig
 
 
 class InnerState(NamedTuple):
@@ -50,7 +50,7 @@ class InnerState(NamedTuple):
 def _batched_tx(lopt, meta_params) -> optax.GradientTransformation:
   """The learned transformation acting on pytrees with a leading meta-batch axis."""
   tx = lopt.transform(meta_params)
-  if getattr(lopt, "coordinatewise", False):
+  if lopt.coordinatewise:
     return tx  # every coordinate is independent: the batch axis is more coordinates
 
   def update(grads, state, params, *, loss):
@@ -72,7 +72,7 @@ def init_inner(lopt, task, meta_params, keys: jax.Array) -> InnerState:
 
 
 def _step_fn(task, tx, differentiate_gradients: bool,
-             regularizer: objective.RegularizerConfig | None = None,
+             regularizer: RegularizerConfig | None = None,
              reg_weight: jax.Array | float = 0.0):
   """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
 

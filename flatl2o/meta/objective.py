@@ -12,7 +12,8 @@ through x_t(meta_params):
   which does not grow with n.
 - R_entropy: gamma/2 ||x_t - sg(mu_t)||^2 with mu_t from K Langevin chains of L
   steps; its gradient w.r.t. x_t is the local-entropy gradient gamma (x_t - mu_t),
-  on the same scale as the loss gradient (mu is held constant, DESIGN.md).
+  on the same scale as the loss gradient (mu is held constant, as Entropy-SGD
+  treats its Langevin estimate of mu; Chaudhari et al., ICLR 2017).
 
 `when` switches the terms on for every unroll, or only for the first or second
 half of each episode's truncations. `add_to_inner_loss` also adds the term to
@@ -21,82 +22,17 @@ the loss whose gradient the learned optimizer sees.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flatl2o import _checks, flatness
+from flatl2o import flatness
+from flatl2o.meta.config import RegularizerConfig
 from flatl2o.optimizers import base
-
-KINDS = ("none", "hessian", "entropy")
-HESSIAN_ESTIMATORS = ("trace", "eigenvalue", "lanczos")
-WHEN = ("always", "first_half", "second_half")
 
 # The name under which the Langevin mean is saved by the rematerialised scan
 # body, so the backward pass does not run the chains a second time.
 ENTROPY_MEAN = "flatl2o_entropy_mean"
-
-
-@dataclasses.dataclass(frozen=True)
-class RegularizerConfig:
-  """Which flatness term the meta-objective adds, and its estimator's settings.
-
-  Attributes:
-    kind: 'none', 'hessian' or 'entropy'.
-    hessian_estimator: 'trace' (Hutchinson, divided by the number of
-      coordinates), 'eigenvalue' (power iteration) or 'lanczos' (top Ritz value).
-    alpha: coefficient of the Hessian term; None picks the estimator's default,
-      1.0 for the per-coordinate trace and 0.01 for an eigenvalue (an
-      eigenvalue is ~100x the mean curvature here, and alpha = 1 on it made
-      L2O-DM collapse on the digits MLP within 20 meta-steps).
-    hessian_probes: Rademacher probes per trace estimate (one probe is mostly
-      noise in the meta-gradient; DESIGN.md).
-    power_iters: Hessian-vector products per eigenvalue estimate.
-    beta: coefficient of the entropy term.
-    entropy_gamma: gamma, the inverse width of the local region.
-    entropy_chains: K, Langevin chains (vmapped).
-    entropy_steps: L, Langevin steps per chain.
-    entropy_step_size: Langevin step size.
-    entropy_noise: Langevin noise scale (1 samples the local Gibbs measure).
-    when: 'always', 'first_half' or 'second_half' of each episode.
-    add_to_inner_loss: also regularize the loss the learned optimizer sees.
-  """
-
-  kind: str = "none"
-  hessian_estimator: str = "trace"
-  alpha: float | None = None
-  hessian_probes: int = 4
-  power_iters: int = 10
-  beta: float = 1.0
-  entropy_gamma: float = 1.0
-  entropy_chains: int = 4
-  entropy_steps: int = 5
-  entropy_step_size: float = 0.1
-  entropy_noise: float = 0.01
-  when: str = "always"
-  add_to_inner_loss: bool = False
-
-  def __post_init__(self):
-    if self.alpha is None:
-      object.__setattr__(self, "alpha", 1.0 if self.hessian_estimator == "trace" else 0.01)
-    for name, accepted in (("kind", KINDS), ("hessian_estimator", HESSIAN_ESTIMATORS),
-                           ("when", WHEN)):
-      if getattr(self, name) not in accepted:
-        raise ValueError(f"unknown regularizer {name} {getattr(self, name)!r}; accepted: "
-                         f"{', '.join(accepted)}")
-    for name in ("hessian_probes", "power_iters", "entropy_chains", "entropy_steps"):
-      _checks.positive_int(name, getattr(self, name))
-    for name in ("alpha", "beta", "entropy_gamma", "entropy_step_size"):
-      _checks.positive_number(name, getattr(self, name))
-    if not isinstance(self.entropy_noise, (int, float)) or not 0 <= self.entropy_noise < math.inf:
-      raise ValueError(f"entropy_noise must be a non-negative number, got {self.entropy_noise!r}")
-
-  @property
-  def active(self) -> bool:
-    return self.kind != "none"
 
 
 def term(config: RegularizerConfig, loss_fn, params, key: jax.Array) -> jax.Array:

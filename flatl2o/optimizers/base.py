@@ -1,9 +1,12 @@
 """The learned-optimizer interface and helpers shared by the architectures.
 
-A learned optimizer is a frozen dataclass of hyper-parameters with two methods:
+A learned optimizer is a frozen dataclass of hyper-parameters (the
+`LearnedOptimizer` protocol):
 
   meta_params = lopt.init(key)        # a pytree of arrays: what meta-training fits
   tx = lopt.transform(meta_params)    # an optax.GradientTransformationExtraArgs
+  state = lopt.init_state(N)          # coordinatewise ones: the per-coordinate state
+  update, state = lopt.step(meta_params, grad, state)   # on a flat [N] gradient
 
 The transformation works on any pytree of float leaves (f32, bf16, ...): it
 flattens all coordinates into one float32 vector of length N, runs the
@@ -15,7 +18,7 @@ in the optax state. It accepts `loss=` and ignores other extra arguments.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,23 +28,42 @@ import optax
 from flatl2o import _checks
 
 
+@runtime_checkable
 class LearnedOptimizer(Protocol):
-  """What every learned-optimizer architecture provides."""
+  """What every learned-optimizer architecture provides, and all the rest of flatl2o calls.
+
+  An architecture is a frozen (hashable) dataclass of hyper-parameters: it is a
+  static argument of jitted functions, and exports record its fields, so they
+  must be JSON values. A coordinatewise architecture implements `init_state` and
+  `step` on flat `[N]` vectors and gets `transform` from
+  `coordinatewise_transform(self, meta_params)`.
+  """
 
   name: str
   # True when each coordinate's update depends only on that coordinate's own
-  # gradients and state; meta-training then updates a meta-batch in one call.
+  # gradients and state; meta-training then updates a meta-batch in one call
+  # (B optimizees are B times more coordinates) instead of vmapping it.
   coordinatewise: bool
 
   def init(self, key: jax.Array) -> Any:
+    """Fresh meta-parameters: a pytree of float32 arrays."""
+    ...
+
+  def init_state(self, num_coords: int) -> Any:
+    """The optimizer's state for `num_coords` coordinates (a pytree, coordinates last)."""
+    ...
+
+  def step(self, meta_params: Any, grad: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+    """One update from the flat float32 gradient `[N]`: `(update [N], new state)`."""
     ...
 
   def transform(self, meta_params: Any) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation that applies this architecture with `meta_params`."""
     ...
 
 
-def hparams(lopt) -> dict[str, Any]:
-  """The architecture's hyper-parameters as a JSON-friendly dict."""
+def architecture_hparams(lopt: LearnedOptimizer) -> dict[str, Any]:
+  """The architecture's hyper-parameters (its dataclass fields) as a JSON-friendly dict."""
   return {f.name: (list(v) if isinstance(v := getattr(lopt, f.name), tuple) else v)
           for f in dataclasses.fields(lopt)}
 
@@ -106,7 +128,7 @@ def check_positive_int(lopt, *fields: str) -> None:
     _checks.positive_int(f"{type(lopt).__name__}.{field}", getattr(lopt, field))
 
 
-def coordinatewise_transform(lopt, meta_params: Any) -> optax.GradientTransformationExtraArgs:
+def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.GradientTransformationExtraArgs:
   """Wraps `lopt.init_state(N)` and `lopt.step(meta_params, grad, state)` as optax.
 
   The network sees the flat float32 gradient; `loss=` and any other extra

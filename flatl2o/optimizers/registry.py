@@ -77,19 +77,23 @@ def names() -> tuple[str, ...]:
   return tuple(_FACTORIES)
 
 
-def hparams(name: str) -> dict[str, object]:
-  """The hyper-parameters `name` accepts, with their defaults."""
-  _check_name(name)
+def default_hparams(name: str) -> dict[str, object]:
+  """The hyper-parameters the hand-designed optimizer `name` accepts, with their defaults."""
+  if name not in _FACTORIES:
+    raise OptimizerError(f"unknown optimizer {name!r}; accepted: {', '.join(names())}")
   return {p.name: p.default for p in inspect.signature(_FACTORIES[name]).parameters.values()}
+
+
+def _check_known(what: str, given, accepted) -> None:
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    raise OptimizerError(f"{what} takes no hyper-parameter {unknown[0]!r}; "
+                         f"accepted: {', '.join(accepted)}")
 
 
 def get(name: str, **kwargs) -> optax.GradientTransformation:
   """Builds a hand-designed optimizer; `learning_rate=None` means its default."""
-  accepted = hparams(name)
-  unknown = sorted(set(kwargs) - set(accepted))
-  if unknown:
-    raise OptimizerError(f"optimizer {name!r} takes no hyper-parameter {unknown[0]!r}; "
-                         f"accepted: {', '.join(accepted)}")
+  _check_known(f"optimizer {name!r}", kwargs, default_hparams(name))
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
   for key in ("learning_rate", "rho"):
     if key in kwargs:
@@ -97,29 +101,21 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
   return _FACTORIES[name](**kwargs)
 
 
-LEARNED = {"l2o_dm": L2ODM, "mlp_lopt": MLPLOpt}
+LEARNED: dict[str, type[LearnedOptimizer]] = {"l2o_dm": L2ODM, "mlp_lopt": MLPLOpt}
 
 
 def learned_names() -> tuple[str, ...]:
   return tuple(LEARNED)
 
 
-def learned(name: str, **hparams_) -> LearnedOptimizer:
+def learned(name: str, **hparams) -> LearnedOptimizer:
   """A learned-optimizer architecture by name (`l2o_dm`, `mlp_lopt`), untrained."""
   if name not in LEARNED:
     raise OptimizerError(f"unknown learned optimizer {name!r}; accepted: "
                          f"{', '.join(LEARNED)}")
-  fields = [f.name for f in dataclasses.fields(LEARNED[name])]
-  unknown = sorted(set(hparams_) - set(fields))
-  if unknown:
-    raise OptimizerError(f"learned optimizer {name!r} takes no hyper-parameter "
-                         f"{unknown[0]!r}; accepted: {', '.join(fields)}")
+  _check_known(f"learned optimizer {name!r}", hparams,
+               [f.name for f in dataclasses.fields(LEARNED[name])])
   try:
-    return LEARNED[name](**hparams_)
+    return LEARNED[name](**hparams)
   except (TypeError, ValueError) as e:
     raise OptimizerError(str(e)) from None
-
-
-def _check_name(name: str) -> None:
-  if name not in _FACTORIES:
-    raise OptimizerError(f"unknown optimizer {name!r}; accepted: {', '.join(names())}")

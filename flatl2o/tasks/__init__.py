@@ -12,13 +12,15 @@ Example:
   >>> task = flatl2o.tasks.get("mlp_sigmoid", dataset="digits")
   >>> params = task.init(jax.random.key(0))
   >>> loss = task.loss(params, task.sample_batch(jax.random.key(1)))
+
+Every task follows the `Task` protocol (`flatl2o/tasks/base.py`).
 """
 
 from __future__ import annotations
 
 from flatl2o import _checks
 from flatl2o import data as data_lib
-from flatl2o.tasks.base import ClassificationTask, QuadraticTask
+from flatl2o.tasks.base import ClassificationTask, QuadraticTask, Task
 from flatl2o.tasks.models import MLP, ConvNet
 
 _MLPS = {
@@ -79,4 +81,4 @@ def get(name: str, dataset: str | data_lib.Dataset | None = None, *,
   return ClassificationTask(data=dataset, model=model, name=name, batch_size=batch_size)
 
 
-__all__ = ["ClassificationTask", "QuadraticTask", "TaskError", "get", "names"]
+__all__ = ["ClassificationTask", "QuadraticTask", "Task", "TaskError", "get", "names"]

@@ -3,7 +3,7 @@
 A task is a `flax.struct` dataclass: its data arrays are pytree leaves and its
 model and hyper-parameters are static, so `jax.jit(fn)(task, params, key)`
 compiles once per task kind and never embeds the dataset as a constant. Every
-task offers the same methods:
+task follows the `Task` protocol:
 
   params = task.init(key)
   batch = task.sample_batch(key)                 # inside jit: index sampling
@@ -11,11 +11,13 @@ task offers the same methods:
   metrics = task.evaluate(params, split="test")  # full split, jitted
   batch = task.fixed_batch(2048)                 # first examples: flatness measurements
   task.metric_names                              # keys of `evaluate`
+  task.name, task.dataset_name, task.batch_size  # what it is (run.json, reports)
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -25,6 +27,46 @@ import optax
 from flax import struct
 
 from flatl2o.data import SPLITS, DataError, Dataset
+
+@runtime_checkable
+class Task(Protocol):
+  """An optimizee: everything meta-training, evaluation and the binaries call on one.
+
+  Implementations are `flax.struct` dataclasses (data as pytree leaves, the
+  rest static), so a task is an ordinary argument of jitted functions.
+  """
+
+  name: str
+  batch_size: int
+  # The keys of `evaluate`; a task with 'accuracy' is scored by it in
+  # validation, any other by minus its 'loss'.
+  metric_names: tuple[str, ...]
+
+  @property
+  def dataset_name(self) -> str:
+    """The data the task trains on (a `flatl2o.data` name, or the task's own)."""
+    ...
+
+  def init(self, key: jax.Array) -> Any:
+    """Fresh optimizee parameters (a pytree of float arrays)."""
+    ...
+
+  def sample_batch(self, key: jax.Array, split: str = "train") -> Any:
+    """A random minibatch of `batch_size` examples; jit-friendly (index sampling)."""
+    ...
+
+  def fixed_batch(self, size: int = 2048, split: str = "train") -> Any:
+    """The first `size` examples of a split: a fixed batch for flatness measurements."""
+    ...
+
+  def loss(self, params: Any, batch: Any) -> jax.Array:
+    """The scalar, differentiable training loss on a batch."""
+    ...
+
+  def evaluate(self, params: Any, split: str = "test") -> dict[str, jax.Array]:
+    """`metric_names` -> value over a whole split."""
+    ...
+
 
 # Evaluation walks a split in chunks of this many examples, bounding memory.
 EVAL_CHUNK = 2048
@@ -55,6 +97,10 @@ class ClassificationTask:
   batch_size: int = struct.field(pytree_node=False, default=128)
 
   metric_names = ("loss", "accuracy")
+
+  @property
+  def dataset_name(self) -> str:
+    return self.data.name
 
   def init(self, key: jax.Array):
     dummy = jnp.zeros((1,) + self.data.input_shape, jnp.float32)
@@ -112,6 +158,10 @@ class QuadraticTask:
   batch_size: int = struct.field(pytree_node=False, default=128)
 
   metric_names = ("loss", "distance_to_optimum")
+
+  @property
+  def dataset_name(self) -> str:
+    return self.name  # it makes its own data
 
   @classmethod
   def create(cls, dim: int = 20, condition_number: float = 10.0,

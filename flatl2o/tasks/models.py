@@ -1,7 +1,8 @@
 """Flax optimizee models. One initialisation everywhere: Glorot-uniform weights, zero biases.
 
 Glorot rather than the classic L2O N(0, 0.01): with the small normal init the
-sigmoid MLP sits at loss ln(10) and meta-training never starts (DESIGN.md).
+sigmoid MLP sits at loss ln(10) and meta-training never starts (docs/science.md,
+"Findings behind the defaults").
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""The run directory of a meta-training run: identity, resume, checkpoints, metrics.
+
+  RUN_DIR/
+    run.json        what the run is: architecture, task, configuration; a resumed
+                    run must match it (except the settings in `NOT_IDENTITY`)
+    versions.json   package versions and platform at the latest (re)start
+    checkpoints/    orbax steps of the whole run state, the last few kept
+    metrics.jsonl   one JSON object per logged meta-step
+    tensorboard/    the same scalars (tensorboardX: no TensorFlow needed)
+    optimizer/      the exported learned optimizer, at the end (`flatl2o.checkpoints`)
+
+`RunDirectory(path, describe(lopt, task, config))` claims a folder: it writes
+`run.json` into a new or empty one, accepts one holding the same description,
+and refuses anything else before writing a byte. Checkpoints are written
+synchronously; orbax finalises each step atomically, so a crash leaves the last
+complete one.
+
+Example:
+  >>> run = RunDirectory("runs/x", describe(lopt, task, config))
+  >>> state = run.restore(template)          # None when there is no checkpoint
+  >>> run.save(step, state); run.write_metrics({"iteration": step, ...})
+  >>> run.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from flatl2o import checkpoints, environment, report
+from flatl2o.checkpoints import CheckpointError
+from flatl2o.optimizers import base as lopt_base
+
+# Settings that change how long a run goes or how often it reports, not what it
+# computes: a run may be resumed (or extended) with other values of these.
+NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every",
+                "max_consecutive_skipped")
+
+
+def describe(lopt, task, config) -> dict[str, Any]:
+  """What a run directory belongs to, as the JSON of `run.json`."""
+  return {
+      "optimizer": {"architecture": lopt.name,
+                    "hparams": lopt_base.architecture_hparams(lopt)},
+      "task": {"name": task.name, "dataset": task.dataset_name, "batch_size": task.batch_size},
+      "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY},
+  }
+
+
+def first_difference(old, new, prefix: str = "") -> str:
+  """The first differing key of two JSON values, as 'key was X, now Y'."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    for k in sorted(set(old) | set(new)):
+      if old.get(k) != new.get(k):
+        return first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+  return f"{prefix.rstrip('.')} was {old!r}, now {new!r}"
+
+
+def claim(path: str, description: dict[str, Any]) -> None:
+  """Writes `run.json` into a new or empty folder, or checks the one there matches."""
+  run_json = os.path.join(path, "run.json")
+  if os.path.exists(run_json):
+    try:
+      with open(run_json) as f:
+        existing = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise CheckpointError(f"{run_json} is unreadable ({e}); use another run "
+                            "directory") from None
+    if existing != json.loads(json.dumps(description)):
+      diffs = first_difference(existing, json.loads(json.dumps(description)))
+      raise CheckpointError(
+          f"run directory {path} belongs to a different configuration ({diffs}); "
+          "use another --run_dir or the original settings")
+  elif os.path.isdir(path) and os.listdir(path):
+    raise CheckpointError(
+        f"run directory {path} is not empty and holds no run.json; use an empty or new one")
+  else:
+    report.write_json(run_json, description)
+
+
+class RunCheckpointer:
+  """Resumable run state under `run_dir/checkpoints` (orbax `CheckpointManager`)."""
+
+  def __init__(self, run_dir: str, max_to_keep: int = 3):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import)
+    self._ocp = ocp
+    self.directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, template: Any) -> Any:
+    try:
+      return self._manager.restore(step, args=self._ocp.args.StandardRestore(template))
+    except Exception as e:  # orbax raises many types for a bad or foreign checkpoint.
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]}); it belongs to another configuration or is "
+          "damaged: use another run directory") from None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+class MetricsWriter:
+  """`metrics.jsonl` (one object per logged meta-step) and TensorBoard summaries.
+
+  On resume, lines past the restored meta-step are dropped so the file reads as
+  one uninterrupted run.
+  """
+
+  def __init__(self, run_dir: str, keep_through: int):
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            break  # a line cut by a crash ends the readable part
+          if record.get("iteration", 0) <= keep_through:
+            kept.append(record)
+    report.write_jsonl(self.path, kept)
+    self._file = open(self.path, "a")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+    except ImportError:
+      self._tb = None
+
+  def write(self, record: dict[str, Any]) -> None:
+    self._file.write(json.dumps(record, sort_keys=True) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "iteration" and isinstance(v, (int, float)) and np.isfinite(v):
+          self._tb.add_scalar(k, v, record["iteration"])
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class RunDirectory:
+  """One claimed run directory: its checkpoints, metrics and final export."""
+
+  def __init__(self, path: str, description: dict[str, Any]):
+    claim(path, description)
+    self.path = path
+    report.write_json(os.path.join(path, "versions.json"), environment.describe())
+    self._checkpointer = RunCheckpointer(path)
+    self._writer: MetricsWriter | None = None
+
+  @property
+  def checkpoint_directory(self) -> str:
+    return self._checkpointer.directory
+
+  def latest_step(self) -> int | None:
+    return self._checkpointer.latest_step()
+
+  def restore(self, template: Any) -> Any | None:
+    """The latest checkpoint shaped like `template`, or None when there is none."""
+    step = self.latest_step()
+    return None if step is None else self._checkpointer.restore(step, template)
+
+  def save(self, step: int, state: Any) -> None:
+    self._checkpointer.save(step, state)
+
+  def open_metrics(self, keep_through: int) -> None:
+    """Starts `metrics.jsonl` / TensorBoard, dropping lines after `keep_through`."""
+    self._writer = MetricsWriter(self.path, keep_through)
+
+  def write_metrics(self, record: dict[str, Any]) -> None:
+    self._writer.write(record)
+
+  def close(self) -> None:
+    self._checkpointer.close()
+    if self._writer is not None:
+      self._writer.close()
+
+  def export(self, lopt, meta_params) -> str:
+    """Exports the learned optimizer to `RUN_DIR/optimizer`; returns that path."""
+    path = os.path.join(self.path, "optimizer")
+    checkpoints.save_optimizer(path, lopt, meta_params)
+    return path
