@@ -28,9 +28,11 @@ def safe_name(text: str) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError) as e:
-    # ml_collections' --config.FIELD overrides raise KeyError/AttributeError for unknown fields.
-    fail(str(e).strip("'\"").replace("\n", " "))
+  except flags.Error as e:
+    fail(str(e).replace("\n", " "))
+  except (KeyError, AttributeError) as e:
+    # ml_collections' --config.FIELD parsing raises these for fields it cannot set.
+    fail(str(e.args[0] if e.args else e).replace("\n", " "))
   if len(rest) > 1:
     fail(f"unexpected positional arguments {rest[1:]}; all options are --flags")
   return rest
