@@ -1,5 +1,7 @@
 """Learned optimizers as optax transformations: any pytree, dtypes, jit/vmap/grad, semantics."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -123,6 +125,24 @@ class RegistryTest(parameterized.TestCase):
   def test_learned_by_name(self):
     self.assertEqual(optimizers.learned("l2o_dm", hidden_size=8), optimizers.L2ODM(hidden_size=8))
     self.assertSameElements(optimizers.learned_names(), ["l2o_dm", "mlp_lopt"])
+
+  @parameterized.parameters(*optimizers.learned_names())
+  def test_every_registered_architecture_follows_the_protocol(self, name):
+    lopt = optimizers.learned(name)
+    self.assertIsInstance(lopt, optimizers.LearnedOptimizer)
+    self.assertEqual(lopt.name, name)
+    hash(lopt)  # a static argument of jitted functions
+    # Its hyper-parameters are JSON values that rebuild it (exports rely on this).
+    hparams = json.loads(json.dumps(base.architecture_hparams(lopt)))
+    self.assertEqual(optimizers.learned(name, **{
+        k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}), lopt)
+
+  def test_protocol_names_a_missing_method(self):
+    class NoStep:
+      name, coordinatewise = "x", True
+      init = init_state = transform = lambda self, *a: None
+
+    self.assertNotIsInstance(NoStep(), optimizers.LearnedOptimizer)
 
   @parameterized.parameters(
       ("rnnprop", {}, "unknown learned optimizer 'rnnprop'; accepted: l2o_dm, mlp_lopt"),

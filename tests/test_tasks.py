@@ -24,6 +24,15 @@ class TaskTest(parameterized.TestCase):
     self.assertSameElements(tasks.names(), EXPECTED_PARAMS)
 
   @parameterized.parameters(*EXPECTED_PARAMS)
+  def test_every_task_follows_the_protocol(self, name):
+    task = tasks.get(name, batch_size=16)
+    self.assertIsInstance(task, tasks.Task)
+    self.assertEqual(task.name, name)
+    self.assertEqual(task.dataset_name, "quadratic" if name == "quadratic" else "digits")
+    self.assertSameElements(task.evaluate(task.init(jax.random.key(0)), "validation"),
+                            task.metric_names)
+
+  @parameterized.parameters(*EXPECTED_PARAMS)
   def test_shapes_loss_and_evaluate(self, name):
     task = tasks.get(name, batch_size=32)
     params = task.init(jax.random.key(0))
