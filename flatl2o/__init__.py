@@ -2,14 +2,16 @@
 
 Subpackages: `data` (datasets as device arrays), `tasks` (optimizees),
 `optimizers` (optax transformations: hand-designed by name, learned
-architectures), `meta` (meta-training), `evaluation` (train and report),
-`checkpoints` (export and load learned optimizers).
+architectures), `flatness` (Hessian and local-entropy measures), `meta`
+(meta-training and run directories), `evaluation` (train and report),
+`checkpoints` (export and load learned optimizers), `environment` (where a run
+ran).
 """
 
-from flatl2o import data, evaluation, meta, optimizers, tasks
+from flatl2o import data, environment, evaluation, flatness, meta, optimizers, tasks
 from flatl2o.checkpoints import load_optimizer, save_optimizer
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "evaluation", "load_optimizer", "meta", "optimizers", "save_optimizer",
-           "tasks"]
+__all__ = ["data", "environment", "evaluation", "flatness", "load_optimizer", "meta",
+           "optimizers", "save_optimizer", "tasks"]

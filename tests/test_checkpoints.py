@@ -21,7 +21,8 @@ class ExportTest(parameterized.TestCase):
     flatl2o.save_optimizer(path, lopt, meta_params)
     return path, lopt, meta_params
 
-  @parameterized.parameters(optimizers.L2ODM(hidden_size=6), optimizers.MLPLOpt(decays=(0.9,)))
+  @parameterized.parameters(optimizers.L2ODM(hidden_size=6), optimizers.MLPLOpt(decays=(0.9,)),
+                            *[optimizers.learned(n) for n in optimizers.learned_names()])
   def test_round_trip(self, lopt):
     path, lopt, meta_params = self._export(lopt)
     tx = flatl2o.load_optimizer(path)

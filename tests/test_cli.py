@@ -159,10 +159,6 @@ class LoadedOptimizerErrorsTest(parameterized.TestCase):
       self.assertFalse(os.path.exists(out))
 
 
-if __name__ == "__main__":
-  absltest.main()
-
-
 class BenchmarkSmokeTest(parameterized.TestCase):
   """Benchmarks print one JSON line; tiny settings keep them from rotting (no timing asserted)."""
 
@@ -177,3 +173,7 @@ class BenchmarkSmokeTest(parameterized.TestCase):
     lines = proc.stdout.strip().splitlines()
     self.assertLen(lines, 1)
     self.assertGreater(json.loads(lines[0])[key], 0.0)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -12,7 +12,8 @@ from absl.testing import absltest, parameterized
 from flatl2o import optimizers
 from flatl2o.optimizers import base
 
-ARCHITECTURES = (("l2o_dm", optimizers.L2ODM()), ("mlp_lopt", optimizers.MLPLOpt()))
+# Every registered architecture, at its defaults: a new one is covered by registering it.
+ARCHITECTURES = tuple((name, optimizers.learned(name)) for name in optimizers.learned_names())
 
 
 def _tree():

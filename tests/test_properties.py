@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from flatl2o import optimizers
 
-_LOPTS = {"l2o_dm": optimizers.L2ODM(), "mlp_lopt": optimizers.MLPLOpt()}
+# Every registered architecture, at its defaults: a new one is covered by registering it.
+_LOPTS = {name: optimizers.learned(name) for name in optimizers.learned_names()}
 # Built once: the meta-parameters, the transformation and its jitted update (jit
 # caches one trace per tree structure, so repeated structures are free).
 _TX = {name: lopt.transform(lopt.init(jax.random.key(0))) for name, lopt in _LOPTS.items()}
