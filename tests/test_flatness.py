@@ -71,6 +71,15 @@ class HessianTest(parameterized.TestCase):
     got = float(flatness.top_hessian_eigenvalue(f, params, jax.random.key(3), num_iters=300))
     self.assertAlmostEqual(got, eig[-1], delta=0.01 * eig[-1])
 
+  def test_power_iteration_on_a_bf16_leaf(self):
+    # Diagonal quadratic with a bf16 leaf: the eigenvector keeps each leaf's dtype.
+    params = {"a": jnp.ones((3,), jnp.float32), "b": jnp.ones((2,), jnp.bfloat16)}
+    scales = {"a": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([8.0, 0.5], jnp.bfloat16)}
+    f = lambda p: 0.5 * sum(jnp.sum(s * x.astype(jnp.float32) ** 2)
+                            for s, x in zip(jax.tree.leaves(scales), jax.tree.leaves(p)))
+    got = float(flatness.top_hessian_eigenvalue(f, params, jax.random.key(0), num_iters=50))
+    self.assertAlmostEqual(got, 8.0, delta=0.05)
+
   def test_lanczos(self):
     f, params = _small_mlp()
     eig = _exact_eigenvalues(f, params)
@@ -175,6 +184,114 @@ class LocalEntropyTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, message):
       flatness.local_entropy_grad(lambda x: jnp.sum(x**2), jnp.ones(2), jax.random.key(0),
                                   **kwargs)
+
+
+# A separable quadratic on a two-leaf pytree: f(x) = 1/2 sum_leaves sum c * x^2.
+_CURVATURE = {"a": np.array([1.0, 2.0, 0.5]), "b": np.array([[3.0, 0.2], [1.0, 4.0]])}
+_ANCHOR = {"a": np.array([0.5, -1.0, 2.0]), "b": np.array([[1.0, -0.5], [0.3, 2.0]])}
+
+
+def _tree_quadratic(x):
+  return 0.5 * sum(jnp.sum(c * x[k] ** 2) for k, c in _CURVATURE.items())
+
+
+def _noisy_tree_quadratic(x, key):
+  """`_tree_quadratic` plus a key-dependent linear term: its gradient adds N(0, I) to leaf a."""
+  return _tree_quadratic(x) + jax.random.normal(key, (3,)) @ x["a"]
+
+
+def _hand_chains(key, *, gamma, num_chains, num_steps, step_size, noise, rate, stochastic):
+  """Langevin chains on `_tree_quadratic` in float64 NumPy, drawing the code's random numbers.
+
+  The documented derivation: chain c uses split(key, K)[c], its step l
+  split(that, L)[l], split again into (minibatch key, noise key); the noise of
+  leaf i (in leaf order, 'a' then 'b') comes from split(noise key, 2)[i].
+  """
+  samples, means = [], []
+  for chain_key in jax.random.split(key, num_chains):
+    x = {k: v.copy() for k, v in _ANCHOR.items()}
+    mu = {k: v.copy() for k, v in _ANCHOR.items()}
+    for step_key in jax.random.split(chain_key, num_steps):
+      grad_key, noise_key = jax.random.split(step_key)
+      leaf_keys = jax.random.split(noise_key, 2)
+      for i, k in enumerate(("a", "b")):
+        grad = _CURVATURE[k] * x[k]
+        if stochastic and k == "a":
+          grad = grad + np.asarray(jax.random.normal(grad_key, (3,)), np.float64)
+        eps = np.asarray(jax.random.normal(leaf_keys[i], x[k].shape, jnp.float32), np.float64)
+        x[k] = (x[k] - step_size * (grad + gamma * (x[k] - _ANCHOR[k]))
+                + noise * np.sqrt(2 * step_size) * eps)
+        mu[k] = (1 - rate) * mu[k] + rate * x[k]
+    samples.append(x)
+    means.append(mu)
+  stack = lambda trees: {k: np.stack([t[k] for t in trees]) for k in ("a", "b")}
+  return stack(samples), stack(means)
+
+
+class LangevinChainsTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("noiseless", 0.0, False),
+      ("noisy", 0.7, False),
+      ("noisy_minibatch_gradients", 0.7, True),
+  )
+  def test_chains_match_hand_computed_steps(self, noise, stochastic):
+    """Catches: the running mean's weights swapped; the pull towards the anchor dropped;
+    the noise scaled by sqrt(h) instead of sqrt(2h); the minibatch and noise keys
+    swapped; one noise key shared by all leaves; the chains not averaged; the
+    running means returned as the samples; one step fewer.
+    """
+    settings = dict(gamma=1.5, num_chains=3, num_steps=3, step_size=0.1, noise=noise)
+    key = jax.random.key(42)
+    f = _noisy_tree_quadratic if stochastic else _tree_quadratic
+    anchor = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), _ANCHOR)
+    chains = flatness.langevin_chains(f, anchor, key, mean_rate=0.3, stochastic=stochastic,
+                                      **settings)
+    mean = flatness.langevin_mean(f, anchor, key, mean_rate=0.3, stochastic=stochastic,
+                                  **settings)
+    samples, means = _hand_chains(key, rate=0.3, stochastic=stochastic, **settings)
+    self.assertIsInstance(chains, flatness.LangevinChains)
+    for k in ("a", "b"):
+      self.assertEqual(chains.samples[k].shape, (3,) + _ANCHOR[k].shape)
+      np.testing.assert_allclose(chains.samples[k], samples[k], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(chains.means[k], means[k], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(mean[k], means[k].mean(axis=0), rtol=1e-5, atol=1e-6)
+    if noise:  # the chains differ, so averaging them is what is checked
+      self.assertGreater(np.ptp(samples["a"][:, 0]), 0.1)
+
+  @parameterized.parameters(1.0, 4.0)
+  def test_sample_variance_is_the_ula_stationary_variance(self, gamma):
+    """Spread and centre of 4000 chains on f = ||x||^2 / 2 with noise 1, after burn-in.
+
+    p(x') ~ exp(-f(x') - gamma/2 ||x' - x||^2) is N(gamma x / (1 + gamma), 1 / (1 + gamma));
+    an unadjusted chain with step h on precision P = 1 + gamma has stationary mean
+    gamma x / P exactly and variance exactly 1 / (P (1 - h P / 2)). With h P = 0.3
+    the latter is 18% above the target's, so the tight check tells them apart.
+    Catches: noise sqrt(h) instead of sqrt(2h); gamma (x' - x) replaced by gamma x';
+    the running means returned as the samples; langevin_mean of one chain only.
+    """
+    dim, num_chains = 8, 4000
+    precision = 1.0 + gamma
+    h = 0.3 / precision
+    x = jnp.linspace(-1.0, 1.0, dim)
+    # 100 steps: the start's offset has shrunk by 0.7^100, i.e. the chains are burnt in.
+    chains = jax.jit(lambda k: flatness.langevin_chains(
+        lambda v: 0.5 * jnp.sum(v ** 2), x, k, gamma=gamma, num_chains=num_chains,
+        num_steps=100, step_size=h, noise=1.0))(jax.random.key(10 + int(gamma)))
+    samples = np.asarray(chains.samples, np.float64)
+    self.assertEqual(samples.shape, (num_chains, dim))
+    ula_variance = 1.0 / (precision * (1.0 - h * precision / 2))
+    variance = samples.var(axis=0, ddof=1).mean()  # coordinates are independent: pool them
+    # The pooled variance of 32000 Gaussian draws has a relative sd of sqrt(2/32000) = 0.8%.
+    self.assertAlmostEqual(variance, ula_variance, delta=0.04 * ula_variance)
+    self.assertAlmostEqual(variance, 1.0 / precision, delta=0.25 / precision)
+    centre = gamma * np.asarray(x) / precision
+    sd_of_mean = np.sqrt(ula_variance / num_chains)
+    np.testing.assert_allclose(samples.mean(axis=0), centre, atol=5 * sd_of_mean)
+    mean = flatness.langevin_mean(lambda v: 0.5 * jnp.sum(v ** 2), x, jax.random.key(20),
+                                  gamma=gamma, num_chains=num_chains, num_steps=100,
+                                  step_size=h, noise=1.0)
+    np.testing.assert_allclose(mean, centre, atol=5 * sd_of_mean)
 
 
 if __name__ == "__main__":

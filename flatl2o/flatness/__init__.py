@@ -1,18 +1,22 @@
 """The paper's two flatness measures, on any scalar function of a pytree.
 
 Hessian (`hessian.py`): `hvp`, `hessian_trace` (Hutchinson),
-`top_hessian_eigenvalue` (power iteration), `lanczos` (Ritz values, SLQ trace).
-Local entropy (`entropy.py`): `langevin_mean`, `local_entropy_grad`
+`top_hessian_eigenvalue` (power iteration), `lanczos` (Ritz values, SLQ trace),
+and the random pytrees they draw, `rademacher_like` and `normal_like`.
+Local entropy (`entropy.py`): `langevin_chains` (every chain's final state and
+running mean), `langevin_mean` (their mean), `local_entropy_grad`
 (gamma (x - mu)), `local_entropy_surrogate`, `local_entropy_gap` (-F - f).
 This package imports nothing else from flatl2o.
 """
 
-from flatl2o.flatness.entropy import (langevin_mean, local_entropy_gap, local_entropy_grad,
+from flatl2o.flatness.entropy import (LangevinChains, langevin_chains, langevin_mean,
+                                      local_entropy_gap, local_entropy_grad,
                                       local_entropy_surrogate)
 from flatl2o.flatness.hessian import (LanczosResult, hessian_trace, hvp, lanczos,
-                                      lanczos_top_eigenvalue, rademacher_like,
+                                      lanczos_top_eigenvalue, normal_like, rademacher_like,
                                       top_hessian_eigenvalue)
 
-__all__ = ["LanczosResult", "hessian_trace", "hvp", "lanczos", "lanczos_top_eigenvalue",
-           "langevin_mean", "local_entropy_gap", "local_entropy_grad", "local_entropy_surrogate",
-           "rademacher_like", "top_hessian_eigenvalue"]
+__all__ = ["LanczosResult", "LangevinChains", "hessian_trace", "hvp", "lanczos",
+           "lanczos_top_eigenvalue", "langevin_chains", "langevin_mean", "local_entropy_gap",
+           "local_entropy_grad", "local_entropy_surrogate", "normal_like", "rademacher_like",
+           "top_hessian_eigenvalue"]

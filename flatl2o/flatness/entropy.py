@@ -10,16 +10,24 @@ Its gradient is
 
   grad(-F)(x) = gamma (x - mu),   mu = E_p[x'],  p(x') ~ exp(-f(x') - gamma/2 ||x' - x||^2).
 
-`langevin_mean` estimates mu with K chains (vmapped) of L Langevin (SGLD) steps
+`langevin_chains` runs K chains (vmapped) of L Langevin (SGLD) steps
 (`lax.scan`) on U(x') = f(x') + gamma/2 ||x' - x||^2,
 
   x' <- x' - step_size * grad U(x') + noise * sqrt(2 step_size) * N(0, I),
 
-starting at x, and an exponential running mean mu <- (1 - rate) mu + rate x'
-per chain, averaged over chains (Entropy-SGD's estimator). `noise` is the
+starting at x, each with an exponential running mean mu <- (1 - rate) mu + rate x',
+and returns every chain's final state and running mean (`LangevinChains`,
+leaves with a leading [K] axis). `langevin_mean`, the estimate of mu, is the
+mean over chains of the running means (Entropy-SGD's estimator). `noise` is the
 temperature's square root; with noise = 1 the chains sample p exactly in the
 small-step limit, with noise = 0 they descend to p's mode. `f` may take a PRNG
 key for minibatch gradients (`stochastic=True`).
+
+The chains are unadjusted (no Metropolis correction): on a Gaussian of
+precision P (here P = A + gamma I for f = x^T A x / 2) and noise = 1 a chain's
+stationary covariance is (P (I - step_size P / 2))^-1, not P^-1, so the step
+size biases the spread of `samples` by a factor 1 / (1 - step_size P / 2) (and
+step_size P < 2 is needed for the chains to stay bounded).
 
 `local_entropy_gap` reports the value -F(x) - f(x) >= ... by Monte Carlo,
 -log mean_j exp(-(f(x + e_j / sqrt(gamma)) - f(x))), e_j ~ N(0, I). It is 0
@@ -39,12 +47,13 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from flatl2o.flatness._checks import positive_int, positive_number
+from flatl2o.flatness.hessian import normal_like
 
 
 def _check(num_chains, num_steps, gamma, step_size, noise, rate):
@@ -57,10 +66,28 @@ def _check(num_chains, num_steps, gamma, step_size, noise, rate):
     raise ValueError(f"mean_rate must lie in (0, 1], got {rate!r}")
 
 
-def langevin_mean(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
-                  num_chains: int = 4, num_steps: int = 5, step_size: float = 0.1,
-                  noise: float = 1.0, mean_rate: float = 0.25, stochastic: bool = False):
-  """Estimate of mu = E_p[x'] (see the module docstring), shaped like `params`."""
+class LangevinChains(NamedTuple):
+  """Where K Langevin chains ended (`langevin_chains`).
+
+  Attributes:
+    samples: per chain, its final state x'_L; each leaf shaped like the
+      params' with a leading `[num_chains]` axis.
+    means: per chain, its exponential running mean mu (same shapes).
+  """
+
+  samples: Any
+  means: Any
+
+
+def langevin_chains(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
+                    num_chains: int, num_steps: int, step_size: float, noise: float,
+                    mean_rate: float = 0.25, stochastic: bool = False) -> LangevinChains:
+  """Runs the chains of the module docstring from `params`; returns every chain's end.
+
+  Chain c uses `split(key, num_chains)[c]`, its step l `split(that, num_steps)[l]`,
+  which is split once more into the minibatch key (used when `stochastic`) and
+  the noise key (drawn with `normal_like`, one key per leaf).
+  """
   _check(num_chains, num_steps, gamma, step_size, noise, mean_rate)
   anchor = jax.lax.stop_gradient(params)
   grad_f = jax.grad(f)
@@ -70,21 +97,29 @@ def langevin_mean(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma:
       x, mu = carry
       grad_key, noise_key = jax.random.split(k)
       g = grad_f(x, grad_key) if stochastic else grad_f(x)
-      leaves, treedef = jax.tree.flatten(x)
-      noise_keys = jax.random.split(noise_key, max(len(leaves), 1))
-      eps = jax.tree.unflatten(treedef, [jax.random.normal(nk, jnp.shape(l), jnp.result_type(l))
-                                         for nk, l in zip(noise_keys, leaves)])
       x = jax.tree.map(
           lambda x, g, a, e: x - step_size * (g + gamma * (x - a))
-          + noise * jnp.sqrt(2.0 * step_size) * e, x, g, anchor, eps)
+          + noise * jnp.sqrt(2.0 * step_size) * e, x, g, anchor, normal_like(noise_key, x))
       mu = jax.tree.map(lambda m, x: (1.0 - mean_rate) * m + mean_rate * x, mu, x)
       return (x, mu), None
 
-    (_, mu), _ = jax.lax.scan(step, (anchor, anchor), jax.random.split(chain_key, num_steps))
-    return mu
+    (x, mu), _ = jax.lax.scan(step, (anchor, anchor), jax.random.split(chain_key, num_steps))
+    return LangevinChains(samples=x, means=mu)
 
-  mus = jax.vmap(chain)(jax.random.split(key, num_chains))
-  return jax.tree.map(lambda m: jnp.mean(m, axis=0), mus)
+  return jax.vmap(chain)(jax.random.split(key, num_chains))
+
+
+def langevin_mean(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
+                  num_chains: int = 4, num_steps: int = 5, step_size: float = 0.1,
+                  noise: float = 1.0, mean_rate: float = 0.25, stochastic: bool = False):
+  """Estimate of mu = E_p[x'] (see the module docstring), shaped like `params`.
+
+  The mean over chains of `langevin_chains(...).means`.
+  """
+  chains = langevin_chains(f, params, key, gamma=gamma, num_chains=num_chains,
+                           num_steps=num_steps, step_size=step_size, noise=noise,
+                           mean_rate=mean_rate, stochastic=stochastic)
+  return jax.tree.map(lambda m: jnp.mean(m, axis=0), chains.means)
 
 
 def local_entropy_grad(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
@@ -109,13 +144,9 @@ def local_entropy_gap(f: Callable[[Any], jax.Array], params, key: jax.Array, *, 
   positive_int("num_samples", num_samples)
   positive_number("gamma", gamma)
   f0 = f(params)
-  leaves, treedef = jax.tree.flatten(params)
 
   def excess(k):
-    keys = jax.random.split(k, max(len(leaves), 1))
-    shifted = jax.tree.unflatten(treedef, [
-        x + jax.random.normal(kk, jnp.shape(x), jnp.result_type(x)) / jnp.sqrt(gamma)
-        for kk, x in zip(keys, leaves)])
+    shifted = jax.tree.map(lambda x, e: x + e / jnp.sqrt(gamma), params, normal_like(k, params))
     return f(shifted) - f0
 
   deltas = jax.lax.map(excess, jax.random.split(key, num_samples))

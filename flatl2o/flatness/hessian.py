@@ -2,6 +2,8 @@
 
   hvp(f, x, v) = d/de grad f(x + e v) |_{e=0}     (forward-over-reverse: jvp of grad)
 
+- `rademacher_like`, `normal_like`: random pytrees shaped and typed like the
+  params (+-1 probes, N(0, 1) start vectors and noise), one key per leaf.
 - `hessian_trace`: Hutchinson's estimator, tr(H) ~ mean_i z_i^T H z_i with
   Rademacher probes z_i drawn afresh from the key, all probes in one `vmap`.
 - `top_hessian_eigenvalue`: power iteration; returns the Rayleigh quotient
@@ -45,12 +47,28 @@ def hvp(f: Fn, params, v):
   return jax.jvp(jax.grad(f), (params,), (v,))[1]
 
 
-def rademacher_like(key: jax.Array, params):
-  """A pytree of independent +-1 entries shaped (and typed) like `params`."""
-  leaves, treedef = jax.tree.flatten(params)
+def _random_like(sample, key: jax.Array, tree):
+  """`sample(key_i, shape, dtype)` per leaf of `tree`, key_i = split(key, #leaves)[i]."""
+  leaves, treedef = jax.tree.flatten(tree)
+  # max(., 1): split(key, 0) is an error, and an empty tree must still work.
   keys = jax.random.split(key, max(len(leaves), 1))
   return jax.tree.unflatten(treedef, [
-      jax.random.rademacher(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)])
+      sample(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)])
+
+
+def rademacher_like(key: jax.Array, params):
+  """A pytree of independent +-1 entries shaped (and typed) like `params`."""
+  return _random_like(jax.random.rademacher, key, params)
+
+
+def normal_like(key: jax.Array, tree):
+  """A pytree of independent N(0, 1) entries shaped (and typed) like `tree`.
+
+  Leaf i is drawn from `jax.random.split(key, num_leaves)[i]` (in
+  `jax.tree.leaves` order), so a fixed key gives fixed draws: results computed
+  from it (e.g. printed tables) repeat digit for digit.
+  """
+  return _random_like(jax.random.normal, key, tree)
 
 
 def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10) -> jax.Array:
@@ -63,16 +81,15 @@ def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10) -> jax.Ar
 
 def _normalize(v):
   norm = jnp.sqrt(_vdot(v, v))
-  return jax.tree.map(lambda x: x / jnp.maximum(norm, 1e-30), v)
+  # Cast back: a bf16 leaf divided by the f32 norm would become f32, and the
+  # next hvp needs tangents of the primal's dtype.
+  return jax.tree.map(lambda x: (x / jnp.maximum(norm, 1e-30)).astype(x.dtype), v)
 
 
 def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20) -> jax.Array:
   """Largest-magnitude eigenvalue of H by power iteration (the top one near a minimum)."""
   positive_int("num_iters", num_iters)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  v = _normalize(jax.tree.unflatten(treedef, [
-      jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]))
+  v = _normalize(normal_like(key, params))
   frozen = jax.lax.stop_gradient(params)
   v, _ = jax.lax.scan(lambda v, _: (_normalize(hvp(f, frozen, v)), None), v, None,
                       length=num_iters)
