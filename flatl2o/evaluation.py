@@ -5,8 +5,9 @@
 splits. Minibatches are drawn inside the chunk from `fold_in(data_key, step)`,
 so two optimizers run with the same `key` see the same initialisation and the
 same batch stream (paired comparisons). Transformations that take extra
-arguments (an `update` with `**extra_args` or a `loss` parameter, e.g. learned
-optimizers) receive the minibatch loss as `loss=`; others are called plainly.
+arguments (an `update` with `**extra_args`, or `loss` / `grad_fn` parameters)
+receive the minibatch loss as `loss=` (learned optimizers) and a minibatch
+gradient function as `grad_fn=` (Entropy-SGD); others are called plainly.
 
 Example:
   >>> task = flatl2o.tasks.get("mlp_sigmoid", dataset="digits")
@@ -86,26 +87,43 @@ def flatness_measures(task, params, key: jax.Array) -> dict[str, jax.Array]:
   }
 
 
-def accepts_loss(tx: optax.GradientTransformation) -> bool:
-  """Whether `tx.update` takes a `loss=` keyword (or any extra keywords)."""
+EXTRA_ARGS = ("loss", "grad_fn")
+
+
+def accepted_extra_args(tx: optax.GradientTransformation) -> tuple[str, ...]:
+  """Which of `EXTRA_ARGS` `tx.update` takes (all of them with `**extra_args`)."""
   try:
     params = inspect.signature(tx.update).parameters.values()
   except (TypeError, ValueError):
-    return False
-  return any(p.kind is p.VAR_KEYWORD or p.name == "loss" for p in params)
+    return ()
+  if any(p.kind is p.VAR_KEYWORD for p in params):
+    return EXTRA_ARGS
+  names = {p.name for p in params}
+  return tuple(a for a in EXTRA_ARGS if a in names)
+
+
+def accepts_loss(tx: optax.GradientTransformation) -> bool:
+  """Whether `tx.update` takes a `loss=` keyword (or any extra keywords)."""
+  return "loss" in accepted_extra_args(tx)
 
 
 def step_fn(task, tx: optax.GradientTransformation):
-  """The pure training step `(params, opt_state, key) -> (params, opt_state, loss)`."""
-  takes_extra_args = accepts_loss(tx)
+  """The pure training step `(params, opt_state, key) -> (params, opt_state, loss)`.
+
+  A transformation that takes extra arguments gets `loss=` (the minibatch
+  loss) and `grad_fn=` (`(params, key) -> gradient` on a minibatch drawn from
+  `key`, for optimizers such as Entropy-SGD that need gradients elsewhere),
+  each when its `update` accepts it.
+  """
+  accepted = accepted_extra_args(tx)
+  grad_fn = lambda p, k: jax.grad(task.loss)(p, task.sample_batch(k))
 
   def step(params, opt_state, key):
     batch = task.sample_batch(key)
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
-    if takes_extra_args:
-      updates, opt_state = tx.update(grads, opt_state, params, loss=loss)
-    else:
-      updates, opt_state = tx.update(grads, opt_state, params)
+    extra = {"loss": loss, "grad_fn": grad_fn}
+    updates, opt_state = tx.update(grads, opt_state, params,
+                                   **{name: extra[name] for name in accepted})
     return optax.apply_updates(params, updates), opt_state, loss
 
   return step

@@ -63,7 +63,7 @@ class ExportTest(parameterized.TestCase):
       flatl2o.load_optimizer(path)
 
   @parameterized.parameters(
-      ({"architecture": "rnnprop"}, "unknown learned optimizer 'rnnprop'"),
+      ({"architecture": "l2o_scale"}, "unknown learned optimizer 'l2o_scale'"),
       ({"hparams": {"hidden_size": 7, "num_layers": 2, "preprocess_k": 5.0,
                     "output_scale": 0.1}}, "has shape .* expects"),
       ({"hparams": {"hidden_size": -1}}, "hidden_size must be a positive integer"),

@@ -114,6 +114,34 @@ class TransformTest(parameterized.TestCase):
     expected = (np.asarray(meta_params["out_w"]) @ x + np.asarray(meta_params["out_b"]))[0] * 0.1
     np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-7)
 
+  def test_rnnprop_matches_numpy_over_several_steps(self):
+    lopt = optimizers.RNNProp(hidden_size=3, num_layers=2, input_size=4)
+    meta_params = jax.tree.map(lambda x: x + 0.1, lopt.init(jax.random.key(5)))
+    grads = np.array([[0.5, -0.02, 1e-4, 0.0], [0.4, 0.03, -2e-4, 0.0],
+                      [-0.1, 0.01, 1e-4, 0.0]], np.float32)
+    state = lopt.init_state(4)
+    p = jax.tree.map(np.asarray, meta_params)
+    m, v = np.zeros(4), np.zeros(4)
+    h, c = [np.zeros((3, 4))] * 2, [np.zeros((3, 4))] * 2
+    for t, g in enumerate(grads, start=1):
+      update, state = lopt.step(meta_params, jnp.asarray(g), state)
+      m = 0.95 * m + 0.05 * g
+      v = 0.95 * v + 0.05 * g**2
+      scale = 1.0 / (np.sqrt(v / (1 - 0.95**t)) + 1e-8)
+      z = p["input_w"] @ np.stack([m / (1 - 0.95**t) * scale, g * scale]) + p["input_b"]
+      x = np.where(z > 0, z, np.expm1(z))  # ELU
+      for layer in range(2):
+        w, b = p["lstm"][layer]["w"], p["lstm"][layer]["b"]
+        gates = w @ np.concatenate([x, h[layer]]) + b
+        i, f, gg, o = np.split(gates, 4)
+        c[layer] = _sigmoid(f) * c[layer] + _sigmoid(i) * np.tanh(gg)
+        h[layer] = x = _sigmoid(o) * np.tanh(c[layer])
+      expected = 0.1 * np.tanh(p["out_w"] @ x + p["out_b"])[0]
+      np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(state.cell[1], c[1], rtol=1e-5, atol=1e-6)
+    self.assertTrue(np.isfinite(float(update[3])))  # a zero gradient: 0 / (0 + eps) inputs
+    self.assertLessEqual(float(jnp.max(jnp.abs(update))), 0.1)  # bounded by output_scale
+
   def test_forget_gate_bias_starts_at_one(self):
     meta_params = optimizers.L2ODM().init(jax.random.key(0))
     b = np.asarray(meta_params["lstm"][0]["b"])[:, 0]
@@ -125,7 +153,7 @@ class RegistryTest(parameterized.TestCase):
 
   def test_learned_by_name(self):
     self.assertEqual(optimizers.learned("l2o_dm", hidden_size=8), optimizers.L2ODM(hidden_size=8))
-    self.assertSameElements(optimizers.learned_names(), ["l2o_dm", "mlp_lopt"])
+    self.assertSameElements(optimizers.learned_names(), ["l2o_dm", "rnnprop", "mlp_lopt"])
 
   @parameterized.parameters(*optimizers.learned_names())
   def test_every_registered_architecture_follows_the_protocol(self, name):
@@ -146,7 +174,8 @@ class RegistryTest(parameterized.TestCase):
     self.assertNotIsInstance(NoStep(), optimizers.LearnedOptimizer)
 
   @parameterized.parameters(
-      ("rnnprop", {}, "unknown learned optimizer 'rnnprop'; accepted: l2o_dm, mlp_lopt"),
+      ("l2o_scale", {},
+       "unknown learned optimizer 'l2o_scale'; accepted: l2o_dm, rnnprop, mlp_lopt"),
       ("l2o_dm", {"width": 3}, "takes no hyper-parameter 'width'; accepted: hidden_size"),
       ("l2o_dm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
       ("mlp_lopt", {"decays": (0.5, 1.5)}, "decays must be non-empty, each in"),

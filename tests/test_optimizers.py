@@ -20,8 +20,8 @@ class RegistryTest(parameterized.TestCase):
     self.assertGreater(result.final("test")["accuracy"], 0.8)
 
   def test_names(self):
-    self.assertSameElements(optimizers.names(),
-                            ["sgd", "momentum", "adam", "rmsprop", "adagrad", "sam"])
+    self.assertSameElements(optimizers.names(), ["sgd", "momentum", "adam", "rmsprop", "adagrad",
+                                                 "sam", "entropy_sgd"])
 
   def test_unknown_name(self):
     with self.assertRaisesRegex(optimizers.OptimizerError,
@@ -44,6 +44,50 @@ class RegistryTest(parameterized.TestCase):
     tx = optimizers.get("sgd", learning_rate=None)
     updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.3 * np.ones(3), rtol=1e-6)
+
+
+class EntropySGDTest(parameterized.TestCase):
+
+  def test_needs_grad_fn_and_says_so(self):
+    tx = optimizers.get("entropy_sgd")
+    params = {"w": jnp.ones(3)}
+    with self.assertRaisesRegex(ValueError, "entropy_sgd needs grad_fn="):
+      tx.update(params, tx.init(params), params)
+    with self.assertRaisesRegex(ValueError, "entropy_sgd needs grad_fn="):
+      jax.jit(tx.update)(params, tx.init(params), params)
+
+  def test_two_steps_match_a_hand_computation(self):
+    # f(x) = a . x^2 / 2 with exact gradients and no noise: Algorithm 1 of
+    # Chaudhari et al. by hand, gamma scoped between the two outer steps.
+    a = np.array([1.0, 4.0, 0.5])
+    hp = dict(learning_rate=0.7, gamma=0.5, scoping=0.1, num_langevin_steps=4,
+              langevin_step_size=0.05, noise=0.0, mean_rate=0.75)
+    tx = optimizers.get("entropy_sgd", **hp)
+    grad_fn = lambda p, key: {"w": jnp.asarray(a, jnp.float32) * p["w"]}
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    state = tx.init(params)
+    x = np.array([1.0, -2.0, 3.0])
+    for t in range(2):
+      updates, state = tx.update(None, state, params, grad_fn=grad_fn)
+      params = optax.apply_updates(params, updates)
+      gamma = 0.5 * 1.1**t
+      xp, mu = x.copy(), x.copy()
+      for _ in range(4):
+        xp = xp - 0.05 * (a * xp + gamma * (xp - x))
+        mu = 0.25 * mu + 0.75 * xp
+      x = x - 0.7 * gamma * (x - mu)
+      np.testing.assert_allclose(params["w"], x, rtol=1e-5)
+    self.assertEqual(int(state.count), 2)
+
+  def test_noise_comes_from_its_own_key(self):
+    tx = optimizers.get("entropy_sgd", noise=1.0)
+    params = {"w": jnp.zeros(4)}
+    grad_fn = lambda p, key: jax.tree.map(jnp.zeros_like, p)
+    state = tx.init(params)
+    first, state = tx.update(None, state, params, grad_fn=grad_fn)
+    second, _ = tx.update(None, state, params, grad_fn=grad_fn)
+    self.assertGreater(float(jnp.abs(first["w"]).sum()), 0.0)
+    self.assertFalse(np.allclose(first["w"], second["w"]))  # a fresh draw each step
 
 
 def _loss_recorder():

@@ -59,7 +59,8 @@ from flatl2o.flatness.hessian import normal_like
 def _check(num_chains, num_steps, gamma, step_size, noise, rate):
   positive_int("num_chains", num_chains)
   positive_int("num_steps", num_steps)
-  positive_number("gamma", gamma)
+  if not isinstance(gamma, jax.Array):  # a traced schedule value is the caller's to check
+    positive_number("gamma", gamma)
   positive_number("step_size", step_size)
   positive_number("noise", noise, allow_zero=True)
   if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
@@ -79,18 +80,28 @@ class LangevinChains(NamedTuple):
   means: Any
 
 
-def langevin_chains(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
-                    num_chains: int, num_steps: int, step_size: float, noise: float,
-                    mean_rate: float = 0.25, stochastic: bool = False) -> LangevinChains:
+def langevin_chains(f: Callable[..., jax.Array] | None, params, key: jax.Array, *,
+                    gamma: float | jax.Array, num_chains: int, num_steps: int,
+                    step_size: float, noise: float, mean_rate: float = 0.25,
+                    stochastic: bool = False,
+                    grad_fn: Callable[[Any, jax.Array], Any] | None = None) -> LangevinChains:
   """Runs the chains of the module docstring from `params`; returns every chain's end.
 
   Chain c uses `split(key, num_chains)[c]`, its step l `split(that, num_steps)[l]`,
-  which is split once more into the minibatch key (used when `stochastic`) and
-  the noise key (drawn with `normal_like`, one key per leaf).
+  which is split once more into the minibatch key (used when `stochastic` or
+  with `grad_fn`) and the noise key (drawn with `normal_like`, one key per leaf).
+  `grad_fn(x, key)`, when given, replaces `grad(f)`: the gradient at x on a
+  minibatch drawn from `key` (Entropy-SGD's use; `f` may then be None). `gamma`
+  may be a traced scalar (a schedule).
   """
   _check(num_chains, num_steps, gamma, step_size, noise, mean_rate)
   anchor = jax.lax.stop_gradient(params)
-  grad_f = jax.grad(f)
+  if grad_fn is not None:
+    grad_f, stochastic = grad_fn, True
+  elif f is None:
+    raise ValueError("langevin_chains needs a loss f or a grad_fn")
+  else:
+    grad_f = jax.grad(f)
 
   def chain(chain_key):
     def step(carry, k):
@@ -109,16 +120,18 @@ def langevin_chains(f: Callable[..., jax.Array], params, key: jax.Array, *, gamm
   return jax.vmap(chain)(jax.random.split(key, num_chains))
 
 
-def langevin_mean(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
-                  num_chains: int = 4, num_steps: int = 5, step_size: float = 0.1,
-                  noise: float = 1.0, mean_rate: float = 0.25, stochastic: bool = False):
+def langevin_mean(f: Callable[..., jax.Array] | None, params, key: jax.Array, *,
+                  gamma: float | jax.Array, num_chains: int = 4, num_steps: int = 5,
+                  step_size: float = 0.1, noise: float = 1.0, mean_rate: float = 0.25,
+                  stochastic: bool = False,
+                  grad_fn: Callable[[Any, jax.Array], Any] | None = None):
   """Estimate of mu = E_p[x'] (see the module docstring), shaped like `params`.
 
   The mean over chains of `langevin_chains(...).means`.
   """
   chains = langevin_chains(f, params, key, gamma=gamma, num_chains=num_chains,
                            num_steps=num_steps, step_size=step_size, noise=noise,
-                           mean_rate=mean_rate, stochastic=stochastic)
+                           mean_rate=mean_rate, stochastic=stochastic, grad_fn=grad_fn)
   return jax.tree.map(lambda m: jnp.mean(m, axis=0), chains.means)
 
 

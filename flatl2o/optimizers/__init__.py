@@ -2,7 +2,7 @@
 
 Hand-designed ones by name (`get('adam')`; `default_hparams(name)` lists what
 each accepts), learned architectures as frozen dataclasses (`L2ODM()`,
-`MLPLOpt()`, or `learned('l2o_dm')`) following the `LearnedOptimizer` protocol,
+`RNNProp()`, `MLPLOpt()`, or `learned('l2o_dm')`) following the `LearnedOptimizer` protocol,
 whose `transform(meta_params)` is an optax transformation
 (`base.architecture_hparams(lopt)` gives an architecture's settings).
 """
@@ -10,8 +10,10 @@ whose `transform(meta_params)` is an optax transformation
 from flatl2o.optimizers.base import LearnedOptimizer
 from flatl2o.optimizers.l2o_dm import L2ODM, L2ODMState
 from flatl2o.optimizers.mlp_lopt import MLPLOpt, MLPLOptState
+from flatl2o.optimizers.rnnprop import RNNProp, RNNPropState
 from flatl2o.optimizers.registry import (OptimizerError, default_hparams, get, learned,
                                          learned_names, names)
 
 __all__ = ["L2ODM", "L2ODMState", "LearnedOptimizer", "MLPLOpt", "MLPLOptState",
-           "OptimizerError", "default_hparams", "get", "learned", "learned_names", "names"]
+           "OptimizerError", "RNNProp", "RNNPropState", "default_hparams", "get", "learned",
+           "learned_names", "names"]

@@ -119,6 +119,35 @@ def log_sign_features(grad: jax.Array, k: float) -> jax.Array:
   return jnp.stack([log_part, sign_part])
 
 
+def lstm_stack(layers: list[dict], x: jax.Array, hidden: tuple[jax.Array, ...],
+               cell: tuple[jax.Array, ...]):
+  """Stacked LSTM cells on coordinates-last arrays; returns `(top h, hiddens, cells)`.
+
+  Layer l has `w: [4H, in + H]`, `b: [4H, 1]` and gate order (i, f, g, o); x is
+  `[in, N]`, each state `[H, N]`: one fused matmul per layer.
+  """
+  new_hidden, new_cell = [], []
+  for layer, p in enumerate(layers):
+    z = p["w"] @ jnp.concatenate([x, hidden[layer]], axis=0) + p["b"]
+    i, f, g, o = jnp.split(z, 4, axis=0)  # split, not slices: its transpose is one concat
+    c = jax.nn.sigmoid(f) * cell[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
+    x = jax.nn.sigmoid(o) * jnp.tanh(c)
+    new_hidden.append(x)
+    new_cell.append(c)
+  return x, tuple(new_hidden), tuple(new_cell)
+
+
+def lstm_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: int) -> list[dict]:
+  """Stacked LSTM weights: uniform(+-1/sqrt(H)), zero biases but the forget gate's (1)."""
+  h = hidden_size
+  layers = []
+  for layer, k in enumerate(jax.random.split(key, num_layers)):
+    fan_in = (input_size if layer == 0 else h) + h
+    bias = jnp.zeros((4 * h, 1), jnp.float32).at[h:2 * h].set(1.0)
+    layers.append({"w": uniform(k, (4 * h, fan_in), 1.0 / np.sqrt(h)), "b": bias})
+  return layers
+
+
 def uniform(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
   return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
 

@@ -103,16 +103,9 @@ class L2ODM:
       x = grad[None, :]
     else:
       x = base.log_sign_features(grad, self.preprocess_k)
-    hidden, cell = [], []
-    for layer, p in enumerate(meta_params["lstm"]):
-      z = p["w"] @ jnp.concatenate([x, state.hidden[layer]], axis=0) + p["b"]
-      i, f, g, o = jnp.split(z, 4, axis=0)  # split, not slices: its transpose is one concat
-      c = jax.nn.sigmoid(f) * state.cell[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
-      x = jax.nn.sigmoid(o) * jnp.tanh(c)
-      hidden.append(x)
-      cell.append(c)
+    x, hidden, cell = base.lstm_stack(meta_params["lstm"], x, state.hidden, state.cell)
     update = (meta_params["out_w"] @ x + meta_params["out_b"])[0] * self.output_scale
-    return update, L2ODMState(hidden=tuple(hidden), cell=tuple(cell))
+    return update, L2ODMState(hidden=hidden, cell=cell)
 
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
     """The optax transformation that applies this network with `meta_params`."""

@@ -14,6 +14,7 @@ conv (measured 2026-11-29 with `evaluation.train`; adam was best on the MLPs).
 | rmsprop  | `optax.rmsprop`                        | 0.003                 |
 | adagrad  | `optax.adagrad`                        | 0.1                   |
 | sam      | `optax.contrib.sam`, outer adam        | 0.01 (rho 0.05)       |
+| entropy_sgd | `entropy_sgd.entropy_sgd` (needs `grad_fn=`) | 30 (gamma 0.03, L 20) |
 
 SAM in optax's default (non-opaque) mode alternates an ascent step and a real
 update, so `num_steps` calls of `update` make `num_steps / 2` parameter updates.
@@ -28,9 +29,11 @@ from typing import Callable
 import optax
 
 from flatl2o import _checks
+from flatl2o.optimizers import entropy_sgd as entropy_sgd_lib
 from flatl2o.optimizers.base import LearnedOptimizer
 from flatl2o.optimizers.l2o_dm import L2ODM
 from flatl2o.optimizers.mlp_lopt import MLPLOpt
+from flatl2o.optimizers.rnnprop import RNNProp
 
 
 class OptimizerError(ValueError):
@@ -58,6 +61,13 @@ def _adagrad(learning_rate: float = 0.1, eps: float = 1e-7):
   return optax.adagrad(learning_rate, eps=eps)
 
 
+def _entropy_sgd(learning_rate: float = 30.0, gamma: float = 0.03, scoping: float = 5e-4,
+                 num_langevin_steps: int = 20, langevin_step_size: float = 0.1,
+                 noise: float = 1e-4, mean_rate: float = 0.75, seed: int = 0):
+  return entropy_sgd_lib.entropy_sgd(learning_rate, gamma, scoping, num_langevin_steps,
+                                     langevin_step_size, noise, mean_rate, seed)
+
+
 def _sam(learning_rate: float = 0.01, rho: float = 0.05):
   adversarial = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
   return optax.contrib.sam(optax.adam(learning_rate), adversarial, sync_period=2)
@@ -70,6 +80,7 @@ _FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
     "rmsprop": _rmsprop,
     "adagrad": _adagrad,
     "sam": _sam,
+    "entropy_sgd": _entropy_sgd,
 }
 
 
@@ -101,7 +112,8 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
   return _FACTORIES[name](**kwargs)
 
 
-LEARNED: dict[str, type[LearnedOptimizer]] = {"l2o_dm": L2ODM, "mlp_lopt": MLPLOpt}
+LEARNED: dict[str, type[LearnedOptimizer]] = {"l2o_dm": L2ODM, "rnnprop": RNNProp,
+                                              "mlp_lopt": MLPLOpt}
 
 
 def learned_names() -> tuple[str, ...]:
@@ -109,7 +121,7 @@ def learned_names() -> tuple[str, ...]:
 
 
 def learned(name: str, **hparams) -> LearnedOptimizer:
-  """A learned-optimizer architecture by name (`l2o_dm`, `mlp_lopt`), untrained."""
+  """A learned-optimizer architecture by name (`learned_names()`), untrained."""
   if name not in LEARNED:
     raise OptimizerError(f"unknown learned optimizer {name!r}; accepted: "
                          f"{', '.join(LEARNED)}")
