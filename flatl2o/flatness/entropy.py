@@ -108,10 +108,13 @@ def langevin_chains(f: Callable[..., jax.Array] | None, params, key: jax.Array, 
       x, mu = carry
       grad_key, noise_key = jax.random.split(k)
       g = grad_f(x, grad_key) if stochastic else grad_f(x)
+      # Each leaf keeps its dtype: a traced float32 gamma would promote bf16 leaves.
       x = jax.tree.map(
-          lambda x, g, a, e: x - step_size * (g + gamma * (x - a))
-          + noise * jnp.sqrt(2.0 * step_size) * e, x, g, anchor, normal_like(noise_key, x))
-      mu = jax.tree.map(lambda m, x: (1.0 - mean_rate) * m + mean_rate * x, mu, x)
+          lambda x, g, a, e: (x - step_size * (g + gamma * (x - a))
+                              + noise * jnp.sqrt(2.0 * step_size) * e).astype(x.dtype),
+          x, g, anchor, normal_like(noise_key, x))
+      mu = jax.tree.map(lambda m, x: ((1.0 - mean_rate) * m + mean_rate * x).astype(m.dtype),
+                        mu, x)
       return (x, mu), None
 
     (x, mu), _ = jax.lax.scan(step, (anchor, anchor), jax.random.split(chain_key, num_steps))

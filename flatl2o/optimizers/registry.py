@@ -26,6 +26,8 @@ import dataclasses
 import inspect
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from flatl2o import _checks
@@ -68,8 +70,22 @@ def _entropy_sgd(learning_rate: float = 30.0, gamma: float = 0.03, scoping: floa
                                      langevin_step_size, noise, mean_rate, seed)
 
 
+def _normalize() -> optax.GradientTransformation:
+  """g / ||g|| (global norm), 0 for a zero gradient, each leaf in its own dtype.
+
+  optax.contrib.normalize divides by the norm as it is: NaN on a zero gradient,
+  and bf16 leaves promoted to float32.
+  """
+  def update(updates, state, params=None):
+    del params
+    norm = jnp.maximum(optax.global_norm(updates), 1e-30)
+    return jax.tree.map(lambda g: (g / norm).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _sam(learning_rate: float = 0.01, rho: float = 0.05):
-  adversarial = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+  adversarial = optax.chain(_normalize(), optax.sgd(rho))
   return optax.contrib.sam(optax.adam(learning_rate), adversarial, sync_period=2)
 
 
