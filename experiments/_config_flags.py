@@ -44,13 +44,13 @@ def field_docs(cls) -> dict[str, str]:
   return docs
 
 
-def _unoptional(tp) -> tuple[Any, bool]:
-  """`(T, True)` for `T | None`, else `(tp, False)`."""
+def _unoptional(tp):
+  """`T` for `T | None`, else `tp`."""
   if typing.get_origin(tp) in (typing.Union, types.UnionType):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if len(args) == 1:
-      return args[0], True
-  return tp, False
+      return args[0]
+  return tp
 
 
 def _mutable_twin(cls):
@@ -68,13 +68,13 @@ def _mutable_twin(cls):
 
 
 def _leaves(cls, prefix: str = ""):
-  """`(path, field, type)` for every non-dataclass field, nested ones included."""
-  hints = typing.get_type_hints(cls)
+  """`(path, field, type, doc)` for every non-dataclass field, nested ones included."""
+  hints, docs = typing.get_type_hints(cls), field_docs(cls)
   for f in dataclasses.fields(cls):
     if dataclasses.is_dataclass(hints[f.name]):
       yield from _leaves(hints[f.name], f"{prefix}{f.name}.")
     else:
-      yield f"{prefix}{f.name}", f, hints[f.name], field_docs(cls).get(f.name, f.name)
+      yield f"{prefix}{f.name}", f, hints[f.name], docs.get(f.name, f.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +99,7 @@ def define(cls, *, renames: dict[str, str] | None = None,
   flag_names = {}
   for path, field, tp, doc in _leaves(cls):
     name = renames.get(path, path.rsplit(".", 1)[-1])
-    tp, _ = _unoptional(tp)
-    default = field.default
+    tp, default = _unoptional(tp), field.default
     help_text = f"{doc} (also --config.{path})"
     choices = field.metadata.get("choices")
     if choices:

@@ -70,8 +70,9 @@ def claim(path: str, description: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError) as e:
       raise CheckpointError(f"{run_json} is unreadable ({e}); use another run "
                             "directory") from None
-    if existing != json.loads(json.dumps(description)):
-      diffs = first_difference(existing, json.loads(json.dumps(description)))
+    as_json = json.loads(json.dumps(description))  # tuples as lists, as in the file
+    if existing != as_json:
+      diffs = first_difference(existing, as_json)
       raise CheckpointError(
           f"run directory {path} belongs to a different configuration ({diffs}); "
           "use another --run_dir or the original settings")
