@@ -15,13 +15,15 @@ Every field of `flatl2o.meta.MetaTrainConfig` is a flag of the same name
 (`--config.regularizer.alpha=0.01`); `--helpfull` lists them with their help.
 
 --regularizer=hessian|entropy adds the flatness term of Yang et al. (2023) to
-the meta-objective (see flatl2o/meta/objective.py). A run whose optimizer
+the meta-objective (see flatl2o/meta/objective.py). --optimizer=l2o_scale
+meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did. A run whose optimizer
 collapsed (stopped lowering the training loss at every validation) exports
 nothing and exits with code 3.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -68,6 +70,9 @@ def config_from_flags() -> meta.MetaTrainConfig:
   for field in ("when", "add_to_inner_loss"):
     if f"regularizer.{field}" in given and kind == "none":
       raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
+  preferred = getattr(optimizers.registry.LEARNED[_OPTIMIZER.value], "preferred_meta_loss", None)
+  if preferred is not None and "meta_loss" not in given:
+    config = dataclasses.replace(config, meta_loss=preferred)  # L2O-Scale: log-ratio
   return config
 
 

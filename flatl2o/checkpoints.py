@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -59,6 +60,7 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
       "hparams": lopt_base.architecture_hparams(lopt),
       "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
       "sha256": hashlib.sha256(payload).hexdigest(),
+      "written_by": f"flatl2o {_package_version()}",
   }
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isfile(os.path.join(path, _META_FILE)):
@@ -98,9 +100,19 @@ def load_learned(path: str):
     raise CheckpointError(f"{meta_path} is corrupted ({e}); export the optimizer again") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise CheckpointError(f"{meta_path} is not a flatl2o optimizer description")
-  if meta.get("version") != FORMAT_VERSION:
-    raise CheckpointError(f"{meta_path} has format version {meta.get('version')!r}; this "
-                          f"flatl2o reads version {FORMAT_VERSION}")
+  writer = meta.get("written_by", "an older flatl2o")
+  version = meta.get("version")
+  if version != FORMAT_VERSION:
+    newer = isinstance(version, int) and version > FORMAT_VERSION
+    raise CheckpointError(
+        f"{meta_path} has format version {version!r} (written by {writer}); this flatl2o "
+        f"{_package_version()} reads version {FORMAT_VERSION}"
+        + ("; upgrade flatl2o to load it" if newer else ""))
+  if meta.get("architecture") not in registry.LEARNED:
+    raise CheckpointError(
+        f"{meta_path} holds architecture {meta.get('architecture')!r} (written by {writer}), "
+        f"which this flatl2o {_package_version()} does not have (it has "
+        f"{', '.join(registry.learned_names())}); upgrade flatl2o to load it")
   try:
     lopt = registry.learned(meta["architecture"], **_tuples(meta["hparams"]))
   except (KeyError, TypeError, ValueError) as e:
@@ -138,6 +150,13 @@ def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:
   """Loads an exported learned optimizer as a ready optax transformation."""
   lopt, meta_params = load_learned(path)
   return lopt.transform(meta_params)
+
+
+def _package_version() -> str:
+  try:
+    return importlib.metadata.version("flatl2o")
+  except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+    return "(uninstalled)"
 
 
 def _tuples(hparams: dict) -> dict:

@@ -63,11 +63,15 @@ class ExportTest(parameterized.TestCase):
       flatl2o.load_optimizer(path)
 
   @parameterized.parameters(
-      ({"architecture": "l2o_scale"}, "unknown learned optimizer 'l2o_scale'"),
+      ({"architecture": "l2o_future", "written_by": "flatl2o 9.0"},
+       r"holds architecture 'l2o_future' \(written by flatl2o 9.0\), which this flatl2o .* "
+       r"does not have \(it has l2o_dm, .*\); upgrade flatl2o"),
+      ({"architecture": "l2o_scale"}, "takes no hyper-parameter 'hidden_size'"),
       ({"hparams": {"hidden_size": 7, "num_layers": 2, "preprocess_k": 5.0,
                     "output_scale": 0.1}}, "has shape .* expects"),
       ({"hparams": {"hidden_size": -1}}, "hidden_size must be a positive integer"),
-      ({"version": 99}, "format version 99"),
+      ({"version": 99}, "format version 99 .* reads version 1; upgrade flatl2o"),
+      ({"version": 0}, "format version 0 .* reads version 1$"),
       ({"format": "something-else"}, "not a flatl2o optimizer description"),
   )
   def test_mismatched_description(self, change, message):

@@ -99,7 +99,7 @@ class MetaTrainBinaryTest(parameterized.TestCase):
       ("zero_unroll", ["--unroll_length=0"], "unroll_length must be a positive integer"),
       ("not_a_multiple", ["--unroll_length=20", "--num_inner_steps=30"], "must be a multiple"),
       ("negative_meta_batch", ["--meta_batch_size=-2"], "meta_batch_size must be a positive"),
-      ("unknown_architecture", ["--optimizer=l2o_scale"], "--optimizer=l2o_scale"),
+      ("unknown_architecture", ["--optimizer=velo"], "--optimizer=velo"),
       ("bad_meta_loss", ["--meta_loss=sum"], "--meta_loss=sum"),
       ("zero_beta", ["--regularizer=entropy", "--beta=0"], "beta must be a positive number"),
       ("negative_alpha", ["--regularizer=hessian", "--alpha=-1"], "alpha must be a positive"),

@@ -14,6 +14,7 @@ from flatl2o.optimizers import base
 
 # Every registered architecture, at its defaults: a new one is covered by registering it.
 ARCHITECTURES = tuple((name, optimizers.learned(name)) for name in optimizers.learned_names())
+COORDINATEWISE = tuple((name, lopt) for name, lopt in ARCHITECTURES if lopt.coordinatewise)
 
 
 def _tree():
@@ -79,6 +80,26 @@ class TransformTest(parameterized.TestCase):
     self.assertGreater(float(optax.global_norm(grads)), 0.0)
 
   @parameterized.named_parameters(*ARCHITECTURES)
+  def test_vmapped_batch_equals_separate_calls(self, lopt):
+    tx = lopt.transform(lopt.init(jax.random.key(0)))
+    grads = [{"w": jax.random.normal(jax.random.key(i), (5, 3)), "b": jnp.full(3, 0.1 * i)}
+             for i in range(3)]
+    losses = jnp.array([1.0, 2.0, 0.5])
+    separate = []
+    for g, loss in zip(grads, losses):
+      u, s = tx.update(g, tx.init(g), g, loss=loss)
+      separate.append(tx.update(g, s, g, loss=loss / 2)[0])  # a second step uses the state
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *grads)
+
+    def two_steps(g, loss):
+      u, s = tx.update(g, tx.init(g), g, loss=loss)
+      return tx.update(g, s, g, loss=loss / 2)[0]
+
+    chex.assert_trees_all_close(jax.vmap(two_steps)(stacked, losses),
+                                jax.tree.map(lambda *x: jnp.stack(x), *separate),
+                                rtol=1e-5, atol=1e-7)
+
+  @parameterized.named_parameters(*COORDINATEWISE)
   def test_coordinatewise_batch_equals_separate_calls(self, lopt):
     tx = lopt.transform(lopt.init(jax.random.key(0)))
     grads = [{"w": jax.random.normal(jax.random.key(i), (5, 3))} for i in range(3)]
@@ -147,6 +168,80 @@ class TransformTest(parameterized.TestCase):
     b = np.asarray(meta_params["lstm"][0]["b"])[:, 0]
     np.testing.assert_array_equal(b[20:40], 1.0)
     np.testing.assert_array_equal(np.delete(b, np.s_[20:40]), 0.0)
+
+  def test_l2o_scale_matches_numpy_over_several_steps(self):
+    lopt = optimizers.L2OScale(coord_hidden=3, tensor_hidden=4, global_hidden=2,
+                               timescales=(0.5, 0.9), initial_learning_rate=0.01)
+    meta_params = jax.tree.map(lambda x: x + 0.1, lopt.init(jax.random.key(7)))
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), meta_params)
+    sizes = (3, 2)  # two tensors: coordinates 0-2 and 3-4
+    grads = np.array([[0.5, -0.02, 1e-4, 0.3, 0.0], [0.4, 0.03, -2e-4, -0.3, 0.0],
+                      [-0.1, 0.01, 1e-4, 0.2, 0.0]], np.float32)
+    losses = [2.0, 1.5, 1.2]
+    decays = np.array([[0.5], [0.9]])
+    segment = np.array([0, 0, 0, 1, 1])
+
+    def gru(q, x, h, context=0.0):
+      n = h.shape[0]
+      w, b = q["w"], q["b"] + context
+      gates = w[:2 * n] @ np.concatenate([x, h]) + b[:2 * n]
+      z, r = _sigmoid(gates[:n]), _sigmoid(gates[n:])
+      cand = np.tanh(w[2 * n:, :x.shape[0]] @ x + w[2 * n:, x.shape[0]:] @ (r * h) + b[2 * n:])
+      return (1 - z) * h + z * cand
+
+    m = v = np.zeros((2, 5))
+    log_lr = np.full(5, np.log(0.01))
+    hc, ht, hg = np.zeros((3, 5)), np.zeros((4, 2)), np.zeros((2, 1))
+    state = lopt.init_state(5, sizes)
+    for t, (g, loss) in enumerate(zip(grads, losses), start=1):
+      update, state = lopt.step(meta_params, jnp.asarray(g), state, sizes, jnp.float32(loss))
+      m = decays * m + (1 - decays) * g
+      v = decays * v + (1 - decays) * g.astype(np.float64)**2
+      m_hat, v_hat = m / (1 - decays**t), v / (1 - decays**t)
+      log_v = np.log(v_hat + 1e-12)
+      features = np.concatenate([m_hat / np.sqrt(v_hat + 1e-12), log_v - log_v.mean(0)])
+      hc = gru(p["coord_gru"], features, hc, (p["tensor_to_coord"] @ ht)[:, segment])
+      out = p["out_w"] @ hc + p["out_b"]
+      log_lr = np.clip(log_lr + out[1], -16.0, 0.0)
+      expected = np.exp(log_lr) * out[0]
+      pooled = np.stack([hc[:, :3].mean(1), hc[:, 3:].mean(1)], axis=1)
+      ht = gru(p["tensor_gru"], pooled, ht, p["global_to_tensor"] @ hg)
+      global_in = np.concatenate([ht.mean(1, keepdims=True), [[np.log(loss / losses[0])]]])
+      hg = gru(p["global_gru"], global_in, hg)
+      np.testing.assert_allclose(update, expected, rtol=2e-5, atol=1e-8)
+      np.testing.assert_allclose(state.tensor_hidden, ht, rtol=1e-5, atol=1e-7)
+      np.testing.assert_allclose(state.global_hidden, hg, rtol=1e-5, atol=1e-7)
+    self.assertEqual(float(state.initial_loss), 2.0)
+
+  def test_l2o_scale_sees_other_tensors_and_the_loss(self):
+    # Not coordinatewise: the same gradients on one leaf give a different fourth
+    # step when another leaf (or the loss) differs. Information climbs one level
+    # per step: coordinate -> tensor -> global -> tensor -> coordinate.
+    lopt = optimizers.L2OScale()
+    tx = lopt.transform(lopt.init(jax.random.key(3)))
+
+    def fourth_step(other, power):  # losses 1, 2^-power, 3^-power, ...
+      g = {"a": jnp.array([0.3, -0.1]), "b": other}
+      state = tx.init(g)
+      for i in range(4):
+        update, state = tx.update(g, state, g, loss=jnp.float32((i + 1.0)**-power))
+      return np.asarray(update["a"])
+
+    reference = fourth_step(jnp.array([0.2]), 1.0)
+    self.assertGreater(np.abs(reference - fourth_step(jnp.array([-5.0]), 1.0)).max(), 1e-9)
+    self.assertGreater(np.abs(reference - fourth_step(jnp.array([0.2]), 2.0)).max(), 1e-9)
+    np.testing.assert_array_equal(reference, fourth_step(jnp.array([0.2]), 1.0))
+
+  def test_l2o_scale_rejects_bad_settings(self):
+    for kwargs, pattern in (({"timescales": ()}, "timescales"),
+                            ({"timescales": (0.5, 1.0)}, "timescales"),
+                            ({"log_lr_range": (0.0, -1.0)}, "log_lr_range"),
+                            ({"initial_learning_rate": 10.0}, "outside"),
+                            ({"coord_hidden": 0}, "coord_hidden")):
+      with self.assertRaisesRegex(ValueError, pattern):
+        optimizers.L2OScale(**kwargs)
+    with self.assertRaisesRegex(ValueError, "add up to 4, not to the 5"):
+      optimizers.L2OScale().init_state(5, (2, 2))
 
 
 class RegistryTest(parameterized.TestCase):

@@ -2,18 +2,19 @@
 
 Hand-designed ones by name (`get('adam')`; `default_hparams(name)` lists what
 each accepts), learned architectures as frozen dataclasses (`L2ODM()`,
-`RNNProp()`, `MLPLOpt()`, or `learned('l2o_dm')`) following the `LearnedOptimizer` protocol,
+`RNNProp()`, `L2OScale()`, `MLPLOpt()`, or `learned('l2o_dm')`) following the `LearnedOptimizer` protocol,
 whose `transform(meta_params)` is an optax transformation
 (`base.architecture_hparams(lopt)` gives an architecture's settings).
 """
 
 from flatl2o.optimizers.base import LearnedOptimizer
 from flatl2o.optimizers.l2o_dm import L2ODM, L2ODMState
+from flatl2o.optimizers.l2o_scale import L2OScale, L2OScaleState
 from flatl2o.optimizers.mlp_lopt import MLPLOpt, MLPLOptState
 from flatl2o.optimizers.rnnprop import RNNProp, RNNPropState
 from flatl2o.optimizers.registry import (OptimizerError, default_hparams, get, learned,
                                          learned_names, names)
 
-__all__ = ["L2ODM", "L2ODMState", "LearnedOptimizer", "MLPLOpt", "MLPLOptState",
+__all__ = ["L2ODM", "L2ODMState", "L2OScale", "L2OScaleState", "LearnedOptimizer", "MLPLOpt", "MLPLOptState",
            "OptimizerError", "RNNProp", "RNNPropState", "default_hparams", "get", "learned",
            "learned_names", "names"]

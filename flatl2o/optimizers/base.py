@@ -157,6 +157,23 @@ def check_positive_int(lopt, *fields: str) -> None:
     _checks.positive_int(f"{type(lopt).__name__}.{field}", getattr(lopt, field))
 
 
+def meta_dtype(meta_params: Any):
+  """The float dtype the recurrent state lives in: the meta-parameters' (None when empty).
+
+  float32 normally; float64 when meta-gradients are checked in double precision.
+  """
+  leaves = jax.tree.leaves(meta_params)
+  return jnp.result_type(*leaves) if leaves else None
+
+
+def cast_state(state: Any, dtype) -> Any:
+  """`state` with its floating leaves in `dtype` (integer counters untouched)."""
+  if dtype is None:
+    return state
+  return jax.tree.map(
+      lambda s: s.astype(dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s, state)
+
+
 def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.GradientTransformationExtraArgs:
   """Wraps `lopt.init_state(N)` and `lopt.step(meta_params, grad, state)` as optax.
 
@@ -165,16 +182,11 @@ def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.
   in their own `update`).
   """
 
-  # The recurrent state lives in the meta-parameters' float dtype (float32
-  # normally; float64 when meta-gradients are checked in double precision).
-  dtype = jnp.result_type(*jax.tree.leaves(meta_params)) if jax.tree.leaves(meta_params) else None
+  dtype = meta_dtype(meta_params)
 
   def init_fn(params):
     check_float_tree(params)
-    state = lopt.init_state(num_coordinates(params))
-    return jax.tree.map(
-        lambda s: s.astype(dtype) if dtype is not None and jnp.issubdtype(s.dtype, jnp.floating)
-        else s, state)
+    return cast_state(lopt.init_state(num_coordinates(params)), dtype)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args

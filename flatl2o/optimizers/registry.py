@@ -34,6 +34,7 @@ from flatl2o import _checks
 from flatl2o.optimizers import entropy_sgd as entropy_sgd_lib
 from flatl2o.optimizers.base import LearnedOptimizer
 from flatl2o.optimizers.l2o_dm import L2ODM
+from flatl2o.optimizers.l2o_scale import L2OScale
 from flatl2o.optimizers.mlp_lopt import MLPLOpt
 from flatl2o.optimizers.rnnprop import RNNProp
 
@@ -129,7 +130,7 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
 
 
 LEARNED: dict[str, type[LearnedOptimizer]] = {"l2o_dm": L2ODM, "rnnprop": RNNProp,
-                                              "mlp_lopt": MLPLOpt}
+                                              "l2o_scale": L2OScale, "mlp_lopt": MLPLOpt}
 
 
 def learned_names() -> tuple[str, ...]:
