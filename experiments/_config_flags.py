@@ -112,6 +112,9 @@ def define(cls, *, renames: dict[str, str] | None = None,
       flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
     elif tp is str:
       flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    elif tp == tuple[int, ...]:
+      flags.DEFINE_list(name, [str(v) for v in default], help_text + "; comma-separated",
+                        flag_values=flag_values)
     else:
       raise TypeError(f"{cls.__name__}.{path}: no flag type for {tp}")
     flag_names[path] = name
@@ -168,6 +171,13 @@ def build(made: ConfigFlags, flag_values: flags.FlagValues = flags.FLAGS) -> tup
     target = twin_value
     for part in filter(None, holder.split(".")):
       target = getattr(target, part)
-    setattr(target, leaf, flag_values[name].value)
+    value = flag_values[name].value
+    if isinstance(value, list):  # a tuple[int, ...] field, given as a comma-separated list
+      try:
+        value = tuple(int(v) for v in value)
+      except ValueError:
+        raise ValueError(f"--{name} takes comma-separated integers, got "
+                         f"{','.join(flag_values[name].value)!r}") from None
+    setattr(target, leaf, value)
     given.add(path)
   return _freeze(made.cls, twin_value), given

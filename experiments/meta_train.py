@@ -70,6 +70,8 @@ def config_from_flags() -> meta.MetaTrainConfig:
   for field in ("when", "add_to_inner_loss"):
     if f"regularizer.{field}" in given and kind == "none":
       raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
+  if "curriculum_horizons" in given and not config.curriculum:
+    raise ValueError("--curriculum_horizons needs --curriculum")
   preferred = getattr(optimizers.registry.LEARNED[_OPTIMIZER.value], "preferred_meta_loss", None)
   if preferred is not None and "meta_loss" not in given:
     config = dataclasses.replace(config, meta_loss=preferred)  # L2O-Scale: log-ratio

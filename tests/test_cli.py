@@ -7,6 +7,8 @@ import sys
 
 from absl.testing import absltest, parameterized
 
+from flatl2o import checkpoints
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -95,6 +97,25 @@ class MetaTrainBinaryTest(parameterized.TestCase):
     self.assertEqual(before, {f: os.path.getmtime(os.path.join(run_dir, f))
                               for f in os.listdir(run_dir)})
 
+  def test_l2o_scale_with_the_enhanced_recipe_trains_resumes_and_exports(self):
+    run_dir = os.path.join(self.create_tempdir().full_path, "run")
+    args = ["--optimizer=l2o_scale", "--curriculum", "--curriculum_horizons=5,10",
+            "--imitation_ratio=0.5", "--random_scaling=1", *TINY_META, f"--run_dir={run_dir}"]
+    proc = run_binary("experiments.meta_train", *args, "--num_meta_iterations=2")
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    proc = run_binary("experiments.meta_train", *args)  # the same run, extended to 4
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    self.assertIn("resumed from meta-step 2", proc.stdout)
+    with open(os.path.join(run_dir, "run.json")) as f:
+      config = json.load(f)["config"]
+    self.assertEqual(config["meta_loss"], "log_ratio")  # L2O-Scale's own meta-loss
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      records = [json.loads(line) for line in f]
+    self.assertLessEqual({r["horizon"] for r in records}, {5, 10})
+    self.assertEqual([r["iteration"] for r in records], [2, 4])  # none lost or doubled
+    lopt, _ = checkpoints.load_learned(os.path.join(run_dir, "optimizer"))
+    self.assertEqual(lopt.name, "l2o_scale")
+
   @parameterized.named_parameters(
       ("zero_unroll", ["--unroll_length=0"], "unroll_length must be a positive integer"),
       ("not_a_multiple", ["--unroll_length=20", "--num_inner_steps=30"], "must be a multiple"),
@@ -121,6 +142,19 @@ class MetaTrainBinaryTest(parameterized.TestCase):
        "unroll_length must be a positive integer"),
       ("config_override_owned", ["--config.regularizer.beta=2"],
        "--beta belongs to --regularizer=entropy, but --regularizer=none"),
+      ("curriculum_not_increasing", ["--curriculum", "--curriculum_horizons=100,40,200"],
+       "curriculum_horizons must be increasing, got [100, 40, 200]"),
+      ("curriculum_not_integers", ["--curriculum", "--curriculum_horizons=40,x,200"],
+       "--curriculum_horizons takes comma-separated integers, got '40,x,200'"),
+      ("curriculum_short_of_the_horizon", ["--curriculum", "--curriculum_horizons=20,40"],
+       "must end at num_inner_steps (200)"),
+      ("horizons_without_curriculum", ["--curriculum_horizons=20,200"],
+       "--curriculum_horizons needs --curriculum"),
+      ("imitation_above_one", ["--imitation_ratio=1.5"],
+       "imitation_ratio must be a probability in [0, 1], got 1.5"),
+      ("imitation_negative", ["--imitation_ratio=-0.1"],
+       "imitation_ratio must be a probability in [0, 1], got -0.1"),
+      ("negative_scaling", ["--random_scaling=-3"], "random_scaling must be a non-negative"),
       ("both_spellings", ["--regularizer=hessian", "--alpha=0.1",
                           "--config.regularizer.alpha=0.2"], "set the same field"),
   )

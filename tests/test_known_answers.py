@@ -7,6 +7,7 @@ scripted validation scores, the LSTM in NumPy. Each test was seen to fail on a
 deliberate break of the code it guards (listed in its docstring).
 """
 
+import dataclasses
 import functools
 import os
 from unittest import mock
@@ -194,6 +195,56 @@ class UnrollTest(parameterized.TestCase):
     np.testing.assert_array_equal(end.initial_loss, start.initial_loss)
     self.assertEqual(int(end.step), 6)
 
+  def test_training_tricks_train_the_documented_objective(self):
+    """Random scaling and the convex term: `f(c * x) + lambda/2 mean((x - v)^2)`, replayed.
+
+    Catches: x_0 not divided by c (the function changes at the start); c drawn
+    from U(-s, s) instead of exp(U(-s, s)); the convex term summed instead of
+    averaged or missing its 1/2; the factors redrawn every truncation.
+    """
+    lopt, task, meta_params, _ = _setup()
+    config = meta.MetaTrainConfig(unroll_length=3, num_inner_steps=6, meta_batch_size=2,
+                                  random_scaling=2.0, convex_term=0.5)
+    keys = jax.random.split(jax.random.key(1), 2)
+    state = jax.jit(meta.init_inner, static_argnums=(0, 4))(lopt, task, meta_params, keys,
+                                                            config)
+    factors = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.scale)])
+    self.assertTrue(np.all((factors >= np.exp(-2.0) - 1e-6) & (factors <= np.exp(2.0) + 1e-6)))
+    self.assertLess(factors.min(), np.exp(-1.5))
+    self.assertGreater(factors.max(), np.exp(1.5))
+    size = _num_coordinates(task.init(jax.random.key(0)))
+
+    def objective(params, scale, anchor, batch):
+      model = jax.tree.map(jnp.multiply, params, scale)
+      squares = sum(jnp.sum((x - v) ** 2) for x, v in
+                    zip(jax.tree.leaves(params), jax.tree.leaves(anchor)))
+      return task.loss(model, batch) + 0.25 * squares / size
+
+    own = lambda tree, b: jax.tree.map(lambda x: x[b], tree)
+    for b, key in enumerate(keys):
+      init_key, batch_key = jax.random.split(key)
+      theta0 = task.init(init_key)
+      _assert_trees_close(self, jax.tree.map(jnp.multiply, own(state.params, b),
+                                             own(state.scale, b)), theta0, 1e-6, 1e-7)
+      expected = objective(own(state.params, b), own(state.scale, b), own(state.anchor, b),
+                           task.sample_batch(batch_key))
+      self.assertAlmostEqual(float(state.initial_loss[b]), float(expected), places=5)
+
+    step_keys = jax.random.split(jax.random.key(12), 2)
+    _, (middle, first) = _unroll(lopt, task, config, meta_params, state, step_keys[0])
+    _, (_, second) = _unroll(lopt, task, config, meta_params, middle, step_keys[1])
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    params, opt_state, losses = state.params, state.opt_state, []
+    for step_key in jnp.concatenate([jax.random.split(k, 3) for k in step_keys]):
+      step = [value_and_grad(own(params, b), own(state.scale, b), own(state.anchor, b),
+                             task.sample_batch(key))
+              for b, key in enumerate(jax.random.split(step_key, 2))]
+      losses.append([float(l) for l, _ in step])
+      grads = jax.tree.map(lambda *g: jnp.stack(g), *[g for _, g in step])
+      params, opt_state = _hand_update(lopt, meta_params, grads, opt_state, params,
+                                       jnp.asarray(losses[-1]))
+    np.testing.assert_allclose(np.concatenate([first["losses"], second["losses"]]), losses,
+                               rtol=RTOL, atol=ATOL)
 
 # Scripted validation results, in call order: the 4th is the best accuracy but
 # its runs did not lower the training loss (collapsed), so it must not be chosen.
@@ -240,6 +291,102 @@ class ModelSelectionTest(absltest.TestCase):
     self.assertEqual([r["collapsed"] for r in result.history],
                      [False, False, False, True, False])
 
+
+def _scripted(scores, seen):
+  """A stand-in for `trainer.validate` returning accuracies `scores` in call order."""
+  def validate(lopt, task, meta_params, keys, horizon):
+    del lopt, task, keys, horizon
+    seen.append(jax.tree.map(np.array, meta_params))
+    accuracy = scores[len(seen) - 1]
+    return {"accuracy": jnp.float32(accuracy), "loss": jnp.float32(1 - accuracy),
+            "initial_train_loss": jnp.float32(2.0), "final_train_loss": jnp.float32(0.5)}
+  return validate
+
+
+class EnhancedRecipeTest(absltest.TestCase):
+  """The L2O-enhanced recipe (Chen et al. 2020): curriculum and imitation."""
+
+  def _config(self, **kwargs):
+    return meta.MetaTrainConfig(unroll_length=2, num_inner_steps=8, meta_batch_size=2,
+                                validation_every=1, validation_horizon=4, validation_seeds=2,
+                                log_every=1, meta_learning_rate=1e-2, **kwargs)
+
+  def test_curriculum_advances_when_validation_stalls_and_restarts_from_the_best(self):
+    """Scores 0.5, 0.9, 0.7 (stall: advance), 0.8, 0.6 (stall: advance), 0.95.
+
+    Catches: advancing on an improvement; not restarting from the best
+    meta-parameters; episodes that ignore the stage's horizon; the stage best
+    carried over from the previous stage (then 0.8 would count as a stall).
+    """
+    seen, horizons_run = [], []
+    real_meta_step = meta.trainer.meta_step
+
+    def recording_meta_step(lopt, config, task, meta_params, meta_opt_state, states, key):
+      horizons_run.append((config.num_inner_steps, int(states.step)))
+      return real_meta_step(lopt, config, task, meta_params, meta_opt_state, states, key)
+
+    lopt = optimizers.L2ODM(hidden_size=4)
+    task = tasks.get("quadratic", batch_size=8)
+    config = self._config(num_meta_iterations=6, curriculum=True, curriculum_horizons=(2, 4, 8))
+    with mock.patch.object(meta.trainer, "validate", _scripted([.5, .9, .7, .8, .6, .95], seen)), \
+         mock.patch.object(meta.trainer, "meta_step", recording_meta_step):
+      result = meta.meta_train(lopt, task, config)
+    self.assertEqual([r["horizon"] for r in result.history], [2, 2, 4, 4, 8, 8])
+    # Meta-step i (1-based) ran at the horizon set by validation i - 1.
+    self.assertEqual([h for h, _ in horizons_run], [2, 2, 2, 4, 4, 8])
+    for horizon, step in horizons_run:
+      self.assertLess(step, horizon)  # every episode ends at its stage's horizon
+    # The third meta-step's validation stalled: the fourth started from the second's
+    # meta-parameters (the best), so the fourth validation saw best + one step.
+    self.assertEqual(result.best_iteration, 6)
+    with mock.patch.object(meta.trainer, "validate", _scripted([.5, .9, .7], [])):
+      three = meta.meta_train(lopt, task, dataclasses.replace(config, num_meta_iterations=3))
+    _assert_trees_close(self, three.last_meta_params, seen[1], 0, 0)
+    _assert_trees_close(self, three.meta_params, seen[1], 0, 0)
+
+  def test_imitation_steps_follow_the_ratio_and_leave_the_episode_alone(self):
+    """Catches: the draw not deterministic in the meta-step (resume would differ); the
+    episode advanced by an imitation step; an imitation loss that is not zero for a
+    learned optimizer that is Adam."""
+    lopt = optimizers.L2ODM(hidden_size=4)
+    task = tasks.get("quadratic", batch_size=8)
+    config = self._config(num_meta_iterations=40, imitation_ratio=0.25)
+    with mock.patch.object(meta.trainer, "validate", _scripted([0.5] * 40, [])):
+      result = meta.meta_train(lopt, task, config)
+    flags = [r["imitation"] for r in result.history]
+    self.assertBetween(sum(flags), 4, 16)  # Binomial(40, 0.25): 10 +- 2.7
+    with mock.patch.object(meta.trainer, "validate", _scripted([0.5] * 40, [])):
+      again = meta.meta_train(lopt, task, config)
+    self.assertEqual(flags, [r["imitation"] for r in again.history])
+    for r in result.history:
+      self.assertEqual("inner_loss_last" in r, not r["imitation"])
+
+  def test_imitation_loss_is_the_relative_distance_to_adam(self):
+    """Zero for a 'learned' optimizer that is Adam at the teacher's rate, and
+    ||u - a||^2 / ||a||^2 = (1 - s)^2 for one that is s times Adam.
+
+    Catches: an absolute (not relative) error; a squared error not summed over
+    every leaf; the teacher's updates mixed up with the learned ones.
+    """
+    @struct.dataclass
+    class ScaledAdam:
+      scale: float = struct.field(pytree_node=False, default=1.0)
+      name = "scaled_adam"
+      coordinatewise = True
+
+      def init(self, key):
+        return {"unused": jnp.zeros(1)}
+
+      def transform(self, meta_params):
+        return optax.chain(optax.adam(meta.imitation.TEACHER_LEARNING_RATE),
+                           optax.scale(self.scale))
+
+    task = tasks.get("quadratic", batch_size=8)
+    config = self._config()
+    for scale, expected in ((1.0, 0.0), (0.5, 0.25), (-1.0, 4.0)):
+      loss = meta.imitation.imitation_loss(ScaledAdam(scale), task, config, {"unused": jnp.zeros(1)},
+                                           jax.random.key(0))
+      self.assertAlmostEqual(float(loss), expected, places=5)
 
 @struct.dataclass
 class _SplitRecordingTask(tasks.ClassificationTask):

@@ -102,6 +102,22 @@ class MetaTrainConfig:
     seed: the run's seed; every key is derived from it and the meta-step index.
     regularizer: the flatness term of the meta-objective (`RegularizerConfig`).
     max_consecutive_skipped: non-finite meta-steps in a row that stop the run.
+    random_scaling: s of Lv et al.'s random scaling; each episode trains
+      `f(c * x)` with `c = exp(U(-s, s))` drawn per coordinate and
+      `x_0 = theta_0 / c` (the same function at the start, another geometry);
+      0 turns it off.
+    convex_term: weight lambda of Lv et al.'s combination with a convex
+      function; each episode trains `f(x) + lambda / 2 * mean((x - v)^2)` with
+      `v ~ N(0, 1)` drawn per coordinate; 0 turns it off.
+    curriculum: grow the episode length through `curriculum_horizons` (Chen et
+      al. 2020): the horizon advances at the first validation that does not
+      beat the current stage's best, and training restarts from the best
+      meta-parameters and meta-optimizer state found so far.
+    curriculum_horizons: increasing multiples of `unroll_length`, the last one
+      `num_inner_steps`; used with `curriculum`.
+    imitation_ratio: probability that a meta-step fits the learned optimizer's
+      updates to Adam's along an Adam trajectory instead of unrolling it
+      (Chen et al. 2020); 0 turns imitation off.
   """
 
   unroll_length: int = 20
@@ -120,6 +136,11 @@ class MetaTrainConfig:
   seed: int = 0
   regularizer: RegularizerConfig = RegularizerConfig()
   max_consecutive_skipped: int = 20
+  random_scaling: float = 0.0
+  convex_term: float = 0.0
+  curriculum: bool = False
+  curriculum_horizons: tuple[int, ...] = (40, 100, 200)
+  imitation_ratio: float = 0.0
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
@@ -138,7 +159,43 @@ class MetaTrainConfig:
                        f"{type(self.regularizer).__name__}")
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
+    for name in ("random_scaling", "convex_term"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a non-negative number (0 turns it off), got {value!r}")
+    ratio = self.imitation_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+      raise ValueError(f"imitation_ratio must be a probability in [0, 1], got {ratio!r}")
+    object.__setattr__(self, "curriculum_horizons", tuple(self.curriculum_horizons))
+    if self.curriculum:
+      self._check_curriculum()
+
+  def _check_curriculum(self):
+    horizons = self.curriculum_horizons
+    if not horizons:
+      raise ValueError("curriculum_horizons must list at least one horizon")
+    for h in horizons:
+      _checks.positive_int("each of curriculum_horizons", h)
+      if h % self.unroll_length:
+        raise ValueError(f"curriculum_horizons {list(horizons)}: {h} is not a multiple of "
+                         f"unroll_length ({self.unroll_length})")
+    if any(b <= a for a, b in zip(horizons, horizons[1:])):
+      raise ValueError(f"curriculum_horizons must be increasing, got {list(horizons)}")
+    if horizons[-1] != self.num_inner_steps:
+      raise ValueError(f"curriculum_horizons {list(horizons)} must end at num_inner_steps "
+                       f"({self.num_inner_steps}), the horizon the curriculum grows to")
 
   @property
   def truncations_per_episode(self) -> int:
     return self.num_inner_steps // self.unroll_length
+
+  @property
+  def horizons(self) -> tuple[int, ...]:
+    """The episode lengths of the curriculum's stages (one stage without a curriculum)."""
+    return self.curriculum_horizons if self.curriculum else (self.num_inner_steps,)
+
+  def at_horizon(self, num_inner_steps: int) -> "MetaTrainConfig":
+    """This configuration with episodes of `num_inner_steps` (a curriculum stage)."""
+    if num_inner_steps == self.num_inner_steps:
+      return self
+    return dataclasses.replace(self, num_inner_steps=num_inner_steps, curriculum=False)

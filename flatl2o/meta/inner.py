@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flatl2o import flatness
 from flatl2o.meta import objective
 from flatl2o.meta.config import MetaTrainConfig, RegularizerConfig
 
@@ -39,15 +40,39 @@ class InnerState(NamedTuple):
     opt_state: the learned optimizer's state for all of them.
     initial_loss: `[B]` training loss at the episode's start (log-ratio loss).
     step: inner steps taken in this episode.
+    scale: Lv et al.'s random scaling, the factors c of `f(c * x)` (like
+      `params`), or None when `random_scaling` is off.
+    anchor: the centre v of the random convex term (like `params`), or None
+      when `convex_term` is off.
   """
 
   params: Any
   opt_state: Any
   initial_loss: jax.Array
   step: jax.Array
+  scale: Any = None
+  anchor: Any = None
 
 
-def _batched_tx(lopt, meta_params) -> optax.GradientTransformation:
+def _episode_objective(task, convex_term: float):
+  """The loss an episode trains: `f(c * x) + convex_term / 2 * mean((x - v)^2)`.
+
+  `scale` (c) and `anchor` (v) are None when their trick is off; then this is
+  `task.loss` itself.
+  """
+  def loss(params, batch, scale, anchor):
+    model = params if scale is None else jax.tree.map(jnp.multiply, params, scale)
+    value = task.loss(model, batch)
+    if anchor is not None:
+      squares = jax.tree.leaves(jax.tree.map(lambda x, v: jnp.sum((x - v) ** 2), params, anchor))
+      size = sum(x.size for x in jax.tree.leaves(params))
+      value = value + (0.5 * convex_term / max(size, 1)) * sum(squares).astype(value.dtype)
+    return value
+
+  return loss
+
+
+def batched_transform(lopt, meta_params) -> optax.GradientTransformation:
   """The learned transformation acting on pytrees with a leading meta-batch axis."""
   tx = lopt.transform(meta_params)
   if lopt.coordinatewise:
@@ -59,31 +84,56 @@ def _batched_tx(lopt, meta_params) -> optax.GradientTransformation:
   return optax.GradientTransformationExtraArgs(jax.vmap(tx.init), update)
 
 
-def init_inner(lopt, task, meta_params, keys: jax.Array) -> InnerState:
-  """Fresh optimizees, one per key, and the optimizer state for them."""
+def init_inner(lopt, task, meta_params, keys: jax.Array,
+               config: MetaTrainConfig | None = None) -> InnerState:
+  """Fresh optimizees, one per key, and the optimizer state for them.
+
+  With `config.random_scaling` or `config.convex_term` on, each optimizee also
+  draws its episode's scaling factors or convex-term centre.
+  """
+  scaling = config.random_scaling if config is not None else 0.0
+  convex = config.convex_term if config is not None else 0.0
+  objective_fn = _episode_objective(task, convex)
+
   def one(key):
     init_key, batch_key = jax.random.split(key)
+    scale_key, anchor_key = jax.random.fold_in(key, 2), jax.random.fold_in(key, 3)
     params = task.init(init_key)
-    return params, task.loss(params, task.sample_batch(batch_key))
+    scale = anchor = None
+    if scaling > 0:
+      leaves, treedef = jax.tree.flatten(params)
+      factors = [jnp.exp(jax.random.uniform(k, jnp.shape(x), jnp.float32, -scaling, scaling))
+                 .astype(x.dtype) for k, x in
+                 zip(jax.random.split(scale_key, max(len(leaves), 1)), leaves)]
+      scale = jax.tree.unflatten(treedef, factors)
+      params = jax.tree.map(jnp.divide, params, scale)  # the same function at the start
+    if convex > 0:
+      anchor = flatness.normal_like(anchor_key, params)
+    loss = objective_fn(params, task.sample_batch(batch_key), scale, anchor)
+    return params, loss, scale, anchor
 
-  params, initial_loss = jax.vmap(one)(keys)
-  opt_state = _batched_tx(lopt, meta_params).init(params)
-  return InnerState(params, opt_state, initial_loss, jnp.zeros((), jnp.int32))
+  params, initial_loss, scale, anchor = jax.vmap(one)(keys)
+  opt_state = batched_transform(lopt, meta_params).init(params)
+  return InnerState(params, opt_state, initial_loss, jnp.zeros((), jnp.int32), scale, anchor)
 
 
 def _step_fn(task, tx, differentiate_gradients: bool,
              regularizer: RegularizerConfig | None = None,
-             reg_weight: jax.Array | float = 0.0):
+             reg_weight: jax.Array | float = 0.0, scale=None, anchor=None,
+             convex_term: float = 0.0):
   """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
 
   `reg` is the weighted flatness term at each optimizee's iterate (zeros when
   no regularizer is on); with `add_to_inner_loss` it is also in the gradient.
+  `scale` / `anchor` (leading meta-batch axis, or None) switch on Lv et al.'s
+  training tricks (`_episode_objective`).
   """
   regularizing = regularizer is not None and regularizer.active
+  objective_fn = _episode_objective(task, convex_term)
 
-  def one(params, key):
+  def one(params, scale, anchor, key):
     batch = task.sample_batch(key)
-    loss_fn = lambda p: task.loss(p, batch)
+    loss_fn = lambda p: objective_fn(p, batch, scale, anchor)
     if not regularizing:
       loss, grads = jax.value_and_grad(loss_fn)(params)
       return loss, jnp.zeros((), jnp.float32), grads
@@ -104,7 +154,8 @@ def _step_fn(task, tx, differentiate_gradients: bool,
   def step(carry, key):
     params, opt_state = carry
     batch_size = jax.tree.leaves(params)[0].shape[0]
-    losses, regs, grads = jax.vmap(one)(params, jax.random.split(key, batch_size))
+    losses, regs, grads = jax.vmap(one)(params, scale, anchor,
+                                        jax.random.split(key, batch_size))
     if not differentiate_gradients:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = tx.update(grads, opt_state, params, loss=losses)
@@ -120,10 +171,11 @@ def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
   `losses` and `regularizer` are `[T, B]`: the inner training losses and the
   weighted flatness term at each iterate.
   """
-  tx = _batched_tx(lopt, meta_params)
+  tx = batched_transform(lopt, meta_params)
   reg_weight = objective.weight(config.regularizer, state.step, config.num_inner_steps)
   step = jax.checkpoint(
-      _step_fn(task, tx, config.second_order, config.regularizer, reg_weight),
+      _step_fn(task, tx, config.second_order, config.regularizer, reg_weight, state.scale,
+               state.anchor, config.convex_term),
       policy=jax.checkpoint_policies.save_only_these_names(objective.ENTROPY_MEAN))
   keys = jax.random.split(key, config.unroll_length)
   (params, opt_state), (losses, regs) = jax.lax.scan(
@@ -133,15 +185,15 @@ def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
   else:
     meta_loss = jnp.mean(losses)
   meta_loss = meta_loss + jnp.mean(regs)
-  new_state = InnerState(params, opt_state, state.initial_loss,
-                         state.step + config.unroll_length)
+  new_state = state._replace(params=params, opt_state=opt_state,
+                             step=state.step + config.unroll_length)
   return meta_loss, (new_state, {"losses": losses, "regularizer": regs})
 
 
 def rollout(lopt, task, meta_params, keys: jax.Array, num_steps: int):
   """Trains fresh optimizees (one per key) for `num_steps`; returns params and losses[T, B]."""
   state = init_inner(lopt, task, meta_params, keys)
-  tx = _batched_tx(lopt, meta_params)
+  tx = batched_transform(lopt, meta_params)
   step = _step_fn(task, tx, differentiate_gradients=False)
   step_keys = jax.random.split(jax.random.fold_in(keys[0], 1), num_steps)
   (params, _), (losses, _) = jax.lax.scan(step, (state.params, state.opt_state), step_keys)

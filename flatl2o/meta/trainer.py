@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flatl2o.meta import inner
+from flatl2o.meta import imitation, inner
 from flatl2o.meta import run_dir as run_dir_lib
 from flatl2o.meta.config import MetaTrainConfig
 
@@ -96,7 +96,18 @@ def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
 def init_meta_batch(lopt, config: MetaTrainConfig, task, meta_params, key) -> inner.InnerState:
   """`config.meta_batch_size` fresh optimizees of `task` and the optimizer state for them."""
   return inner.init_inner(lopt, task, meta_params,
-                          jax.random.split(key, config.meta_batch_size))
+                          jax.random.split(key, config.meta_batch_size), config)
+
+
+def _apply_meta_gradient(config, loss, grads, meta_params, meta_opt_state):
+  """One meta-optimizer update, skipped (inputs returned) when loss or gradient is not finite."""
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt_state = meta_optimizer(config).update(grads, meta_opt_state, meta_params)
+  new_params = optax.apply_updates(meta_params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = {"meta_loss": loss, "meta_grad_norm": grad_norm, "finite": finite}
+  return keep(new_params, meta_params), keep(new_opt_state, meta_opt_state), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4, 5))
@@ -108,16 +119,25 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
   """
   (loss, (new_states, traces)), grads = jax.value_and_grad(
       lambda p: inner.unroll(lopt, task, config, p, states, key), has_aux=True)(meta_params)
-  grad_norm = optax.global_norm(grads)
-  updates, new_opt_state = meta_optimizer(config).update(grads, meta_opt_state, meta_params)
-  new_params = optax.apply_updates(meta_params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  metrics = {"meta_loss": loss, "meta_grad_norm": grad_norm, "finite": finite,
-             "inner_loss_last": traces["losses"][-1].mean(),
-             "regularizer": traces["regularizer"].mean()}
-  return (keep(new_params, meta_params), keep(new_opt_state, meta_opt_state), new_states,
-          metrics)
+  meta_params, meta_opt_state, metrics = _apply_meta_gradient(config, loss, grads, meta_params,
+                                                              meta_opt_state)
+  metrics.update(inner_loss_last=traces["losses"][-1].mean(),
+                 regularizer=traces["regularizer"].mean(), imitation=jnp.float32(0.0))
+  return meta_params, meta_opt_state, new_states, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4,))
+def imitation_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, key):
+  """One meta-optimizer update on the imitation loss (`flatl2o.meta.imitation`).
+
+  Returns `(meta_params, meta_opt_state, metrics)`, non-finite guarded like `meta_step`.
+  """
+  loss, grads = jax.value_and_grad(
+      lambda p: imitation.imitation_loss(lopt, task, config, p, key))(meta_params)
+  meta_params, meta_opt_state, metrics = _apply_meta_gradient(config, loss, grads, meta_params,
+                                                              meta_opt_state)
+  metrics["imitation"] = jnp.float32(1.0)
+  return meta_params, meta_opt_state, metrics
 
 
 @jax.jit
@@ -163,12 +183,19 @@ def score_of(metrics: dict[str, float]) -> float:
 
 
 def _run_state(meta_params, meta_opt_state, states, best, iteration, num_skipped,
-               consecutive_skipped, num_resets) -> dict[str, Any]:
+               consecutive_skipped, num_resets, stage) -> dict[str, Any]:
   """Everything a resumed run needs, as one pytree (what a checkpoint holds)."""
   return {"meta_params": meta_params, "meta_opt_state": meta_opt_state, "states": states,
           "best": best, "iteration": jnp.int32(iteration), "num_skipped": jnp.int32(num_skipped),
           "consecutive_skipped": jnp.int32(consecutive_skipped),
-          "num_resets": jnp.int32(num_resets)}
+          "num_resets": jnp.int32(num_resets),
+          "stage": {"index": jnp.int32(stage["index"]),
+                    "best_score": jnp.float32(stage["best_score"])}}
+
+
+def _copy(tree):
+  # The meta-step donates the meta-optimizer state: a kept copy needs its own buffers.
+  return jax.tree.map(jnp.copy, tree)
 
 
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
@@ -195,6 +222,9 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   states = None
   best = {"meta_params": meta_params, "score": jnp.float32(-jnp.inf),
           "iteration": jnp.int32(-1)}
+  if config.curriculum:  # a stage advance restarts from the best meta-optimizer state too
+    best["meta_opt_state"] = _copy(meta_opt_state)
+  stage = {"index": 0, "best_score": -np.inf}
   num_skipped = consecutive_skipped = num_resets = 0
   start = 0
   history: list[dict[str, Any]] = []
@@ -206,7 +236,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     if run.latest_step() is not None:
       template = _run_state(meta_params, meta_opt_state,
                             init_meta_batch(lopt, config, task, meta_params, base_key), best,
-                            0, 0, 0, 0)
+                            0, 0, 0, 0, stage)
       restored = run.restore(template)
       meta_params, meta_opt_state, states = (restored["meta_params"],
                                              restored["meta_opt_state"], restored["states"])
@@ -214,9 +244,9 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       num_skipped = int(restored["num_skipped"])
       consecutive_skipped = int(restored["consecutive_skipped"])
       num_resets = int(restored["num_resets"])
+      stage = {"index": int(restored["stage"]["index"]),
+               "best_score": float(restored["stage"]["best_score"])}
       start = resumed_from = int(restored["iteration"])
-      if start % config.truncations_per_episode == 0:
-        states = None  # a new episode starts here anyway
     run.open_metrics(keep_through=start)
 
   last_collapsed = None
@@ -224,15 +254,23 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   for iteration in range(start, config.num_meta_iterations):
     iteration_key = jax.random.fold_in(base_key, iteration + 1)
     init_key, step_key = jax.random.split(iteration_key)
-    if iteration % config.truncations_per_episode == 0 or states is None:
+    horizon = config.horizons[stage["index"]]
+    stage_config = config.at_horizon(horizon)
+    if states is None or int(states.step) >= horizon:
       states = init_meta_batch(lopt, config, task, meta_params, init_key)
-    elif not bool(all_finite(states.params)):
-      # An optimizee blew up in the last truncation (that meta-step was skipped):
-      # restart the meta-batch here rather than let it poison the episode.
-      states = init_meta_batch(lopt, config, task, meta_params, init_key)
-      num_resets += 1
-    meta_params, meta_opt_state, states, metrics = meta_step(
-        lopt, config, task, meta_params, meta_opt_state, states, step_key)
+    if config.imitation_ratio > 0 and float(jax.random.uniform(
+        jax.random.fold_in(iteration_key, 0x1317))) < config.imitation_ratio:
+      # An imitation meta-step: its own Adam trajectory; the episode waits.
+      meta_params, meta_opt_state, metrics = imitation_step(
+          lopt, stage_config, task, meta_params, meta_opt_state, step_key)
+    else:
+      if not bool(all_finite(states.params)):
+        # An optimizee blew up in the last truncation (that meta-step was skipped):
+        # restart the meta-batch here rather than let it poison the episode.
+        states = init_meta_batch(lopt, config, task, meta_params, init_key)
+        num_resets += 1
+      meta_params, meta_opt_state, states, metrics = meta_step(
+          lopt, stage_config, task, meta_params, meta_opt_state, states, step_key)
     done = iteration + 1
     log_now = done % config.log_every == 0 or done == config.num_meta_iterations
     validate_now = done % config.validation_every == 0 or done == config.num_meta_iterations
@@ -269,7 +307,21 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         elif score > float(best["score"]):
           best = {"meta_params": meta_params, "score": jnp.float32(score),
                   "iteration": jnp.int32(done)}
+          if config.curriculum:
+            best["meta_opt_state"] = _copy(meta_opt_state)
         record["best_validation_score"] = float(best["score"])
+        if config.curriculum:
+          improved = not record["collapsed"] and score > stage["best_score"]
+          if improved:
+            stage["best_score"] = score
+          elif stage["index"] + 1 < len(config.horizons):
+            # The horizon advances; training restarts from the best state so far.
+            stage = {"index": stage["index"] + 1, "best_score": -np.inf}
+            if int(best["iteration"]) >= 0:
+              meta_params, meta_opt_state = best["meta_params"], _copy(best["meta_opt_state"])
+            states = init_meta_batch(lopt, config, task, meta_params,
+                                     jax.random.fold_in(iteration_key, 0xC0))
+          record["horizon"] = config.horizons[stage["index"]]
       history.append(record)
       if run is not None:
         run.write_metrics(record)
@@ -278,7 +330,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     if run is not None and (done % config.checkpoint_every == 0
                             or done == config.num_meta_iterations):
       run.save(done, _run_state(meta_params, meta_opt_state, states, best, done,
-                                num_skipped, consecutive_skipped, num_resets))
+                                num_skipped, consecutive_skipped, num_resets, stage))
 
   is_collapsed = int(best["iteration"]) < 0
   selected = best["meta_params"] if not is_collapsed else (
