@@ -1,4 +1,6 @@
-r"""Milliseconds per L2O-DM meta-step, compile time against unroll length, and the PyTorch peer.
+r"""Milliseconds per meta-step, compile time against unroll length, and the PyTorch peer.
+
+  python -m benchmarks.meta_step --optimizer=all     # one line per learned architecture
 
   python -m benchmarks.meta_step --dataset=idx:../shared/data/mnist-t10k \
       --peer_python=/path/to/venv-with-torch/bin/python \
@@ -25,6 +27,9 @@ from benchmarks import _common
 from flatl2o import environment
 from flatl2o import meta, optimizers
 
+_OPTIMIZER = flags.DEFINE_list(
+    "optimizer", ["l2o_dm"], "Learned architectures to time (comma-separated), or 'all'; the "
+    "peer is L2O-DM, so ratio_to_peer is reported for l2o_dm only.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset; default synthetic MNIST-shaped.")
 _UNROLL = flags.DEFINE_integer("unroll_length", 20, "Unroll of the timed meta-step.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed meta-steps.")
@@ -35,14 +40,30 @@ _PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "Path of torch_l2o_dm.py
 _PEER_STEPS = flags.DEFINE_integer("peer_steps", 10, "Timed peer meta-steps.")
 
 
+def _architectures() -> list[str]:
+  names = list(optimizers.learned_names()) if _OPTIMIZER.value == ["all"] else _OPTIMIZER.value
+  unknown = [n for n in names if n not in optimizers.learned_names()]
+  if unknown:
+    raise app.UsageError(f"unknown --optimizer {unknown[0]!r}; accepted: all, "
+                         f"{', '.join(optimizers.learned_names())}")
+  return names
+
+
 def main(argv):
   del argv
+  names = _architectures()
   task = _common.mnist_shaped_task(_DATASET.value)
-  lopt = optimizers.L2ODM()
+  for name in names:
+    print(json.dumps(_measure(name, task)), flush=True)
+
+
+def _measure(name: str, task) -> dict:
+  lopt = optimizers.learned(name)
   compile_s = {}
   for unroll in sorted({int(u) for u in _COMPILE_UNROLLS.value} | {_UNROLL.value}):
     config = meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
-                                  meta_batch_size=1)
+                                  meta_batch_size=1,
+                                  meta_loss=getattr(lopt, "preferred_meta_loss", "mean"))
     timed = unroll == _UNROLL.value
     compile_s[unroll], step_times = _common.time_meta_step(
         lopt, task, config, steps=_STEPS.value if timed else 0, warmup=2 if timed else 0)
@@ -52,7 +73,7 @@ def main(argv):
 
   line = {
       "benchmark": "meta_step",
-      "optimizer": "l2o_dm",
+      "optimizer": name,
       "task": "mlp_sigmoid",
       "dataset": task.data.name,
       "num_params": 15910,
@@ -63,14 +84,14 @@ def main(argv):
       "compile_s": {str(k): round(v, 2) for k, v in compile_s.items()},
       **environment.describe(),
   }
-  if _PEER_PYTHON.value and _PEER_SCRIPT.value:
+  if _PEER_PYTHON.value and _PEER_SCRIPT.value and name == "l2o_dm":
     args = [_PEER_PYTHON.value, _PEER_SCRIPT.value, "--unroll", str(_UNROLL.value),
             "--steps", str(_PEER_STEPS.value)]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     peer_ms = float(re.search(r"median ([\d.]+) ms", out).group(1))
     line.update({"peer": "torch_l2o_dm.py (PyTorch eager)", "peer_ms_per_meta_step": peer_ms,
                  "ratio_to_peer": round(ms / peer_ms, 3)})
-  print(json.dumps(line))
+  return line
 
 
 if __name__ == "__main__":
