@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 from flax import nnx
 from flax.training import train_state
 
@@ -18,6 +18,34 @@ def _data():
   x = jax.random.normal(jax.random.key(0), (64, 5))
   y = x @ jnp.arange(1.0, 6.0)[:, None]
   return x, y
+
+
+class EveryArchitectureTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*[(n, n) for n in optimizers.learned_names()])
+  def test_export_trains_a_linen_model(self, name):
+    lopt = optimizers.learned(name)
+    path = os.path.join(self.create_tempdir().full_path, "opt")
+    flatl2o.save_optimizer(path, lopt, lopt.init(jax.random.key(0)))
+    model = nn.Dense(1)
+    x, y = _data()
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=model.init(jax.random.key(1), x)["params"],
+        tx=flatl2o.load_optimizer(path))
+    before = state.params
+
+    @jax.jit
+    def step(state):
+      loss, grads = jax.value_and_grad(
+          lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
+      return state.apply_gradients(grads=grads), loss
+
+    for _ in range(3):
+      state, loss = step(state)
+    self.assertTrue(jnp.isfinite(loss))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+      self.assertTrue(jnp.all(jnp.isfinite(b)))
+      self.assertFalse(jnp.array_equal(a, b))
 
 
 class DropInTest(absltest.TestCase):
