@@ -95,6 +95,17 @@ class ConformanceTest(parameterized.TestCase):
     self.assertEqual(_signature(state_out), _signature(tx.init(params)))
 
   @parameterized.named_parameters(*ALL)
+  def test_state_dtypes_are_stable_in_x64_mode(self, name):
+    with jax.enable_x64(True):
+      tx, params = _tx(name), _odd_tree()
+      state = tx.init(params)
+      _, new_state = jax.jit(lambda p, s: _update(tx, jax.grad(_loss)(p), s, p))(params, state)
+      self.assertEqual(_signature(new_state), _signature(state))
+      scanned = jax.jit(lambda p, s: jax.lax.scan(
+          lambda s, _: (_update(tx, jax.grad(_loss)(p), s, p)[1], None), s, None, length=2)[0])
+      self.assertEqual(_signature(scanned(params, state)), _signature(state))
+
+  @parameterized.named_parameters(*ALL)
   def test_jit_and_vmap_agree_with_eager(self, name):
     tx = _tx(name)
     params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.float32(0.2)}

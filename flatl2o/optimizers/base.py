@@ -113,9 +113,9 @@ def log_sign_features(grad: jax.Array, k: float) -> jax.Array:
   et al. 2016, appendix A): scale-free inputs for gradients of any magnitude.
   """
   magnitude = jnp.abs(grad)
-  big = magnitude >= np.exp(-k)
+  big = magnitude >= float(np.exp(-k))  # Python floats are weakly typed: grad's dtype stays
   log_part = jnp.where(big, jnp.log(jnp.maximum(magnitude, 1e-30)) / k, -1.0)
-  sign_part = jnp.where(big, jnp.sign(grad), np.exp(k) * grad)
+  sign_part = jnp.where(big, jnp.sign(grad), float(np.exp(k)) * grad)
   return jnp.stack([log_part, sign_part])
 
 
@@ -174,6 +174,17 @@ def cast_state(state: Any, dtype) -> Any:
       lambda s: s.astype(dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s, state)
 
 
+def keep_dtypes(new_state: Any, old_state: Any) -> Any:
+  """`new_state` in the dtypes of `old_state`, leaf by leaf.
+
+  Under `jax_enable_x64`, a NumPy float64 constant in a step would otherwise
+  promote float32 state to float64 after one update, and `lax.scan` /
+  `lax.cond` / `optax.MultiSteps` over the state would then fail.
+  """
+  return jax.tree.map(lambda n, o: n.astype(o.dtype) if n.dtype != o.dtype else n,
+                      new_state, old_state)
+
+
 def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.GradientTransformationExtraArgs:
   """Wraps `lopt.init_state(N)` and `lopt.step(meta_params, grad, state)` as optax.
 
@@ -192,7 +203,7 @@ def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.
     del params, extra_args
     check_float_tree(updates, "updates")  # dtypes are static: free under jit
     grad, unflatten = flatten(updates)
-    step, state = lopt.step(meta_params, grad, state)
-    return unflatten(step), state
+    step, new_state = lopt.step(meta_params, grad, state)
+    return unflatten(step), keep_dtypes(new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

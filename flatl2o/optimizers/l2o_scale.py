@@ -254,8 +254,8 @@ class L2OScale:
       base.check_float_tree(updates, "updates")
       sizes = [int(np.prod(jnp.shape(leaf))) for leaf in jax.tree.leaves(updates)]
       grad, unflatten = base.flatten(updates)
-      step, state = self.step(meta_params, grad, state, sizes, loss)
-      return unflatten(step), state
+      step, new_state = self.step(meta_params, grad, state, sizes, loss)
+      return unflatten(step), base.keep_dtypes(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
