@@ -1,5 +1,6 @@
 """Learned optimizers as optax transformations: any pytree, dtypes, jit/vmap/grad, semantics."""
 
+import dataclasses
 import json
 
 import chex
@@ -98,6 +99,30 @@ class TransformTest(parameterized.TestCase):
     chex.assert_trees_all_close(jax.vmap(two_steps)(stacked, losses),
                                 jax.tree.map(lambda *x: jnp.stack(x), *separate),
                                 rtol=1e-5, atol=1e-7)
+
+  @parameterized.named_parameters(("l2o_dm", "l2o_dm", "output_scale"),
+                                  ("rnnprop", "rnnprop", "output_scale"),
+                                  ("l2o_scale", "l2o_scale", "initial_learning_rate"),
+                                  ("mlp_lopt", "mlp_lopt", "step_size"))
+  def test_numeric_setting_can_be_injected_and_scheduled(self, name, field):
+    lopt = optimizers.learned(name)
+    meta_params = lopt.init(jax.random.key(0))
+    value = getattr(lopt, field)
+    factory = lambda setting: dataclasses.replace(lopt, **{field: setting}).transform(meta_params)
+    params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    grads = {"w": jnp.array([0.3, -0.2, 0.1, 0.0, 0.5])}
+
+    def two_updates(tx):
+      state = tx.init(params)
+      update = jax.jit(lambda s: tx.update(grads, s, params, loss=jnp.float32(1.0)))
+      _, state = update(state)
+      return update(state)[0]
+
+    for injected, concrete in ((value, value), (lambda count: 2.0 * value, 2.0 * value)):
+      got = two_updates(optax.inject_hyperparams(factory)(setting=injected))
+      chex.assert_trees_all_close(got, two_updates(factory(concrete)), rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, f"{field} must be"):
+      factory(-1.0)
 
   @parameterized.named_parameters(*COORDINATEWISE)
   def test_coordinatewise_batch_equals_separate_calls(self, lopt):

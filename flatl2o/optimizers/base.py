@@ -157,6 +157,24 @@ def check_positive_int(lopt, *fields: str) -> None:
     _checks.positive_int(f"{type(lopt).__name__}.{field}", getattr(lopt, field))
 
 
+def check_number(lopt, field: str, ok: Callable[[float], bool], accepted: str) -> None:
+  """Raises ValueError unless `lopt.field` is a number for which `ok` holds.
+
+  A traced value (the setting injected with `optax.inject_hyperparams`, or
+  scheduled) is not checked: it has no concrete value to check, and optax's own
+  transformations do not check theirs either.
+  """
+  value = getattr(lopt, field)
+  if isinstance(value, jax.core.Tracer):
+    return
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    number = None
+  if isinstance(value, bool) or number is None or not ok(number):
+    raise ValueError(f"{type(lopt).__name__}.{field} must be {accepted}, got {value!r}")
+
+
 def meta_dtype(meta_params: Any):
   """The float dtype the recurrent state lives in: the meta-parameters' (None when empty).
 

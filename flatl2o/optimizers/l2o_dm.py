@@ -68,10 +68,9 @@ class L2ODM:
 
   def __post_init__(self):
     base.check_positive_int(self, "hidden_size", "num_layers")
-    if self.preprocess_k is not None and not self.preprocess_k > 0:
-      raise ValueError(f"L2ODM.preprocess_k must be positive or None, got {self.preprocess_k!r}")
-    if not self.output_scale > 0:
-      raise ValueError(f"L2ODM.output_scale must be positive, got {self.output_scale!r}")
+    if self.preprocess_k is not None:
+      base.check_number(self, "preprocess_k", lambda v: v > 0, "positive or None")
+    base.check_number(self, "output_scale", lambda v: v > 0, "positive")
 
   @property
   def _input_size(self) -> int:

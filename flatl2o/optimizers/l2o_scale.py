@@ -145,10 +145,9 @@ class L2OScale:
       raise ValueError("L2OScale.log_lr_range must be two increasing numbers [low, high], got "
                        f"{list(low_high)!r}")
     for field in ("initial_learning_rate", "epsilon"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"L2OScale.{field} must be positive, got {value!r}")
-    if not low_high[0] <= math.log(self.initial_learning_rate) <= low_high[1]:
+      base.check_number(self, field, lambda v: v > 0, "positive")
+    if (not isinstance(self.initial_learning_rate, jax.core.Tracer)
+        and not low_high[0] <= math.log(self.initial_learning_rate) <= low_high[1]):
       raise ValueError(f"L2OScale.initial_learning_rate {self.initial_learning_rate} lies "
                        f"outside exp(log_lr_range) = [{math.exp(low_high[0]):.3g}, "
                        f"{math.exp(low_high[1]):.3g}]")
@@ -181,7 +180,7 @@ class L2OScale:
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
     return L2OScaleState(
         first_moment=zeros(k, num_coords), second_moment=zeros(k, num_coords),
-        log_lr=jnp.full((num_coords,), math.log(self.initial_learning_rate), jnp.float32),
+        log_lr=jnp.full((num_coords,), jnp.log(self.initial_learning_rate), jnp.float32),
         coord_hidden=zeros(self.coord_hidden, num_coords),
         tensor_hidden=zeros(self.tensor_hidden, len(sizes)),
         global_hidden=zeros(self.global_hidden, 1),

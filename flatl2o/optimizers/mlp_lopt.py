@@ -72,12 +72,10 @@ class MLPLOpt:
     object.__setattr__(self, "decays", tuple(float(d) for d in self.decays))
     if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
       raise ValueError(f"MLPLOpt.decays must be non-empty, each in [0, 1); got {self.decays}")
-    if not 0.0 < self.second_moment_decay < 1.0:
-      raise ValueError("MLPLOpt.second_moment_decay must lie in (0, 1), got "
-                       f"{self.second_moment_decay!r}")
+    base.check_number(self, "second_moment_decay", lambda v: 0.0 < v < 1.0,
+                      "a number in (0, 1)")
     for field in ("step_size", "magnitude_scale"):
-      if not getattr(self, field) > 0:
-        raise ValueError(f"MLPLOpt.{field} must be positive, got {getattr(self, field)!r}")
+      base.check_number(self, field, lambda v: v > 0, "positive")
 
   def init(self, key: jax.Array) -> dict:
     sizes = [1 + len(self.decays)] + [self.hidden_size] * self.num_layers + [2]

@@ -83,13 +83,9 @@ class RNNProp:
   def __post_init__(self):
     base.check_positive_int(self, "hidden_size", "num_layers", "input_size")
     for field in ("beta1", "beta2"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"RNNProp.{field} must lie in [0, 1), got {value!r}")
+      base.check_number(self, field, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
     for field in ("output_scale", "epsilon"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"RNNProp.{field} must be positive, got {value!r}")
+      base.check_number(self, field, lambda v: v > 0, "positive")
 
   def init(self, key: jax.Array) -> dict:
     """Meta-parameters: uniform(+-1/sqrt(fan-in)) weights, forget-gate bias 1."""
