@@ -19,6 +19,16 @@ class RegistryTest(parameterized.TestCase):
                               eval_every=300)
     self.assertGreater(result.final("test")["accuracy"], 0.8)
 
+  def test_flat_minima_baselines_match_adam_within_300_steps(self):
+    # SAM at 0.01 (half its calls are ascent steps) reached 0.928 here against Adam's
+    # 0.947: more than the 0.01 allowed.
+    task = tasks.get("mlp_sigmoid")
+    accuracy = lambda name: evaluation.train(task, optimizers.get(name), 300, jax.random.key(1000),
+                                             eval_every=300).final("test")["accuracy"]
+    adam = accuracy("adam")
+    for name in ("sam", "entropy_sgd"):
+      self.assertGreaterEqual(accuracy(name), adam - 0.01, name)
+
   def test_names(self):
     self.assertSameElements(optimizers.names(), ["sgd", "momentum", "adam", "rmsprop", "adagrad",
                                                  "sam", "entropy_sgd"])

@@ -13,11 +13,15 @@ conv (measured 2026-11-29 with `evaluation.train`; adam was best on the MLPs).
 | adam     | `optax.adam`                           | 0.01                  |
 | rmsprop  | `optax.rmsprop`                        | 0.003                 |
 | adagrad  | `optax.adagrad`                        | 0.1                   |
-| sam      | `optax.contrib.sam`, outer adam        | 0.01 (rho 0.05)       |
+| sam      | `optax.contrib.sam`, outer adam        | 0.03 (rho 0.05)       |
 | entropy_sgd | `entropy_sgd.entropy_sgd` (needs `grad_fn=`) | 30 (gamma 0.03, L 20) |
 
 SAM in optax's default (non-opaque) mode alternates an ascent step and a real
-update, so `num_steps` calls of `update` make `num_steps / 2` parameter updates.
+update, so `num_steps` calls of `update` make `num_steps / 2` parameter updates;
+its outer Adam runs at 0.03 to make up for it: on digits mlp_sigmoid, 300 calls
+reached test accuracy 0.946 +- 0.007 (seeds 1000-1004) against 0.927 at 0.01 and
+Adam's 0.946 +- 0.006 at its default, and 0.03 trained mlp_relu, mlp_deep and
+conv to 0.95-0.99 at 1,000 steps (measured 2026-12-01, 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _normalize() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _sam(learning_rate: float = 0.01, rho: float = 0.05):
+def _sam(learning_rate: float = 0.03, rho: float = 0.05):
   adversarial = optax.chain(_normalize(), optax.sgd(rho))
   return optax.contrib.sam(optax.adam(learning_rate), adversarial, sync_period=2)
 
