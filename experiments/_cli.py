@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 from typing import Callable
 
@@ -57,6 +58,37 @@ def run(main: Callable[[list[str]], None]) -> None:
       fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
   app.run(guarded_main, flags_parser=_parse_flags)
+
+
+class StopRequests:
+  """SIGINT / SIGTERM as a flag the trainer polls between meta-steps.
+
+  The first signal is recorded (`requested()` turns True; the run checkpoints
+  and stops after the current meta-step); a second SIGINT raises
+  KeyboardInterrupt as usual, for whoever cannot wait for that step.
+  """
+
+  def __init__(self):
+    self.signum = None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, self._record)
+
+  def _record(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    absl_logging.warning("%s received: stopping after this meta-step (checkpoint saved); "
+                         "press Ctrl-C again to abort at once", signal.Signals(signum).name)
+
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  def exit(self, message: str) -> None:
+    """Prints `message` on one line and exits 128 + the signal (130 SIGINT, 143 SIGTERM)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
+    sys.stderr.write(f"{prog}: {message}\n")
+    sys.exit(128 + (self.signum or signal.SIGINT))
 
 
 def progress_line(total: int):

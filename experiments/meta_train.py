@@ -18,7 +18,8 @@ Every field of `flatl2o.meta.MetaTrainConfig` is a flag of the same name
 the meta-objective (see flatl2o/meta/objective.py). --optimizer=l2o_scale
 meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did. A run whose optimizer
 collapsed (stopped lowering the training loss at every validation) exports
-nothing and exits with code 3.
+nothing and exits with code 3. SIGINT (Ctrl-C) or SIGTERM stops after the
+current meta-step with a checkpoint of it, one line, and exit code 130 / 143.
 """
 
 from __future__ import annotations
@@ -86,12 +87,17 @@ def main(argv):
                    batch_size=_BATCH_SIZE.value)
   run_dir = _RUN_DIR.value or os.path.join("runs", "meta_train", _cli.safe_name(
       f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}"))
+  stop = _cli.StopRequests()
   try:
     result = meta.meta_train(lopt, task, config, run_dir=run_dir,
-                             callback=_cli.progress_line(config.num_meta_iterations))
+                             callback=_cli.progress_line(config.num_meta_iterations),
+                             should_stop=stop.requested)
   except meta.MetaTrainingDivergedError as e:
     sys.stderr.write(f"meta_train: {e}\n")
     sys.exit(3)
+  except meta.MetaTrainingInterrupted as e:
+    stop.exit(f"interrupted at meta-step {e.iteration}; checkpoint saved in {run_dir}; "
+              "rerun the same command to resume")
   if result.resumed_from is not None:
     print(f"resumed from meta-step {result.resumed_from}")
   if result.collapsed:

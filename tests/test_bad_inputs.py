@@ -85,8 +85,18 @@ CATALOGUE = (
      lambda: tasks.get("conv", data.from_arrays("flat", (np.ones((9, 5)), np.arange(9) % 2))),
      "'conv' needs image inputs"),
     ("unknown_optimizer", lambda: optimizers.get("lion"), "unknown optimizer 'lion'; accepted"),
-    ("unknown_architecture", lambda: optimizers.learned("l2o_scale"),
-     "unknown learned optimizer 'l2o_scale'; accepted: l2o_dm, rnnprop, mlp_lopt"),
+    ("unknown_architecture", lambda: optimizers.learned("velo"),
+     "unknown learned optimizer 'velo'; accepted: l2o_dm, rnnprop, l2o_scale, mlp_lopt"),
+    ("entropy_sgd_without_grad_fn", lambda: _entropy_sgd_update_without_grad_fn(),
+     "entropy_sgd needs grad_fn="),
+    ("curriculum_not_increasing",
+     lambda: meta.MetaTrainConfig(curriculum=True, curriculum_horizons=(100, 40, 200)),
+     r"curriculum_horizons must be increasing, got \[100, 40, 200\]"),
+    ("imitation_ratio_above_one", lambda: meta.MetaTrainConfig(imitation_ratio=1.5),
+     r"imitation_ratio must be a probability in \[0, 1\], got 1.5"),
+    ("export_of_an_unknown_architecture",
+     lambda: flatl2o.load_optimizer(_edit_json(_export(), architecture="l2o_future")),
+     "holds architecture 'l2o_future' .* does not have .*; upgrade flatl2o to load it"),
     ("integer_leaf", lambda: _transform_init({"w": jnp.ones(2), "n": jnp.int32(3)}),
      r"leaf \['n'\] has dtype int32"),
     ("zero_unroll", lambda: meta.MetaTrainConfig(unroll_length=0),
@@ -108,6 +118,12 @@ CATALOGUE = (
      lambda: flatl2o.load_optimizer(_edit_json(_export(), hparams={"hidden_size": 5})),
      "has shape .* expects"),
 )
+
+
+def _entropy_sgd_update_without_grad_fn():
+  tx = optimizers.get("entropy_sgd")
+  params = {"w": jnp.ones(3)}
+  return tx.update(params, tx.init(params), params)
 
 
 class CatalogueTest(parameterized.TestCase):

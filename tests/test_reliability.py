@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,22 +88,28 @@ META_ARGS = ["--num_meta_iterations=14", "--unroll_length=5", "--num_inner_steps
              "--validation_seeds=1", "--checkpoint_every=2", "--log_every=1", "--batch_size=16"]
 
 
-def _run(run_dir, kill_after_step=None):
-  """Runs experiments.meta_train; with kill_after_step, SIGKILLs it once that step is logged."""
+def _run(run_dir, stop_after_step=None, signum=signal.SIGKILL):
+  """Runs experiments.meta_train; with stop_after_step, sends `signum` once that step is logged.
+
+  Returns the stderr lines read after the signal (SIGINT / SIGTERM: the binary's last words).
+  """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen([sys.executable, "-m", "experiments.meta_train", *META_ARGS,
                            f"--run_dir={run_dir}"], cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  if kill_after_step is None:
+  if stop_after_step is None:
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    return
+    return []
   for line in proc.stderr:
-    if f"meta-step {kill_after_step}/" in line:
-      proc.send_signal(signal.SIGKILL)
+    if f"meta-step {stop_after_step}/" in line:
+      proc.send_signal(signum)
       break
+  rest = proc.stderr.read().splitlines()
   proc.wait(timeout=300)
-  assert proc.returncode == -signal.SIGKILL, proc.returncode
+  expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
+  assert proc.returncode == expected, (proc.returncode, rest)
+  return rest
 
 
 def _exported(run_dir):
@@ -112,12 +119,22 @@ def _exported(run_dir):
 
 class KillAndResumeTest(absltest.TestCase):
 
-  def test_sigkill_at_several_points_then_resume_equals_uninterrupted(self):
+  def test_kills_and_interrupts_at_several_points_then_resume_equals_uninterrupted(self):
     reference = os.path.join(self.create_tempdir().full_path, "reference")
     _run(reference)
     interrupted = os.path.join(self.create_tempdir().full_path, "interrupted")
-    for step in (1, 5, 10):  # before the first checkpoint, between, and later
-      _run(interrupted, kill_after_step=step)
+    # SIGKILL before the first checkpoint and between checkpoints (the steps since
+    # the last checkpoint are redone); SIGINT / SIGTERM checkpoint the step reached.
+    _run(interrupted, 1)
+    for step, signum in ((3, signal.SIGINT), (8, signal.SIGTERM)):
+      last_words = _run(interrupted, step, signum)
+      self.assertNotIn("Traceback", "\n".join(last_words))
+      reached = int(re.search(r"interrupted at meta-step (\d+); checkpoint saved in .*; "
+                              r"rerun the same command to resume$", last_words[-1]).group(1))
+      self.assertBetween(reached, step, step + 1)  # the signal lands in step or step + 1
+      steps = os.listdir(os.path.join(interrupted, "checkpoints"))
+      self.assertIn(str(reached), steps)  # a checkpoint between the regular ones (every 2)
+    _run(interrupted, 10)
     _run(interrupted)
     expected, got = _exported(reference), _exported(interrupted)
     self.assertEqual(expected.keys(), got.keys())

@@ -8,12 +8,12 @@ validation, the loop), `run_dir` (run identity, resume, checkpoints, metrics).
 from flatl2o.meta import imitation, run_dir
 from flatl2o.meta.config import META_LOSSES, MetaTrainConfig, RegularizerConfig
 from flatl2o.meta.inner import InnerState, init_inner, rollout, unroll
-from flatl2o.meta.trainer import (MetaTrainingDivergedError, MetaTrainResult, imitation_step,
-                                  init_meta_batch,
+from flatl2o.meta.trainer import (MetaTrainingDivergedError, MetaTrainingInterrupted,
+                                  MetaTrainResult, imitation_step, init_meta_batch,
                                   meta_optimizer, meta_step, meta_train, validate)
 
 __all__ = ["META_LOSSES", "InnerState", "MetaTrainConfig", "MetaTrainResult",
-           "MetaTrainingDivergedError", "RegularizerConfig", "init_inner", "init_meta_batch",
+           "MetaTrainingDivergedError", "MetaTrainingInterrupted", "RegularizerConfig", "init_inner", "init_meta_batch",
            "imitation", "imitation_step", "meta_optimizer", "meta_step", "meta_train", "rollout",
            "run_dir", "unroll",
            "validate"]

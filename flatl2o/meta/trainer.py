@@ -149,6 +149,21 @@ class MetaTrainingDivergedError(RuntimeError):
   """Too many consecutive meta-steps had a non-finite meta-loss or meta-gradient."""
 
 
+class MetaTrainingInterrupted(Exception):
+  """`should_stop` asked meta-training to stop; the meta-steps done are checkpointed.
+
+  Attributes:
+    iteration: meta-steps completed (and saved, with a run directory).
+    checkpoint_directory: where they are, or None without a run directory.
+  """
+
+  def __init__(self, iteration: int, checkpoint_directory: str | None):
+    where = f"; checkpoint in {checkpoint_directory}" if checkpoint_directory else ""
+    super().__init__(f"interrupted at meta-step {iteration}{where}")
+    self.iteration = iteration
+    self.checkpoint_directory = checkpoint_directory
+
+
 @functools.partial(jax.jit, static_argnames=("lopt", "horizon"))
 def validate(lopt, task, meta_params, keys, horizon: int):
   """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`."""
@@ -199,7 +214,8 @@ def _copy(tree):
 
 
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
-               callback: Callable[[dict[str, Any]], None] | None = None) -> MetaTrainResult:
+               callback: Callable[[dict[str, Any]], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> MetaTrainResult:
   """Meta-trains `lopt` on `task`.
 
   Args:
@@ -211,9 +227,17 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       of the same configuration the run resumes from it, and at the end the
       selected optimizer is exported to `run_dir/optimizer`.
     callback: called with each logged metrics dict (progress display).
+    should_stop: polled after every meta-step; when it returns True the run
+      saves a checkpoint of the meta-steps done and raises
+      `MetaTrainingInterrupted` (the binaries wire it to SIGINT and SIGTERM), so
+      rerunning with the same run directory resumes without losing a step.
 
   Returns:
     A `MetaTrainResult`.
+
+  Raises:
+    MetaTrainingDivergedError: `max_consecutive_skipped` non-finite meta-steps in a row.
+    MetaTrainingInterrupted: `should_stop()` returned True.
   """
   base_key = jax.random.key(config.seed)
   meta_params = lopt.init(jax.random.fold_in(base_key, 0x7E7A))
@@ -327,10 +351,15 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         run.write_metrics(record)
       if callback is not None:
         callback(record)
-    if run is not None and (done % config.checkpoint_every == 0
+    stopping = should_stop is not None and done < config.num_meta_iterations and should_stop()
+    if run is not None and (done % config.checkpoint_every == 0 or stopping
                             or done == config.num_meta_iterations):
       run.save(done, _run_state(meta_params, meta_opt_state, states, best, done,
                                 num_skipped, consecutive_skipped, num_resets, stage))
+    if stopping:
+      if run is not None:
+        run.close()
+      raise MetaTrainingInterrupted(done, run.checkpoint_directory if run is not None else None)
 
   is_collapsed = int(best["iteration"]) < 0
   selected = best["meta_params"] if not is_collapsed else (
