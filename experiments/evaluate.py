@@ -7,11 +7,19 @@ Writes to --out_dir: `metrics.jsonl` (one JSON object per seed and evaluated
 step), `summary.json` (configuration, per-seed finals with the flatness of the
 final parameters, mean and 95% interval over seeds) and `curves.png` (when
 matplotlib is installed); prints a table.
+
+The default folder is runs/evaluate/TASK-DATASET-OPTIMIZER, where OPTIMIZER
+names the learning rate when one is given (`adam-lr0.1`) and an exported
+optimizer by its architecture, folder and checksum (`l2o_dm-optimizer-1a2b3c4d`),
+so two configurations never share a folder. A folder holding the results of
+another configuration is never overwritten (exit code 2); rerunning the same
+configuration replaces its results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 
@@ -65,20 +73,76 @@ class EvaluateConfig:
   batch_size: int
   eval_every: int
   seeds: tuple[int, ...]
-  out_dir: str
+  out_dir: str | None  # None: runs/evaluate/TASK-DATASET-OPTIMIZER (see the module docstring)
 
 
 def config_from_flags() -> EvaluateConfig:
-  dataset = _DATASET.value
-  default_dir = os.path.join("runs", "evaluate", _cli.safe_name(
-      f"{_TASK.value}-{dataset or 'default'}-"
-      f"{os.path.basename(os.path.normpath(_OPTIMIZER.value))}"))
   return EvaluateConfig(
-      task=_TASK.value, dataset=dataset, data_dir=_DATA_DIR.value,
+      task=_TASK.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
       num_steps=_NUM_STEPS.value, batch_size=_BATCH_SIZE.value,
       eval_every=_EVAL_EVERY.value, seeds=tuple(int(s) for s in _SEEDS.value),
-      out_dir=_OUT_DIR.value or default_dir)
+      out_dir=_OUT_DIR.value)
+
+
+def _is_hand_designed(config: EvaluateConfig) -> bool:
+  return config.optimizer in optimizers.names()
+
+
+def optimizer_label(config: EvaluateConfig) -> str:
+  """How tables and legends name the optimizer: with its learning rate, or its export."""
+  if _is_hand_designed(config):
+    lr = config.learning_rate
+    if lr is None:
+      lr = optimizers.default_hparams(config.optimizer).get("learning_rate")
+      return f"{config.optimizer} (lr {lr:g}, default)" if lr is not None else config.optimizer
+    return f"{config.optimizer} (lr {lr:g})"
+  meta = _export_description(config.optimizer)
+  return f"learned {meta['architecture']} ({os.path.normpath(config.optimizer)})"
+
+
+def _export_description(path: str) -> dict:
+  with open(os.path.join(path, "optimizer.json")) as f:
+    return json.load(f)
+
+
+def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
+  if _is_hand_designed(config):
+    name = config.optimizer + (f"-lr{config.learning_rate:g}" if config.learning_rate else "")
+  else:
+    meta = _export_description(config.optimizer)
+    folder = os.path.basename(os.path.normpath(config.optimizer))
+    name = f"{meta['architecture']}-{folder}-{meta['sha256'][:8]}"
+  return os.path.join("runs", "evaluate", _cli.safe_name(f"{config.task}-{dataset_name}-{name}"))
+
+
+def _identity(config: EvaluateConfig) -> dict:
+  identity = dataclasses.asdict(config)
+  identity.pop("out_dir")
+  if not _is_hand_designed(config):  # the export's contents, not only its path
+    identity["optimizer_sha256"] = _export_description(config.optimizer)["sha256"]
+  return json.loads(json.dumps(identity))  # as it reads back from summary.json
+
+
+def _check_out_dir(out_dir: str, identity: dict) -> None:
+  """Refuses a folder that holds other results (ValueError: exit 2, nothing written)."""
+  summary_path = os.path.join(out_dir, "summary.json")
+  if not os.path.exists(out_dir) or not os.listdir(out_dir):
+    return
+  try:
+    with open(summary_path) as f:
+      previous = json.load(f).get("identity")
+  except (OSError, ValueError, AttributeError):
+    previous = None
+  if previous is None:
+    raise ValueError(f"--out_dir {out_dir} is not empty and holds no evaluate summary.json; "
+                     "pass an empty or new folder")
+  if previous != identity:
+    order = [k for k in identity if k in previous] + sorted(set(previous) ^ set(identity))
+    changes = "; ".join(f"{k} was {previous.get(k)!r}, now {identity.get(k)!r}"
+                        for k in order if previous.get(k) != identity.get(k))
+    raise ValueError(f"--out_dir {out_dir} holds the results of another configuration "
+                     f"({changes}); pass another --out_dir (nothing was overwritten)")
 
 
 def resolve_optimizer(name_or_path: str, learning_rate: float | None):
@@ -102,6 +166,10 @@ def evaluate(config: EvaluateConfig) -> dict:
   tx = resolve_optimizer(config.optimizer, config.learning_rate)
   task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
                    batch_size=config.batch_size)
+  if config.out_dir is None:
+    config = dataclasses.replace(config, out_dir=default_out_dir(config, task.dataset_name))
+  identity = _identity(config)
+  _check_out_dir(config.out_dir, identity)
 
   results = []
   for seed in config.seeds:
@@ -124,19 +192,17 @@ def evaluate(config: EvaluateConfig) -> dict:
   metric_names = [k for k in finals[0] if k not in ("seed", "step")]
   summary = {
       "config": dataclasses.asdict(config),
+      "identity": identity,
+      "label": optimizer_label(config),
       "dataset_name": task.dataset_name,
       "final": finals,
       "over_seeds": {m: report.summarize([f[m] for f in finals]) for m in metric_names},
   }
   report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
-  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {_label(config): results},
+  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {summary["label"]: results},
                      title=f"{config.task} on {summary['dataset_name']}")
   return summary
-
-
-def _label(config: EvaluateConfig) -> str:
-  return config.optimizer if config.optimizer in optimizers.names() else "learned"
 
 
 def main(argv):
@@ -149,9 +215,10 @@ def main(argv):
            if m in summary["over_seeds"]]
   print(f"{config.task} on {summary['dataset_name']}, {config.num_steps} steps, "
         f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")
-  print(report.format_table({_label(config): summary["over_seeds"]}, shown))
-  print(f"wrote {config.out_dir}/metrics.jsonl, summary.json"
-        + (", curves.png" if os.path.exists(os.path.join(config.out_dir, "curves.png")) else ""))
+  out_dir = summary["config"]["out_dir"]
+  print(report.format_table({summary["label"]: summary["over_seeds"]}, shown))
+  print(f"wrote {out_dir}/metrics.jsonl, summary.json"
+        + (", curves.png" if os.path.exists(os.path.join(out_dir, "curves.png")) else ""))
 
 
 if __name__ == "__main__":

@@ -100,14 +100,15 @@ def main(argv):
 
   trained = {}
   for (name, seed), config in configs.items():
-    logging.info("1/3 meta-training %s, seed %d, %d meta-steps", name, seed,
+    logging.info("stage 1/3, meta-training run %d/%d: %s, seed %d, %d meta-steps",
+                 len(trained) + 1, len(configs), name, seed,
                  config.num_meta_iterations)
     run_dir = os.path.join(_RUN_DIR.value, f"{name.replace(' + ', '_')}-s{seed}")
     trained[name, seed] = meta.meta_train(
         lopt, task, config, run_dir=run_dir,
         callback=_cli.progress_line(config.num_meta_iterations))
 
-  logging.info("2/3 tuning Adam over %s", grid)
+  logging.info("stage 2/3: tuning Adam over %s", grid)
   tuning = {}
   for lr in grid:
     tx = optimizers.get("adam", learning_rate=lr)
@@ -117,7 +118,7 @@ def main(argv):
   best_lr = min(tuning, key=lambda lr: tuning[lr] if np.isfinite(tuning[lr]) else np.inf)
 
   test_seeds = [TEST_SEED_BASE + i for i in range(_TEST_SEEDS.value)]
-  logging.info("3/3 meta-testing on held-out seeds %s", test_seeds)
+  logging.info("stage 3/3: meta-testing on held-out seeds %s", test_seeds)
   adam_name = f"adam (lr {best_lr:g})"
   contenders = {(adam_name, None): optimizers.get("adam", learning_rate=best_lr)}
   for (name, seed), result in trained.items():

@@ -90,6 +90,9 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
 def load_learned(path: str):
   """Returns `(lopt, meta_params)` of an exported optimizer, fully checked."""
   meta_path = os.path.join(path, _META_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path} does not exist; pass the folder written by save_optimizer, "
+                          "e.g. RUN_DIR/optimizer")
   if not os.path.isfile(meta_path):
     raise CheckpointError(f"{path} is not an exported optimizer (no {_META_FILE}); pass the "
                           "folder written by save_optimizer, e.g. RUN_DIR/optimizer")

@@ -12,9 +12,9 @@ from flatl2o import checkpoints
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_binary(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+def run_binary(module, *args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -66,6 +66,34 @@ class EvaluateBinaryTest(parameterized.TestCase):
 TINY_META = ["--num_meta_iterations=4", "--unroll_length=5", "--num_inner_steps=10",
              "--meta_batch_size=2", "--validation_every=2", "--validation_horizon=10",
              "--validation_seeds=1", "--checkpoint_every=2", "--batch_size=16"]
+
+
+class EvaluateFoldersTest(absltest.TestCase):
+
+  def test_each_configuration_gets_its_folder_and_none_is_overwritten(self):
+    cwd = self.create_tempdir().full_path
+    quick = ["--num_steps=20", "--eval_every=10", "--seeds=0"]
+    for args in (["--learning_rate=0.1"], []):
+      proc = run_binary("experiments.evaluate", "--optimizer=adam", *args, *quick, cwd=cwd)
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+    folders = sorted(os.listdir(os.path.join(cwd, "runs", "evaluate")))
+    self.assertEqual(folders, ["mlp_sigmoid-digits-adam", "mlp_sigmoid-digits-adam-lr0.1"])
+    labels = []
+    for folder in folders:
+      with open(os.path.join(cwd, "runs", "evaluate", folder, "summary.json")) as f:
+        labels.append(json.load(f)["label"])
+    self.assertEqual(labels, ["adam (lr 0.01, default)", "adam (lr 0.1)"])
+
+    taken = os.path.join(cwd, "runs", "evaluate", folders[1])
+    before = {f: os.path.getmtime(os.path.join(taken, f)) for f in os.listdir(taken)}
+    proc = run_binary("experiments.evaluate", "--optimizer=sgd", *quick, f"--out_dir={taken}",
+                      cwd=cwd)
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    self.assertLen(proc.stderr.strip().splitlines(), 1, proc.stderr)
+    self.assertIn("holds the results of another configuration (optimizer was 'adam', now "
+                  "'sgd'; learning_rate was 0.1, now None)", proc.stderr)
+    self.assertEqual(before, {f: os.path.getmtime(os.path.join(taken, f))
+                              for f in os.listdir(taken)})
 
 
 class MetaTrainBinaryTest(parameterized.TestCase):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from flatl2o import _checks
 from flatl2o.data import sources
 from flatl2o.data.dataset import SPLITS, DataError, Dataset, from_arrays, held_out_split
 
@@ -41,7 +42,8 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     return sources.load_tfds(name, data_dir)
   if name.startswith("idx:"):
     return sources.load_idx(os.path.expanduser(name[len("idx:"):]))
-  raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(names())}")
+  raise DataError(f"unknown dataset {name!r}{_checks.did_you_mean(name, names())}; "
+                  f"accepted: {', '.join(names())}")
 
 
 

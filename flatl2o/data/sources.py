@@ -45,10 +45,10 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
     except Exception as e:  # tfds raises several types for "not prepared here".
       where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
       raise DataError(
-          f"dataset {name!r} is not prepared in {where} ({type(e).__name__}); prepare it "
-          f"once on a machine with network: `tfds build {name} --file_format=array_record "
-          f"--data_dir=DIR`, then pass data_dir=DIR (or use 'digits' or 'idx:PATH', which "
-          "work offline)") from None
+          f"dataset {name!r} is not prepared in {where}; prepare it once on a machine with "
+          f"network: `tfds build {name} --file_format=array_record --data_dir=DIR`, then pass "
+          "--data_dir=DIR (data_dir=DIR from Python), or use 'digits' or 'idx:PATH', which "
+          "work offline") from None
     splits[split] = _read_source(source)
     label_feature = source.dataset_info.features["label"]
     num_classes = getattr(label_feature, "num_classes", None)

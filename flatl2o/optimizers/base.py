@@ -73,10 +73,13 @@ def check_float_tree(tree: Any, what: str = "params") -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
+      if jnp.issubdtype(dtype, jnp.complexfloating):
+        hint = "optimize complex parameters as their real and imaginary parts"
+      else:
+        hint = "keep integer state out of the optimized pytree (e.g. with optax.masked)"
       raise ValueError(
           f"learned optimizers update float arrays only; {what} leaf "
-          f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; keep integer "
-          "state out of the optimized pytree (e.g. with optax.masked)")
+          f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; {hint}")
 
 
 def flatten(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:

@@ -112,14 +112,16 @@ def names() -> tuple[str, ...]:
 def default_hparams(name: str) -> dict[str, object]:
   """The hyper-parameters the hand-designed optimizer `name` accepts, with their defaults."""
   if name not in _FACTORIES:
-    raise OptimizerError(f"unknown optimizer {name!r}; accepted: {', '.join(names())}")
+    raise OptimizerError(f"unknown optimizer {name!r}{_checks.did_you_mean(name, names())}; "
+                         f"accepted: {', '.join(names())}")
   return {p.name: p.default for p in inspect.signature(_FACTORIES[name]).parameters.values()}
 
 
 def _check_known(what: str, given, accepted) -> None:
   unknown = sorted(set(given) - set(accepted))
   if unknown:
-    raise OptimizerError(f"{what} takes no hyper-parameter {unknown[0]!r}; "
+    raise OptimizerError(f"{what} takes no hyper-parameter {unknown[0]!r}"
+                         f"{_checks.did_you_mean(unknown[0], accepted)}; "
                          f"accepted: {', '.join(accepted)}")
 
 
@@ -144,8 +146,8 @@ def learned_names() -> tuple[str, ...]:
 def learned(name: str, **hparams) -> LearnedOptimizer:
   """A learned-optimizer architecture by name (`learned_names()`), untrained."""
   if name not in LEARNED:
-    raise OptimizerError(f"unknown learned optimizer {name!r}; accepted: "
-                         f"{', '.join(LEARNED)}")
+    raise OptimizerError(f"unknown learned optimizer {name!r}"
+                         f"{_checks.did_you_mean(name, LEARNED)}; accepted: {', '.join(LEARNED)}")
   _check_known(f"learned optimizer {name!r}", hparams,
                [f.name for f in dataclasses.fields(LEARNED[name])])
   try:

@@ -57,7 +57,8 @@ def get(name: str, dataset: str | data_lib.Dataset | None = None, *,
     flatl2o.data.DataError: the dataset cannot be loaded.
   """
   if name not in names():
-    raise TaskError(f"unknown task {name!r}; accepted: {', '.join(names())}")
+    raise TaskError(f"unknown task {name!r}{_checks.did_you_mean(name, names())}; "
+                    f"accepted: {', '.join(names())}")
   _checks.positive_int("batch_size", batch_size, TaskError)
   if name == "quadratic":
     if dataset is not None:
