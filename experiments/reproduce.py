@@ -98,19 +98,28 @@ def main(argv):
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value)
   lopt = optimizers.L2ODM()
 
+  stop = _cli.StopRequests()
+  resume_hint = (f"finished meta-trainings are kept in {_RUN_DIR.value}; rerun the same "
+                 "command to continue")
   trained = {}
   for (name, seed), config in configs.items():
     logging.info("stage 1/3, meta-training run %d/%d: %s, seed %d, %d meta-steps",
                  len(trained) + 1, len(configs), name, seed,
                  config.num_meta_iterations)
     run_dir = os.path.join(_RUN_DIR.value, f"{name.replace(' + ', '_')}-s{seed}")
-    trained[name, seed] = meta.meta_train(
-        lopt, task, config, run_dir=run_dir,
-        callback=_cli.progress_line(config.num_meta_iterations))
+    try:
+      trained[name, seed] = meta.meta_train(
+          lopt, task, config, run_dir=run_dir,
+          callback=_cli.progress_line(config.num_meta_iterations), should_stop=stop.requested)
+    except meta.MetaTrainingInterrupted as e:
+      stop.exit(f"interrupted at meta-step {e.iteration} of {name}, seed {seed} (checkpoint "
+                f"saved); {resume_hint}")
 
   logging.info("stage 2/3: tuning Adam over %s", grid)
   tuning = {}
   for lr in grid:
+    if stop.requested():
+      stop.exit(f"interrupted while tuning Adam; {resume_hint}")
     tx = optimizers.get("adam", learning_rate=lr)
     tuning[lr] = float(np.mean([
         _loss_at(evaluation.train(task, tx, horizon, jax.random.key(s), eval_every=horizon),
@@ -128,6 +137,8 @@ def main(argv):
   records, finals, curves = [], {}, {}
   for (name, meta_seed), tx in contenders.items():
     for test_seed in test_seeds:
+      if stop.requested():
+        stop.exit(f"interrupted while meta-testing; {resume_hint}")
       r = evaluation.train(task, tx, long_horizon, jax.random.key(test_seed),
                            eval_every=horizon, flatness_at=(horizon, long_horizon))
       curves.setdefault(name, []).append(r)
