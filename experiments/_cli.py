@@ -14,6 +14,11 @@ from absl import logging as absl_logging
 
 USAGE_ERROR = 2
 
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "Deterministic GPU kernels (XLA's --xla_gpu_deterministic_ops): "
+    "the same command then gives bit-identical results on the same GPU, somewhat slower. "
+    "CPU runs are deterministic without it.")
+
 
 def fail(message: str) -> None:
   prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
@@ -52,6 +57,8 @@ def run(main: Callable[[list[str]], None]) -> None:
   absl_logging.get_absl_handler().addFilter(_drop_library_info)
 
   def guarded_main(argv):
+    if _DETERMINISTIC.value:
+      use_deterministic_kernels()
     try:
       main(argv)
     except ValueError as e:
@@ -89,6 +96,14 @@ class StopRequests:
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
     sys.stderr.write(f"{prog}: {message}\n")
     sys.exit(128 + (self.signum or signal.SIGINT))
+
+
+def use_deterministic_kernels() -> None:
+  """Asks XLA for deterministic GPU kernels; must run before JAX starts its backend."""
+  flag = "--xla_gpu_deterministic_ops=true"
+  current = os.environ.get("XLA_FLAGS", "")
+  if flag not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
 def progress_line(total: int):

@@ -1,6 +1,8 @@
 """Flags derived from MetaTrainConfig: every field, its help, both spellings, one answer."""
 
 import dataclasses
+import os
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest, parameterized
@@ -73,6 +75,17 @@ class ConfigFlagsTest(parameterized.TestCase):
   def test_values_are_checked_by_the_dataclass(self):
     with self.assertRaisesRegex(ValueError, "unroll_length must be a positive integer"):
       _parse("--config.unroll_length=0")
+
+
+class DeterministicFlagTest(absltest.TestCase):
+
+  def test_adds_the_xla_flag_once_and_keeps_others(self):
+    from experiments import _cli  # pylint: disable=g-import-not-at-top
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}):
+      _cli.use_deterministic_kernels()
+      _cli.use_deterministic_kernels()
+      self.assertEqual(os.environ["XLA_FLAGS"],
+                       "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true")
 
 
 if __name__ == "__main__":
