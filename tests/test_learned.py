@@ -273,7 +273,8 @@ class RegistryTest(parameterized.TestCase):
 
   def test_learned_by_name(self):
     self.assertEqual(optimizers.learned("l2o_dm", hidden_size=8), optimizers.L2ODM(hidden_size=8))
-    self.assertSameElements(optimizers.learned_names(), ["l2o_dm", "rnnprop", "mlp_lopt"])
+    self.assertSameElements(optimizers.learned_names(),
+                            ["l2o_dm", "rnnprop", "l2o_scale", "mlp_lopt"])
 
   @parameterized.parameters(*optimizers.learned_names())
   def test_every_registered_architecture_follows_the_protocol(self, name):
@@ -294,8 +295,8 @@ class RegistryTest(parameterized.TestCase):
     self.assertNotIsInstance(NoStep(), optimizers.LearnedOptimizer)
 
   @parameterized.parameters(
-      ("l2o_scale", {},
-       "unknown learned optimizer 'l2o_scale'; accepted: l2o_dm, rnnprop, mlp_lopt"),
+      ("velo", {},
+       "unknown learned optimizer 'velo'; accepted: l2o_dm, rnnprop, l2o_scale, mlp_lopt"),
       ("l2o_dm", {"width": 3}, "takes no hyper-parameter 'width'; accepted: hidden_size"),
       ("l2o_dm", {"hidden_size": 0}, "hidden_size must be a positive integer"),
       ("mlp_lopt", {"decays": (0.5, 1.5)}, "decays must be non-empty, each in"),
