@@ -307,9 +307,10 @@ class EnhancedRecipeTest(absltest.TestCase):
   """The L2O-enhanced recipe (Chen et al. 2020): curriculum and imitation."""
 
   def _config(self, **kwargs):
-    return meta.MetaTrainConfig(unroll_length=2, num_inner_steps=8, meta_batch_size=2,
-                                validation_every=1, validation_horizon=4, validation_seeds=2,
-                                log_every=1, meta_learning_rate=1e-2, **kwargs)
+    return meta.MetaTrainConfig(**{
+        "unroll_length": 2, "num_inner_steps": 8, "meta_batch_size": 2, "validation_every": 1,
+        "validation_horizon": 4, "validation_seeds": 2, "log_every": 1,
+        "meta_learning_rate": 1e-2, **kwargs})
 
   def test_curriculum_advances_when_validation_stalls_and_restarts_from_the_best(self):
     """Scores 0.5, 0.9, 0.7 (stall: advance), 0.8, 0.6 (stall: advance), 0.95.
@@ -360,6 +361,32 @@ class EnhancedRecipeTest(absltest.TestCase):
     self.assertEqual(flags, [r["imitation"] for r in again.history])
     for r in result.history:
       self.assertEqual("inner_loss_last" in r, not r["imitation"])
+
+  def test_interrupted_recipe_run_resumes_to_the_uninterrupted_result(self):
+    """Curriculum + imitation + tricks, stopped (should_stop) and resumed from the run directory.
+
+    Catches: the curriculum stage or its best score missing from the checkpoint
+    (the resumed run would train at the first horizon again); the imitation draw
+    depending on anything but the meta-step; an interrupt that loses its step.
+    """
+    lopt = optimizers.L2ODM(hidden_size=4)
+    task = tasks.get("quadratic", batch_size=8)
+    config = self._config(num_meta_iterations=12, curriculum=True, curriculum_horizons=(2, 4, 8),
+                          imitation_ratio=0.3, random_scaling=1.0, validation_every=2,
+                          checkpoint_every=5)
+    full = meta.meta_train(lopt, task, config)
+    run_dir = os.path.join(self.create_tempdir().full_path, "run")
+    calls = []
+    with self.assertRaises(meta.MetaTrainingInterrupted) as stopped:
+      meta.meta_train(lopt, task, config, run_dir=run_dir,
+                      should_stop=lambda: calls.append(1) or len(calls) >= 7)
+    self.assertEqual(stopped.exception.iteration, 7)
+    resumed = meta.meta_train(lopt, task, config, run_dir=run_dir)
+    self.assertEqual(resumed.resumed_from, 7)
+    _assert_trees_close(self, resumed.last_meta_params, full.last_meta_params, 0, 0)
+    self.assertEqual([r.get("horizon") for r in full.history if r["iteration"] > 7],
+                     [r.get("horizon") for r in resumed.history])
+    self.assertGreater(len({r.get("horizon") for r in full.history}), 1)  # it did advance
 
   def test_imitation_loss_is_the_relative_distance_to_adam(self):
     """Zero for a 'learned' optimizer that is Adam at the teacher's rate, and

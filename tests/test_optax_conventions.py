@@ -20,7 +20,10 @@ ARCHITECTURES = (("l2o_dm", "l2o_dm"), ("l2o_scale", "l2o_scale"))
 
 def _learned(name):
   lopt = optimizers.learned(name)
-  return lopt.transform(lopt.init(jax.random.key(0)))
+  tx = lopt.transform(lopt.init(jax.random.key(0)))
+  # The bare references run jitted too: op-by-op dispatch of the recurrent
+  # cells costs more than compiling them.
+  return optax.GradientTransformationExtraArgs(tx.init, jax.jit(tx.update))
 
 
 def _params():
@@ -38,7 +41,7 @@ class OptaxConventionsTest(parameterized.TestCase):
   def test_chain_after_clipping_equals_the_learned_update_of_clipped_gradients(self, name):
     tx, params, grads = _learned(name), _params(), _grads(10.0)
     chained = optax.chain(optax.clip_by_global_norm(1.0), tx)
-    got, _ = chained.update(grads, chained.init(params), params)
+    got, _ = jax.jit(chained.update)(grads, chained.init(params), params)
     clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
     expected, _ = tx.update(clipped, tx.init(params), params)
     chex.assert_trees_all_close(got, expected, rtol=1e-6)
@@ -57,7 +60,7 @@ class OptaxConventionsTest(parameterized.TestCase):
   def test_masked_leaves_pass_through(self, name):
     tx, params, grads = _learned(name), _params(), _grads()
     masked = optax.masked(tx, {"w": True, "b": False})
-    got, _ = masked.update(grads, masked.init(params), params)
+    got, _ = jax.jit(masked.update)(grads, masked.init(params), params)
     learned, _ = tx.update({"w": grads["w"]}, tx.init({"w": params["w"]}), {"w": params["w"]})
     chex.assert_trees_all_close(got["w"], learned["w"], rtol=1e-6)
     chex.assert_trees_all_equal(got["b"], grads["b"])
@@ -81,9 +84,10 @@ class OptaxConventionsTest(parameterized.TestCase):
     guarded = optax.apply_if_finite(tx, max_consecutive_errors=3)
     state = guarded.init(params)
     bad = jax.tree.map(lambda g: g.at[0].set(jnp.nan), _grads())
-    skipped, state = guarded.update(bad, state, params)
+    update = jax.jit(guarded.update)
+    skipped, state = update(bad, state, params)
     chex.assert_trees_all_equal(skipped, jax.tree.map(jnp.zeros_like, params))
-    got, _ = guarded.update(_grads(), state, params)
+    got, _ = update(_grads(), state, params)
     expected, _ = tx.update(_grads(), tx.init(params), params)
     chex.assert_trees_all_close(got, expected, rtol=1e-6)
 

@@ -111,7 +111,7 @@ def _assert_like(test, updates, grads):
 class PropertyTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*ARCHITECTURES)
-  @hypothesis.settings(max_examples=15, **_SETTINGS)
+  @hypothesis.settings(max_examples=8, **_SETTINGS)
   @hypothesis.given(grads=pytrees(), seed=st.integers(0, 2**32 - 1))
   def test_random_pytree_keeps_structure_shapes_dtypes_and_is_finite(self, arch, grads, seed):
     tx, jit_update = _TX[arch], _JIT_UPDATE[arch]
@@ -131,7 +131,7 @@ class PropertyTest(parameterized.TestCase):
           rtol=1e-5 if e.dtype == jnp.float32 else 1e-2, atol=1e-6), eager, jitted)
 
   @parameterized.named_parameters(*ARCHITECTURES)
-  @hypothesis.settings(max_examples=40, **_SETTINGS)
+  @hypothesis.settings(max_examples=20, **_SETTINGS)
   @hypothesis.given(tree=pytrees(min_leaves=1), data=st.data())
   def test_non_float_leaf_anywhere_is_rejected_with_its_path(self, arch, tree, data):
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -149,7 +149,7 @@ class PropertyTest(parameterized.TestCase):
       self.assertIn("dtype int", message)
 
   @parameterized.named_parameters(*COORDINATEWISE)
-  @hypothesis.settings(max_examples=20, **_SETTINGS)
+  @hypothesis.settings(max_examples=10, **_SETTINGS)
   @hypothesis.given(grads=pytrees(leaf=leaves(dtypes=(jnp.float32,))),
                     seed=st.integers(0, 2**32 - 1))
   def test_leafwise_updates_equal_whole_tree_updates(self, arch, grads, seed):
@@ -173,7 +173,7 @@ class PropertyTest(parameterized.TestCase):
                                 rtol=1e-5, atol=1e-6)
 
   @parameterized.named_parameters(*ARCHITECTURES)
-  @hypothesis.settings(max_examples=25, **_SETTINGS)
+  @hypothesis.settings(max_examples=12, **_SETTINGS)
   @hypothesis.given(data=st.data(), size=st.integers(0, 16),
                     seeds=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
                     k=st.integers(-6, 2))

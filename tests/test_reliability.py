@@ -134,7 +134,6 @@ class KillAndResumeTest(absltest.TestCase):
       self.assertBetween(reached, step, step + 1)  # the signal lands in step or step + 1
       steps = os.listdir(os.path.join(interrupted, "checkpoints"))
       self.assertIn(str(reached), steps)  # a checkpoint between the regular ones (every 2)
-    _run(interrupted, 10)
     _run(interrupted)
     expected, got = _exported(reference), _exported(interrupted)
     self.assertEqual(expected.keys(), got.keys())
