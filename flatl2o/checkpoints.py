@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import optax
 
+from flatl2o import report
 from flatl2o.optimizers import base as lopt_base
 from flatl2o.optimizers import registry
 
@@ -70,6 +71,7 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-optimizer-", dir=parent)
   try:
+    os.chmod(tmp, report.umask_mode(0o777))
     with open(os.path.join(tmp, _ARRAYS_FILE), "wb") as f:
       f.write(payload)
     with open(os.path.join(tmp, _META_FILE), "w") as f:

@@ -52,6 +52,17 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
   return "\n".join([fmt(header), rule] + [fmt(line) for line in body])
 
 
+def umask_mode(base: int = 0o666) -> int:
+  """`base` less the process umask: the mode `open()` would give a new file (0o777: a folder).
+
+  `tempfile.mkstemp` / `mkdtemp` create 0600 / 0700 entries whatever the umask;
+  results renamed from them into place must get the mode users expect.
+  """
+  mask = os.umask(0)
+  os.umask(mask)
+  return base & ~mask
+
+
 def _atomic_write(path: str, write) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -59,6 +70,7 @@ def _atomic_write(path: str, write) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
+    os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

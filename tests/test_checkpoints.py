@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 
 import chex
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 from absl.testing import absltest, parameterized
 
 import flatl2o
-from flatl2o import checkpoints, optimizers
+from flatl2o import checkpoints, optimizers, report
 
 
 class ExportTest(parameterized.TestCase):
@@ -61,6 +62,20 @@ class ExportTest(parameterized.TestCase):
       f.write(b"\x00\xffgarbage")
     with self.assertRaisesRegex(checkpoints.CheckpointError, "optimizer.json is corrupted"):
       flatl2o.load_optimizer(path)
+
+  def test_outputs_get_the_mode_of_the_umask(self):
+    # mkstemp / mkdtemp make 0600 / 0700 entries; renamed into place they must
+    # look like any file the user's umask would give (0640 / 0750 here).
+    old = os.umask(0o027)
+    self.addCleanup(os.umask, old)
+    folder = self.create_tempdir().full_path
+    report.write_json(os.path.join(folder, "summary.json"), {"x": 1})
+    lopt = optimizers.L2ODM(hidden_size=2)
+    flatl2o.save_optimizer(os.path.join(folder, "opt"), lopt, lopt.init(jax.random.key(0)))
+    mode = lambda p: stat.S_IMODE(os.stat(os.path.join(folder, p)).st_mode)
+    self.assertEqual(mode("summary.json"), 0o640)
+    self.assertEqual(mode("opt"), 0o750)
+    self.assertEqual(mode("opt/optimizer.json"), 0o640)
 
   @parameterized.parameters(
       ({"architecture": "l2o_future", "written_by": "flatl2o 9.0"},
