@@ -63,6 +63,13 @@ def run(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except ValueError as e:
       fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+      # Outputs are written atomically at the end, and meta-training checkpoints
+      # on the first Ctrl-C; an abort leaves nothing half-written to explain.
+      prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
+      sys.stderr.write(f"{prog}: interrupted; results not yet written were dropped "
+                       "(checkpoints already saved are kept)\n")
+      sys.exit(128 + signal.SIGINT)
 
   app.run(guarded_main, flags_parser=_parse_flags)
 
@@ -107,14 +114,6 @@ def use_deterministic_kernels() -> None:
 
 
 def progress_line(total: int):
-  """A meta_train callback that logs one progress line per logged meta-step."""
-  def log(record):
-    line = (f"meta-step {record['iteration']}/{total}  meta_loss {record['meta_loss']:.4f}  "
-            f"{record['meta_steps_per_second']:.2f} steps/s")
-    if "validation_score" in record:
-      line += (f"  validation score {record['validation_score']:.4f} "
-               f"(best {record['best_validation_score']:.4f})")
-    if record["num_skipped"]:
-      line += f"  skipped {record['num_skipped']}"
-    absl_logging.info(line)
-  return log
+  """A meta_train callback that logs one progress line (with an ETA) per logged meta-step."""
+  from flatl2o.meta import trainer  # pylint: disable=g-import-not-at-top
+  return trainer.progress_printer(total, absl_logging.info)

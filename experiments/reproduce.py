@@ -20,6 +20,7 @@ Writes RUN_DIR/summary.json, RUN_DIR/metrics.jsonl and RUN_DIR/comparison.png.
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -135,12 +136,17 @@ def main(argv):
     contenders[label, seed] = lopt.transform(result.meta_params)
 
   records, finals, curves = [], {}, {}
+  total_runs, runs_done, testing_start = len(contenders) * len(test_seeds), 0, time.perf_counter()
   for (name, meta_seed), tx in contenders.items():
     for test_seed in test_seeds:
       if stop.requested():
         stop.exit(f"interrupted while meta-testing; {resume_hint}")
       r = evaluation.train(task, tx, long_horizon, jax.random.key(test_seed),
                            eval_every=horizon, flatness_at=(horizon, long_horizon))
+      runs_done += 1
+      per_run = (time.perf_counter() - testing_start) / runs_done
+      logging.info("stage 3/3: run %d/%d (%s, test seed %d) done; ETA %ds", runs_done,
+                   total_runs, name, test_seed, round(per_run * (total_runs - runs_done)))
       curves.setdefault(name, []).append(r)
       for step in sorted({horizon, long_horizon}):
         record = {"optimizer": name, "meta_seed": meta_seed, "test_seed": test_seed,

@@ -1,5 +1,7 @@
 """Meta-training: it learns, resumes exactly, guards non-finite steps, checks its run directory."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -97,6 +99,29 @@ class MetaTrainTest(parameterized.TestCase):
 
 def optax_norm(tree):
   return float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
+
+
+class ProgressTest(absltest.TestCase):
+
+  def test_progress_line_has_the_rate_and_an_eta(self):
+    lines = []
+    show = meta.trainer.progress_printer(100, lines.append)
+    show({"iteration": 10, "meta_loss": 1.5, "meta_steps_per_second": 2.0, "num_skipped": 0})
+    show({"iteration": 40, "meta_loss": 1.0, "meta_steps_per_second": 0.01, "num_skipped": 1,
+          "validation_score": 0.9, "best_validation_score": 0.95})
+    self.assertEqual(lines[0], "meta-step 10/100 (10%)  meta_loss 1.5000  2.00 steps/s  "
+                               "ETA 0m45s")
+    self.assertEqual(lines[1], "meta-step 40/100 (40%)  meta_loss 1.0000  0.01 steps/s  "
+                               "ETA 1h40m  validation score 0.9000 (best 0.9500)  skipped 1")
+
+  def test_meta_train_progress_prints_to_stderr(self):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      meta.meta_train(optimizers.L2ODM(hidden_size=2), tasks.get("quadratic", batch_size=8),
+                      meta.MetaTrainConfig(**{**SMALL, "num_meta_iterations": 2,
+                                              "log_every": 1}), progress=True)
+    self.assertEqual([l.split(" (")[0] for l in err.getvalue().splitlines()],
+                     ["meta-step 1/2", "meta-step 2/2"])
 
 
 class RunDirectoryTest(absltest.TestCase):

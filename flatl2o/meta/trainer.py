@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -213,9 +214,33 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_printer(total: int, emit: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+  """A `meta_train` callback: one line per logged meta-step, with speed and ETA, to `emit`."""
+  def show(record):
+    done, rate = record["iteration"], record["meta_steps_per_second"]
+    eta = _duration((total - done) / rate) if rate > 0 else "?"
+    line = (f"meta-step {done}/{total} ({100 * done // total}%)  "
+            f"meta_loss {record['meta_loss']:.4f}  {rate:.2f} steps/s  ETA {eta}")
+    if "validation_score" in record:
+      line += (f"  validation score {record['validation_score']:.4f} "
+               f"(best {record['best_validation_score']:.4f})")
+    if record["num_skipped"]:
+      line += f"  skipped {record['num_skipped']}"
+    emit(line)
+  return show
+
+
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
                callback: Callable[[dict[str, Any]], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> MetaTrainResult:
+               should_stop: Callable[[], bool] | None = None,
+               progress: bool = False) -> MetaTrainResult:
   """Meta-trains `lopt` on `task`.
 
   Args:
@@ -227,6 +252,8 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       of the same configuration the run resumes from it, and at the end the
       selected optimizer is exported to `run_dir/optimizer`.
     callback: called with each logged metrics dict (progress display).
+    progress: print a progress line with an ETA to stderr every `log_every`
+      meta-steps (what the binaries show), in addition to `callback`.
     should_stop: polled after every meta-step; when it returns True the run
       saves a checkpoint of the meta-steps done and raises
       `MetaTrainingInterrupted` (the binaries wire it to SIGINT and SIGTERM), so
@@ -239,6 +266,10 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     MetaTrainingDivergedError: `max_consecutive_skipped` non-finite meta-steps in a row.
     MetaTrainingInterrupted: `should_stop()` returned True.
   """
+  if progress:
+    printer = progress_printer(config.num_meta_iterations,
+                               lambda line: print(line, file=sys.stderr, flush=True))
+    callback = printer if callback is None else (lambda r, c=callback: (printer(r), c(r)))
   base_key = jax.random.key(config.seed)
   meta_params = lopt.init(jax.random.fold_in(base_key, 0x7E7A))
   meta_opt_state = meta_optimizer(config).init(meta_params)
