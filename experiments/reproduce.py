@@ -181,7 +181,8 @@ def main(argv):
   report.write_jsonl(os.path.join(_RUN_DIR.value, "metrics.jsonl"), records)
   png = os.path.join(_RUN_DIR.value, "comparison.png")
   wrote_png = report.plot_curves(png, curves, title=f"{task.name} on {summary['dataset']}: "
-                                 f"held-out seeds {test_seeds[0]}-{test_seeds[-1]}")
+                                 f"held-out seeds {test_seeds[0]}-{test_seeds[-1]}",
+                                 horizon=horizon)
 
   for (name, seed), r in trained.items():
     print(f"{name}, meta seed {seed}: best validation accuracy {r.best_score:.4f} at meta-step "

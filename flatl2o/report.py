@@ -98,7 +98,23 @@ def _jsonable(x):
   raise TypeError(f"cannot write {type(x).__name__} as JSON")
 
 
-def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "") -> bool:
+def zoomed_limits(series: Sequence[np.ndarray], pad: float = 0.1) -> tuple[float, float]:
+  """y-limits spanning every value after the first evaluation (step 0), padded by `pad`.
+
+  The untrained model's accuracy (~0.1) would otherwise set the axis, and the
+  differences that matter (a few tenths of a percent) would vanish.
+  """
+  later = np.concatenate([np.ravel(np.asarray(v, np.float64)[..., 1:]) for v in series])
+  later = later[np.isfinite(later)]
+  if later.size == 0:
+    return 0.0, 1.0
+  lo, hi = float(later.min()), float(later.max())
+  margin = max(hi - lo, 1e-3) * pad
+  return lo - margin, hi + margin
+
+
+def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "",
+                horizon: int | None = None) -> bool:
   """Writes a PNG: training loss and test accuracy (or loss) against steps.
 
   Args:
@@ -106,6 +122,7 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "")
     curves: label -> list of `evaluation.TrainResult` (one per seed); each label
       is drawn as its mean over seeds with a min-max band.
     title: figure title.
+    horizon: a step to mark with a dashed line (the meta-training horizon).
 
   Returns:
     False (and writes nothing) when matplotlib is not installed.
@@ -117,7 +134,10 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "")
   except ImportError:
     return False
   fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+  metric_series = []
+  num_seeds = 0
   for label, results in curves.items():
+    num_seeds = max(num_seeds, len(results))
     losses = np.stack([_smooth(r.train_loss) for r in results])
     steps = np.arange(1, losses.shape[1] + 1)
     line, = ax_loss.plot(steps, losses.mean(0), label=label)
@@ -125,14 +145,19 @@ def plot_curves(path: str, curves: Mapping[str, Sequence[Any]], title: str = "")
     test = results[0].metrics.get("test", {})
     metric = "accuracy" if "accuracy" in test else "loss"
     values = np.stack([r.metrics["test"][metric] for r in results])
+    metric_series.append(values)
     ax_metric.plot(results[0].eval_steps, values.mean(0), marker="o", ms=3, label=label,
                    color=line.get_color())
     ax_metric.fill_between(results[0].eval_steps, values.min(0), values.max(0),
                            color=line.get_color(), alpha=0.2)
     ax_metric.set_ylabel(f"test {metric}")
   ax_loss.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log")
-  ax_metric.set(xlabel="step")
+  ax_metric.set(xlabel="step", title=f"mean over {num_seeds} seeds; bands: min to max",
+                ylim=zoomed_limits(metric_series) if metric_series else None)
   for ax in (ax_loss, ax_metric):
+    if horizon is not None:
+      ax.axvline(horizon, color="gray", linestyle="--", linewidth=1,
+                 label="meta-training horizon" if ax is ax_loss else None)
     ax.grid(alpha=0.3)
     ax.legend()
   if title:

@@ -174,5 +174,15 @@ class TrainLoopTest(parameterized.TestCase):
     chex.assert_equal(evaluation.chunk_runner(tx)._cache_size(), 1)
 
 
+class PlotLimitsTest(absltest.TestCase):
+
+  def test_accuracy_axis_ignores_the_untrained_start(self):
+    from flatl2o import report  # pylint: disable=g-import-not-at-top
+    lo, hi = report.zoomed_limits([np.array([[0.1, 0.95, 0.96], [0.12, 0.94, 0.97]]),
+                                   np.array([[0.09, 0.955, 0.965]])])
+    self.assertAlmostEqual(lo, 0.94 - 0.003)
+    self.assertAlmostEqual(hi, 0.97 + 0.003)
+
+
 if __name__ == "__main__":
   absltest.main()
