@@ -294,5 +294,33 @@ class LangevinChainsTest(parameterized.TestCase):
     np.testing.assert_allclose(mean, centre, atol=5 * sd_of_mean)
 
 
+class PrecisionTest(parameterized.TestCase):
+  """Each measure's matmuls run at its `precision` (HIGHEST by default), even inside jit."""
+
+  _A = jnp.linspace(-1.0, 1.0, 16).reshape(4, 4)
+
+  def _lowered(self, measure, **kwargs):
+    f = lambda p: jnp.sum(jnp.tanh(self._A @ p["w"]))
+    params = {"w": jnp.ones(4)}
+    return jax.jit(lambda p: measure(f, p, jax.random.key(0), **kwargs)).lower(params).as_text()
+
+  @parameterized.named_parameters(
+      ("trace", flatness.hessian_trace, {"num_probes": 2}),
+      ("power", flatness.top_hessian_eigenvalue, {"num_iters": 2}),
+      ("lanczos", lambda *a, **k: flatness.lanczos(*a, **k).top_eigenvalue, {"num_iters": 2}),
+      ("lanczos_top", flatness.lanczos_top_eigenvalue, {"num_iters": 2}),
+      ("entropy_gap", flatness.local_entropy_gap, {"gamma": 10.0, "num_samples": 2}),
+  )
+  def test_precision(self, measure, kwargs):
+    dots = lambda text: [l for l in text.splitlines() if "dot_general" in l]
+    highest = dots(self._lowered(measure, **kwargs))
+    self.assertNotEmpty(highest)
+    self.assertTrue(all("precision = [HIGHEST, HIGHEST]" in l for l in highest), highest[0])
+    inherited = dots(self._lowered(measure, precision=None, **kwargs))
+    self.assertFalse(any("HIGHEST" in l for l in inherited), inherited[0])
+    with self.assertRaisesRegex(ValueError, "unknown precision 'exact'; accepted: None, highest"):
+      self._lowered(measure, precision="exact", **kwargs)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -52,7 +52,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flatl2o.flatness._checks import positive_int, positive_number
+from flatl2o.flatness._checks import matmul_precision, positive_int, positive_number
 from flatl2o.flatness.hessian import normal_like
 
 
@@ -155,15 +155,20 @@ def local_entropy_surrogate(params, mu, gamma: float) -> jax.Array:
 
 
 def local_entropy_gap(f: Callable[[Any], jax.Array], params, key: jax.Array, *, gamma: float,
-                      num_samples: int = 128) -> jax.Array:
-  """Monte-Carlo estimate of -F(x; gamma) - f(x) (0 for a flat f; larger is sharper)."""
+                      num_samples: int = 128, precision: str | None = "highest") -> jax.Array:
+  """Monte-Carlo estimate of -F(x; gamma) - f(x) (0 for a flat f; larger is sharper).
+
+  `precision`: the matmul precision of the evaluations of f (None: the caller's).
+  """
   positive_int("num_samples", num_samples)
   positive_number("gamma", gamma)
-  f0 = f(params)
+  with matmul_precision(precision):
+    f0 = f(params)
 
-  def excess(k):
-    shifted = jax.tree.map(lambda x, e: x + e / jnp.sqrt(gamma), params, normal_like(k, params))
-    return f(shifted) - f0
+    def excess(k):
+      shifted = jax.tree.map(lambda x, e: x + e / jnp.sqrt(gamma), params,
+                             normal_like(k, params))
+      return f(shifted) - f0
 
-  deltas = jax.lax.map(excess, jax.random.split(key, num_samples))
-  return -(jax.nn.logsumexp(-deltas) - jnp.log(num_samples))
+    deltas = jax.lax.map(excess, jax.random.split(key, num_samples))
+    return -(jax.nn.logsumexp(-deltas) - jnp.log(num_samples))

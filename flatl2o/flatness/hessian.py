@@ -9,6 +9,9 @@
 - `top_hessian_eigenvalue`: power iteration; returns the Rayleigh quotient
   v^T H v at the final (stop-gradient) vector, so its gradient w.r.t. x is
   v^T (dH/dx) v, the derivative of the eigenvalue for a converged v.
+- Every estimator takes `precision` (default "highest"): the matmul precision
+  of its Hessian-vector products, so a figure does not depend on the GPU's
+  TF32 default; None inherits the caller's.
 - `lanczos`: Ritz values of H from an m-step Lanczos run with full
   re-orthogonalisation; the extreme Ritz values approximate the extreme
   eigenvalues, and stochastic Lanczos quadrature gives a (one-probe) trace
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from flatl2o.flatness._checks import positive_int
+from flatl2o.flatness._checks import matmul_precision, positive_int
 
 Fn = Callable[[Any], jax.Array]
 
@@ -71,12 +74,18 @@ def normal_like(key: jax.Array, tree):
   return _random_like(jax.random.normal, key, tree)
 
 
-def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10) -> jax.Array:
-  """Hutchinson estimate of tr(H); unbiased, variance shrinking as 1/num_probes."""
+def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10,
+                  precision: str | None = "highest") -> jax.Array:
+  """Hutchinson estimate of tr(H); unbiased, variance shrinking as 1/num_probes.
+
+  `precision` is the matmul precision of the Hessian-vector products (None: the
+  caller's; see `_checks.matmul_precision`).
+  """
   positive_int("num_probes", num_probes)
-  probes = jax.vmap(lambda k: rademacher_like(k, params))(jax.random.split(key, num_probes))
-  quad = jax.vmap(lambda z: _vdot(z, hvp(f, params, z)))(probes)
-  return jnp.mean(quad)
+  with matmul_precision(precision):
+    probes = jax.vmap(lambda k: rademacher_like(k, params))(jax.random.split(key, num_probes))
+    quad = jax.vmap(lambda z: _vdot(z, hvp(f, params, z)))(probes)
+    return jnp.mean(quad)
 
 
 def _normalize(v):
@@ -86,9 +95,15 @@ def _normalize(v):
   return jax.tree.map(lambda x: (x / jnp.maximum(norm, 1e-30)).astype(x.dtype), v)
 
 
-def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20) -> jax.Array:
+def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
+                           precision: str | None = "highest") -> jax.Array:
   """Largest-magnitude eigenvalue of H by power iteration (the top one near a minimum)."""
   positive_int("num_iters", num_iters)
+  with matmul_precision(precision):
+    return _power_iteration(f, params, key, num_iters)
+
+
+def _power_iteration(f: Fn, params, key: jax.Array, num_iters: int) -> jax.Array:
   v = _normalize(normal_like(key, params))
   frozen = jax.lax.stop_gradient(params)
   v, _ = jax.lax.scan(lambda v, _: (_normalize(hvp(f, frozen, v)), None), v, None,
@@ -119,9 +134,15 @@ class LanczosResult(NamedTuple):
   top_vector: Any
 
 
-def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20) -> LanczosResult:
+def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20,
+            precision: str | None = "highest") -> LanczosResult:
   """Lanczos on H with full re-orthogonalisation; `num_iters` is capped at the dimension."""
   positive_int("num_iters", num_iters)
+  with matmul_precision(precision):
+    return _lanczos(f, params, key, num_iters)
+
+
+def _lanczos(f: Fn, params, key: jax.Array, num_iters: int) -> LanczosResult:
   flat, unravel = ravel_pytree(params)
   n = flat.shape[0]
   m = min(num_iters, n)
@@ -156,7 +177,9 @@ def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20) -> LanczosResult
                        trace=trace, top_vector=top_vector)
 
 
-def lanczos_top_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20) -> jax.Array:
+def lanczos_top_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
+                           precision: str | None = "highest") -> jax.Array:
   """Top eigenvalue from Lanczos, differentiable like `top_hessian_eigenvalue`."""
-  v = jax.lax.stop_gradient(lanczos(f, params, key, num_iters).top_vector)
-  return _vdot(v, hvp(f, params, v))
+  with matmul_precision(precision):
+    v = jax.lax.stop_gradient(lanczos(f, params, key, num_iters, precision=None).top_vector)
+    return _vdot(v, hvp(f, params, v))
