@@ -172,11 +172,14 @@ def evaluate(config: EvaluateConfig) -> dict:
   _check_out_dir(config.out_dir, identity)
 
   results = []
-  for seed in config.seeds:
+  for i, seed in enumerate(config.seeds, start=1):
     result = evaluation.train(task, tx, config.num_steps, jax.random.key(seed),
                               eval_every=config.eval_every, flatness_at=(config.num_steps,))
-    logging.info("seed %d: %s (%.1f s)", seed, result.final("test"), result.wall_time_s)
     results.append(result)
+    elapsed = sum(r.wall_time_s for r in results)
+    logging.info("seed %d (%d/%d): %s (%.1f s); ETA %ds", seed, i, len(config.seeds),
+                 result.final("test"), result.wall_time_s,
+                 round(elapsed / i * (len(config.seeds) - i)))
 
   records, finals = [], []
   for seed, r in zip(config.seeds, results):

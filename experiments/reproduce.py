@@ -118,13 +118,17 @@ def main(argv):
 
   logging.info("stage 2/3: tuning Adam over %s", grid)
   tuning = {}
-  for lr in grid:
+  tuning_start = time.perf_counter()
+  for i, lr in enumerate(grid, start=1):
     if stop.requested():
       stop.exit(f"interrupted while tuning Adam; {resume_hint}")
     tx = optimizers.get("adam", learning_rate=lr)
     tuning[lr] = float(np.mean([
         _loss_at(evaluation.train(task, tx, horizon, jax.random.key(s), eval_every=horizon),
                  horizon) for s in TUNING_SEEDS]))
+    per_lr = (time.perf_counter() - tuning_start) / i
+    logging.info("stage 2/3: learning rate %d/%d (%g): training loss %.4f; ETA %ds", i,
+                 len(grid), lr, tuning[lr], round(per_lr * (len(grid) - i)))
   best_lr = min(tuning, key=lambda lr: tuning[lr] if np.isfinite(tuning[lr]) else np.inf)
 
   test_seeds = [TEST_SEED_BASE + i for i in range(_TEST_SEEDS.value)]
