@@ -20,6 +20,25 @@ def _data():
   return x, y
 
 
+def _train_dense_with(tx, steps: int):
+  """A linen Dense layer after `steps` jitted TrainState steps: (initial params, state, loss)."""
+  model = nn.Dense(1)
+  x, y = _data()
+  state = train_state.TrainState.create(
+      apply_fn=model.apply, params=model.init(jax.random.key(1), x)["params"], tx=tx)
+  before = state.params
+
+  @jax.jit
+  def step(state):
+    loss, grads = jax.value_and_grad(
+        lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  for _ in range(steps):
+    state, loss = step(state)
+  return before, state, loss
+
+
 class EveryArchitectureTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*[(n, n) for n in optimizers.learned_names()])
@@ -27,21 +46,7 @@ class EveryArchitectureTest(parameterized.TestCase):
     lopt = optimizers.learned(name)
     path = os.path.join(self.create_tempdir().full_path, "opt")
     flatl2o.save_optimizer(path, lopt, lopt.init(jax.random.key(0)))
-    model = nn.Dense(1)
-    x, y = _data()
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=model.init(jax.random.key(1), x)["params"],
-        tx=flatl2o.load_optimizer(path))
-    before = state.params
-
-    @jax.jit
-    def step(state):
-      loss, grads = jax.value_and_grad(
-          lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
-      return state.apply_gradients(grads=grads), loss
-
-    for _ in range(3):
-      state, loss = step(state)
+    before, state, loss = _train_dense_with(flatl2o.load_optimizer(path), steps=3)
     self.assertTrue(jnp.isfinite(loss))
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
       self.assertTrue(jnp.all(jnp.isfinite(b)))
@@ -60,20 +65,7 @@ class DropInTest(absltest.TestCase):
     flatl2o.save_optimizer(cls.path, lopt, lopt.init(jax.random.key(0)))
 
   def test_linen_train_state(self):
-    model = nn.Dense(1)
-    x, y = _data()
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=model.init(jax.random.key(1), x)["params"],
-        tx=flatl2o.load_optimizer(self.path))
-
-    @jax.jit
-    def step(state):
-      loss, grads = jax.value_and_grad(
-          lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
-      return state.apply_gradients(grads=grads), loss
-
-    for _ in range(3):
-      state, loss = step(state)
+    _, state, loss = _train_dense_with(flatl2o.load_optimizer(self.path), steps=3)
     self.assertEqual(int(state.step), 3)
     self.assertTrue(jnp.isfinite(loss))
 

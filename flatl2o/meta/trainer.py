@@ -275,6 +275,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   meta_opt_state = meta_optimizer(config).init(meta_params)
   validation_keys = jax.random.split(jax.random.fold_in(base_key, 0x7A11D), config.validation_seeds)
   states = None
+  episode_step = 0  # inner steps of the current episode, kept on the host (== states.step)
   best = {"meta_params": meta_params, "score": jnp.float32(-jnp.inf),
           "iteration": jnp.int32(-1)}
   if config.curriculum:  # a stage advance restarts from the best meta-optimizer state too
@@ -295,6 +296,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       restored = run.restore(template)
       meta_params, meta_opt_state, states = (restored["meta_params"],
                                              restored["meta_opt_state"], restored["states"])
+      episode_step = int(states.step)
       best = restored["best"]
       num_skipped = int(restored["num_skipped"])
       consecutive_skipped = int(restored["consecutive_skipped"])
@@ -311,8 +313,9 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     init_key, step_key = jax.random.split(iteration_key)
     horizon = config.horizons[stage["index"]]
     stage_config = config.at_horizon(horizon)
-    if states is None or int(states.step) >= horizon:
+    if states is None or episode_step >= horizon:
       states = init_meta_batch(lopt, config, task, meta_params, init_key)
+      episode_step = 0
     if config.imitation_ratio > 0 and float(jax.random.uniform(
         jax.random.fold_in(iteration_key, 0x1317))) < config.imitation_ratio:
       # An imitation meta-step: its own Adam trajectory; the episode waits.
@@ -323,9 +326,11 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         # An optimizee blew up in the last truncation (that meta-step was skipped):
         # restart the meta-batch here rather than let it poison the episode.
         states = init_meta_batch(lopt, config, task, meta_params, init_key)
+        episode_step = 0
         num_resets += 1
       meta_params, meta_opt_state, states, metrics = meta_step(
           lopt, stage_config, task, meta_params, meta_opt_state, states, step_key)
+      episode_step += config.unroll_length
     done = iteration + 1
     log_now = done % config.log_every == 0 or done == config.num_meta_iterations
     validate_now = done % config.validation_every == 0 or done == config.num_meta_iterations
@@ -376,6 +381,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
               meta_params, meta_opt_state = best["meta_params"], _copy(best["meta_opt_state"])
             states = init_meta_batch(lopt, config, task, meta_params,
                                      jax.random.fold_in(iteration_key, 0xC0))
+            episode_step = 0
           record["horizon"] = config.horizons[stage["index"]]
       history.append(record)
       if run is not None:
