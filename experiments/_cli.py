@@ -113,6 +113,33 @@ def use_deterministic_kernels() -> None:
     os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Joins a multi-host run (`jax.distributed.initialize`) when an address is given.
+
+  Must run before anything starts JAX's backend. Raises ValueError (exit 2) on
+  an incomplete or inconsistent set of settings.
+  """
+  given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+           "--process_id": process_id}
+  if all(v is None for v in given.values()):
+    return
+  missing = [k for k, v in given.items() if v is None]
+  if missing:
+    raise ValueError(f"a multi-host run needs --coordinator_address, --num_processes and "
+                     f"--process_id together; missing {', '.join(missing)}")
+  if not re.fullmatch(r"[^\s:]+:\d+", coordinator_address):
+    raise ValueError(f"--coordinator_address must be HOST:PORT (process 0's), got "
+                     f"{coordinator_address!r}")
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id must be in 0..{num_processes - 1} for --num_processes="
+                     f"{num_processes}, got {process_id}")
+  import jax  # pylint: disable=g-import-not-at-top
+  # CPU processes talk through gloo; GPU and TPU backends bring their own collectives.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def progress_line(total: int):
   """A meta_train callback that logs one progress line (with an ETA) per logged meta-step."""
   from flatl2o.meta import trainer  # pylint: disable=g-import-not-at-top

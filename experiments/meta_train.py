@@ -20,6 +20,11 @@ meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did. 
 collapsed (stopped lowering the training loss at every validation) exports
 nothing and exits with code 3. SIGINT (Ctrl-C) or SIGTERM stops after the
 current meta-step with a checkpoint of it, one line, and exit code 130 / 143.
+
+The meta-batch is split over --num_devices devices (default: as many as are
+present and divide --meta_batch_size). A multi-host run starts the same command
+on every host with --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I (and a --run_dir every host sees); README, "Many devices".
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared da
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Inner minibatch size.")
 _RUN_DIR = flags.DEFINE_string(
     "run_dir", None, "Run directory; default runs/meta_train/OPTIMIZER-TASK-DATASET-sSEED.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host run: HOST:PORT of process 0 "
+    "(jax.distributed.initialize), with --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host run: processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host run: this process, 0 to "
+                                   "--num_processes - 1.")
 
 # Every MetaTrainConfig field is a flag (--unroll_length, --alpha, ...) and a
 # --config.FIELD override, both derived from the dataclass and its docstring.
@@ -82,6 +93,7 @@ def config_from_flags() -> meta.MetaTrainConfig:
 def main(argv):
   del argv
   config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
+  _cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   lopt = optimizers.learned(_OPTIMIZER.value)
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value,
                    batch_size=_BATCH_SIZE.value)

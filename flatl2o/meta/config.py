@@ -75,6 +75,12 @@ class RegularizerConfig:
 
 
 
+def suggest_remat_block_length(unroll_length: int) -> int:
+  """The divisor k of `unroll_length` that minimises `unroll_length / k + k` (stored states)."""
+  divisors = [k for k in range(1, unroll_length + 1) if unroll_length % k == 0]
+  return min(divisors, key=lambda k: (unroll_length // k + k, k))
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaTrainConfig:
   """How a learned optimizer is meta-trained.
@@ -118,6 +124,17 @@ class MetaTrainConfig:
     imitation_ratio: probability that a meta-step fits the learned optimizer's
       updates to Adam's along an Adam trajectory instead of unrolling it
       (Chen et al. 2020); 0 turns imitation off.
+    remat_block_length: bounds the memory of a truncation's backward pass. The
+      unroll is scanned in blocks of this many inner steps; the backward keeps
+      the optimizee and optimizer state only at block boundaries and recomputes
+      one block at a time, so it holds about `unroll_length / k + k` states
+      instead of `unroll_length` (k near sqrt(unroll_length) is the smallest),
+      at the price of one more forward pass. 1 keeps every step's state (the
+      fastest); must divide `unroll_length`. Same meta-gradient either way.
+    num_devices: devices the meta-batch is split over (`flatl2o.meta.sharding`;
+      every process's devices in a multi-host run); `meta_batch_size` must be a
+      multiple of it. None takes as many of the devices present as divide the
+      meta-batch; 1 keeps everything on one device.
   """
 
   unroll_length: int = 20
@@ -141,12 +158,21 @@ class MetaTrainConfig:
   curriculum: bool = False
   curriculum_horizons: tuple[int, ...] = (40, 100, 200)
   imitation_ratio: float = 0.0
+  remat_block_length: int = 1
+  num_devices: int | None = None
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
                  "validation_every", "validation_horizon", "validation_seeds",
-                 "checkpoint_every", "log_every", "max_consecutive_skipped"):
+                 "checkpoint_every", "log_every", "max_consecutive_skipped",
+                 "remat_block_length"):
       _checks.positive_int(name, getattr(self, name))
+    if self.num_devices is not None:
+      _checks.positive_int("num_devices", self.num_devices)
+    if self.unroll_length % self.remat_block_length:
+      raise ValueError(f"remat_block_length ({self.remat_block_length}) must divide "
+                       f"unroll_length ({self.unroll_length}); e.g. "
+                       f"{suggest_remat_block_length(self.unroll_length)}")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
       raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
     if self.num_inner_steps % self.unroll_length:

@@ -120,13 +120,16 @@ def init_inner(lopt, task, meta_params, keys: jax.Array,
 def _step_fn(task, tx, differentiate_gradients: bool,
              regularizer: RegularizerConfig | None = None,
              reg_weight: jax.Array | float = 0.0, scale=None, anchor=None,
-             convex_term: float = 0.0):
+             convex_term: float = 0.0, meta_batch_slice=None):
   """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
 
   `reg` is the weighted flatness term at each optimizee's iterate (zeros when
   no regularizer is on); with `add_to_inner_loss` it is also in the gradient.
   `scale` / `anchor` (leading meta-batch axis, or None) switch on Lv et al.'s
-  training tricks (`_episode_objective`).
+  training tricks (`_episode_objective`). `meta_batch_slice = (offset, total)`
+  says these B optimizees are rows `offset:offset+B` of a meta-batch of `total`
+  (one device's share, `flatl2o.meta.sharding`): they then draw the minibatches
+  those rows would draw in the whole meta-batch.
   """
   regularizing = regularizer is not None and regularizer.active
   objective_fn = _episode_objective(task, convex_term)
@@ -154,8 +157,12 @@ def _step_fn(task, tx, differentiate_gradients: bool,
   def step(carry, key):
     params, opt_state = carry
     batch_size = jax.tree.leaves(params)[0].shape[0]
-    losses, regs, grads = jax.vmap(one)(params, scale, anchor,
-                                        jax.random.split(key, batch_size))
+    if meta_batch_slice is None:
+      keys = jax.random.split(key, batch_size)
+    else:
+      offset, total = meta_batch_slice
+      keys = jax.lax.dynamic_slice_in_dim(jax.random.split(key, total), offset, batch_size)
+    losses, regs, grads = jax.vmap(one)(params, scale, anchor, keys)
     if not differentiate_gradients:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = tx.update(grads, opt_state, params, loss=losses)
@@ -165,21 +172,36 @@ def _step_fn(task, tx, differentiate_gradients: bool,
 
 
 def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
-           key: jax.Array) -> tuple[jax.Array, tuple[InnerState, dict[str, jax.Array]]]:
+           key: jax.Array, meta_batch_offset: jax.Array | None = None,
+           ) -> tuple[jax.Array, tuple[InnerState, dict[str, jax.Array]]]:
   """Runs one truncation; returns `(meta_loss, (new_state, {'losses', 'regularizer'}))`.
 
   `losses` and `regularizer` are `[T, B]`: the inner training losses and the
-  weighted flatness term at each iterate.
+  weighted flatness term at each iterate. With `meta_batch_offset`, `state` holds
+  rows `offset:offset+B` of a meta-batch of `config.meta_batch_size` (a device's
+  share) and they train as they would in the whole meta-batch.
   """
   tx = batched_transform(lopt, meta_params)
   reg_weight = objective.weight(config.regularizer, state.step, config.num_inner_steps)
   step = jax.checkpoint(
       _step_fn(task, tx, config.second_order, config.regularizer, reg_weight, state.scale,
-               state.anchor, config.convex_term),
+               state.anchor, config.convex_term,
+               None if meta_batch_offset is None else (meta_batch_offset,
+                                                       config.meta_batch_size)),
       policy=jax.checkpoint_policies.save_only_these_names(objective.ENTROPY_MEAN))
   keys = jax.random.split(key, config.unroll_length)
-  (params, opt_state), (losses, regs) = jax.lax.scan(
-      step, (state.params, state.opt_state), keys)
+  block = config.remat_block_length
+  if block == 1:
+    (params, opt_state), (losses, regs) = jax.lax.scan(
+        step, (state.params, state.opt_state), keys)
+  else:
+    # Only each block's incoming carry is a residual of the outer scan; the
+    # backward replays one block at a time (its k carries live only then).
+    run_block = jax.checkpoint(lambda carry, block_keys: jax.lax.scan(step, carry, block_keys))
+    (params, opt_state), (losses, regs) = jax.lax.scan(
+        run_block, (state.params, state.opt_state),
+        keys.reshape(config.unroll_length // block, block, *keys.shape[1:]))
+    losses, regs = (x.reshape(config.unroll_length, *x.shape[2:]) for x in (losses, regs))
   if config.meta_loss == "log_ratio":
     meta_loss = jnp.mean(jnp.log(losses / jax.lax.stop_gradient(state.initial_loss)))
   else:

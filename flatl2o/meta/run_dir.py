@@ -15,6 +15,10 @@ and refuses anything else before writing a byte. Checkpoints are written
 synchronously; orbax finalises each step atomically, so a crash leaves the last
 complete one.
 
+In a multi-host run every process opens the same directory (on a filesystem
+they all see): all of them write the orbax checkpoints, which orbax
+coordinates, and only process 0 writes the rest.
+
 Example:
   >>> run = RunDirectory("runs/x", describe(lopt, task, config))
   >>> state = run.restore(template)          # None when there is no checkpoint
@@ -29,6 +33,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
 from flatl2o import checkpoints, environment, report
@@ -38,7 +43,11 @@ from flatl2o.optimizers import base as lopt_base
 # Settings that change how long a run goes or how often it reports, not what it
 # computes: a run may be resumed (or extended) with other values of these.
 NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every",
-                "max_consecutive_skipped")
+                "max_consecutive_skipped", "remat_block_length")
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
 
 
 def describe(lopt, task, config) -> dict[str, Any]:
@@ -60,8 +69,27 @@ def first_difference(old, new, prefix: str = "") -> str:
   return f"{prefix.rstrip('.')} was {old!r}, now {new!r}"
 
 
-def claim(path: str, description: dict[str, Any]) -> None:
-  """Writes `run.json` into a new or empty folder, or checks the one there matches."""
+def _with_new_defaults(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+  # A run.json of an older flatl2o lacks the config fields added since; they
+  # did what their defaults do, so a resume with the defaults is the same run.
+  from flatl2o.meta.config import MetaTrainConfig  # pylint: disable=g-import-not-at-top
+  defaults = json.loads(json.dumps(dataclasses.asdict(MetaTrainConfig()), default=list))
+  defaults["num_devices"] = 1  # recorded resolved; an older flatl2o used one device
+  old_config, new_config = existing.get("config"), new.get("config")
+  if not isinstance(old_config, dict) or not isinstance(new_config, dict):
+    return existing
+  filled = dict(old_config)
+  for k, v in new_config.items():
+    if k not in filled and k in defaults and defaults[k] == v:
+      filled[k] = v
+  return {**existing, "config": filled}
+
+
+def claim(path: str, description: dict[str, Any], write: bool = True) -> None:
+  """Writes `run.json` into a new or empty folder, or checks the one there matches.
+
+  With `write=False` (processes other than 0) it only checks.
+  """
   run_json = os.path.join(path, "run.json")
   if os.path.exists(run_json):
     try:
@@ -71,6 +99,7 @@ def claim(path: str, description: dict[str, Any]) -> None:
       raise CheckpointError(f"{run_json} is unreadable ({e}); use another run "
                             "directory") from None
     as_json = json.loads(json.dumps(description))  # tuples as lists, as in the file
+    existing = _with_new_defaults(existing, as_json)
     if existing != as_json:
       diffs = first_difference(existing, as_json)
       raise CheckpointError(
@@ -79,7 +108,7 @@ def claim(path: str, description: dict[str, Any]) -> None:
   elif os.path.isdir(path) and os.listdir(path):
     raise CheckpointError(
         f"run directory {path} is not empty and holds no run.json; use an empty or new one")
-  else:
+  elif write:
     report.write_json(run_json, description)
 
 
@@ -159,9 +188,11 @@ class RunDirectory:
   """One claimed run directory: its checkpoints, metrics and final export."""
 
   def __init__(self, path: str, description: dict[str, Any]):
-    claim(path, description)
+    self.primary = _is_primary()
+    claim(path, description, write=self.primary)
     self.path = path
-    report.write_json(os.path.join(path, "versions.json"), environment.describe())
+    if self.primary:
+      report.write_json(os.path.join(path, "versions.json"), environment.describe())
     self._checkpointer = RunCheckpointer(path)
     self._writer: MetricsWriter | None = None
 
@@ -182,10 +213,12 @@ class RunDirectory:
 
   def open_metrics(self, keep_through: int) -> None:
     """Starts `metrics.jsonl` / TensorBoard, dropping lines after `keep_through`."""
-    self._writer = MetricsWriter(self.path, keep_through)
+    if self.primary:
+      self._writer = MetricsWriter(self.path, keep_through)
 
   def write_metrics(self, record: dict[str, Any]) -> None:
-    self._writer.write(record)
+    if self._writer is not None:
+      self._writer.write(record)
 
   def close(self) -> None:
     self._checkpointer.close()
@@ -195,5 +228,6 @@ class RunDirectory:
   def export(self, lopt, meta_params) -> str:
     """Exports the learned optimizer to `RUN_DIR/optimizer`; returns that path."""
     path = os.path.join(self.path, "optimizer")
-    checkpoints.save_optimizer(path, lopt, meta_params)
+    if self.primary:
+      checkpoints.save_optimizer(path, lopt, meta_params)
     return path

@@ -40,8 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 
-from flatl2o.meta import imitation, inner
+from flatl2o.meta import imitation, inner, sharding
 from flatl2o.meta import run_dir as run_dir_lib
 from flatl2o.meta.config import MetaTrainConfig
 
@@ -93,11 +94,43 @@ def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
                      optax.adam(config.meta_learning_rate))
 
 
+def num_devices(config: MetaTrainConfig) -> int:
+  """Devices `config`'s meta-batch is split over here (`sharding.resolve_num_devices`)."""
+  return sharding.resolve_num_devices(config.num_devices, config.meta_batch_size)
+
+
+_P = PartitionSpec
+
+
+def _state_specs(states: inner.InnerState) -> inner.InnerState:
+  # Every leaf is split by device along its leading (stacked) axis, but the
+  # episode step, which all devices share.
+  split = lambda tree: jax.tree.map(lambda _: _P(sharding.AXIS), tree)
+  return inner.InnerState(split(states.params), split(states.opt_state),
+                          _P(sharding.AXIS), _P(), split(states.scale), split(states.anchor))
+
+
 @functools.partial(jax.jit, static_argnames=("lopt", "config"))
 def init_meta_batch(lopt, config: MetaTrainConfig, task, meta_params, key) -> inner.InnerState:
-  """`config.meta_batch_size` fresh optimizees of `task` and the optimizer state for them."""
-  return inner.init_inner(lopt, task, meta_params,
-                          jax.random.split(key, config.meta_batch_size), config)
+  """`config.meta_batch_size` fresh optimizees of `task` and the optimizer state for them.
+
+  Split over `num_devices(config)` devices when that is more than one: each
+  leaf but `step` then has a leading device axis (`flatl2o.meta.sharding`).
+  """
+  keys = jax.random.split(key, config.meta_batch_size)
+  devices = num_devices(config)
+  if devices == 1:
+    return inner.init_inner(lopt, task, meta_params, keys, config)
+
+  def local(task, meta_params, keys):
+    state = inner.init_inner(lopt, task, meta_params, keys, config)
+    return state._replace(**{k: sharding.stack(v) for k, v in state._asdict().items()
+                             if k != "step"})
+
+  shapes = jax.eval_shape(lambda: inner.init_inner(lopt, task, meta_params, keys[:1], config))
+  return jax.shard_map(local, mesh=sharding.mesh(devices),
+                       in_specs=(_P(), _P(), _P(sharding.AXIS)),
+                       out_specs=_state_specs(shapes))(task, meta_params, keys)
 
 
 def _apply_meta_gradient(config, loss, grads, meta_params, meta_opt_state):
@@ -118,12 +151,43 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
   Returns `(meta_params, meta_opt_state, states, metrics)`; when the meta-loss or
   meta-gradient is not finite the first two come back unchanged.
   """
-  (loss, (new_states, traces)), grads = jax.value_and_grad(
-      lambda p: inner.unroll(lopt, task, config, p, states, key), has_aux=True)(meta_params)
+  devices = num_devices(config)
+  if devices == 1:
+    return _meta_step(lopt, config, task, meta_params, meta_opt_state, states, key)
+  local_batch = config.meta_batch_size // devices
+
+  def local(task, meta_params, meta_opt_state, states, key):
+    states = states._replace(**{k: sharding.unstack(v) for k, v in states._asdict().items()
+                                if k != "step"})
+    offset = jax.lax.axis_index(sharding.AXIS) * local_batch
+    meta_params, meta_opt_state, states, metrics = _meta_step(
+        lopt, config, task, meta_params, meta_opt_state, states, key, offset)
+    return (meta_params, meta_opt_state,
+            states._replace(**{k: sharding.stack(v) for k, v in states._asdict().items()
+                               if k != "step"}), metrics)
+
+  specs = _state_specs(states)
+  return jax.shard_map(local, mesh=sharding.mesh(devices),
+                       in_specs=(_P(), _P(), _P(), specs, _P()),
+                       out_specs=(_P(), _P(), specs, _P()))(
+                           task, meta_params, meta_opt_state, states, key)
+
+
+def _meta_step(lopt, config, task, meta_params, meta_opt_state, states, key, offset=None):
+  """`meta_step` on the optimizees in `states`: all of them, or a device's share."""
+  average = (lambda x: x) if offset is None else (
+      lambda x: jax.lax.pmean(x, sharding.AXIS))
+
+  def loss_fn(p):
+    loss, aux = inner.unroll(lopt, task, config, p, states, key, offset)
+    return average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
+
+  (loss, (new_states, traces)), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta_params)
   meta_params, meta_opt_state, metrics = _apply_meta_gradient(config, loss, grads, meta_params,
                                                               meta_opt_state)
-  metrics.update(inner_loss_last=traces["losses"][-1].mean(),
-                 regularizer=traces["regularizer"].mean(), imitation=jnp.float32(0.0))
+  metrics.update(inner_loss_last=average(traces["losses"][-1].mean()),
+                 regularizer=average(traces["regularizer"].mean()),
+                 imitation=jnp.float32(0.0))
   return meta_params, meta_opt_state, new_states, metrics
 
 
@@ -200,18 +264,30 @@ def score_of(metrics: dict[str, float]) -> float:
 
 def _run_state(meta_params, meta_opt_state, states, best, iteration, num_skipped,
                consecutive_skipped, num_resets, stage) -> dict[str, Any]:
-  """Everything a resumed run needs, as one pytree (what a checkpoint holds)."""
+  """Everything a resumed run needs, as one pytree (what a checkpoint holds).
+
+  Counters are NumPy scalars: orbax cannot save a one-device array in a
+  multi-host run, and these are the same on every process anyway.
+  """
   return {"meta_params": meta_params, "meta_opt_state": meta_opt_state, "states": states,
-          "best": best, "iteration": jnp.int32(iteration), "num_skipped": jnp.int32(num_skipped),
-          "consecutive_skipped": jnp.int32(consecutive_skipped),
-          "num_resets": jnp.int32(num_resets),
-          "stage": {"index": jnp.int32(stage["index"]),
-                    "best_score": jnp.float32(stage["best_score"])}}
+          "best": best, "iteration": np.asarray(iteration, np.int32), "num_skipped": np.asarray(num_skipped, np.int32),
+          "consecutive_skipped": np.asarray(consecutive_skipped, np.int32),
+          "num_resets": np.asarray(num_resets, np.int32),
+          "stage": {"index": np.asarray(stage["index"], np.int32),
+                    "best_score": np.asarray(stage["best_score"], np.float32)}}
 
 
 def _copy(tree):
   # The meta-step donates the meta-optimizer state: a kept copy needs its own buffers.
   return jax.tree.map(jnp.copy, tree)
+
+
+def _any_process(flag: bool) -> bool:
+  """True when `flag` is True in any process: they must all stop at the same meta-step."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _duration(seconds: float) -> str:
@@ -270,14 +346,22 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     printer = progress_printer(config.num_meta_iterations,
                                lambda line: print(line, file=sys.stderr, flush=True))
     callback = printer if callback is None else (lambda r, c=callback: (printer(r), c(r)))
+  # The device count is part of the run's identity: the checkpointed inner
+  # state is laid out per device.
+  config = dataclasses.replace(config, num_devices=num_devices(config))
+  if config.num_devices > 1:
+    mesh = sharding.mesh(config.num_devices)
+    place, local = (lambda tree: sharding.replicate(tree, mesh)), sharding.local_copy
+  else:
+    place = local = lambda tree: tree
   base_key = jax.random.key(config.seed)
-  meta_params = lopt.init(jax.random.fold_in(base_key, 0x7E7A))
-  meta_opt_state = meta_optimizer(config).init(meta_params)
+  meta_params = place(lopt.init(jax.random.fold_in(base_key, 0x7E7A)))
+  meta_opt_state = place(meta_optimizer(config).init(meta_params))
   validation_keys = jax.random.split(jax.random.fold_in(base_key, 0x7A11D), config.validation_seeds)
   states = None
   episode_step = 0  # inner steps of the current episode, kept on the host (== states.step)
-  best = {"meta_params": meta_params, "score": jnp.float32(-jnp.inf),
-          "iteration": jnp.int32(-1)}
+  best = {"meta_params": meta_params, "score": np.asarray(-np.inf, np.float32),
+          "iteration": np.asarray(-1, np.int32)}
   if config.curriculum:  # a stage advance restarts from the best meta-optimizer state too
     best["meta_opt_state"] = _copy(meta_opt_state)
   stage = {"index": 0, "best_score": -np.inf}
@@ -294,10 +378,13 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
                             init_meta_batch(lopt, config, task, meta_params, base_key), best,
                             0, 0, 0, 0, stage)
       restored = run.restore(template)
-      meta_params, meta_opt_state, states = (restored["meta_params"],
-                                             restored["meta_opt_state"], restored["states"])
+      meta_params, meta_opt_state, states = (place(restored["meta_params"]),
+                                             place(restored["meta_opt_state"]),
+                                             restored["states"])
       episode_step = int(states.step)
-      best = restored["best"]
+      best = {**restored["best"], "meta_params": place(restored["best"]["meta_params"])}
+      if "meta_opt_state" in best:
+        best["meta_opt_state"] = place(best["meta_opt_state"])
       num_skipped = int(restored["num_skipped"])
       consecutive_skipped = int(restored["consecutive_skipped"])
       num_resets = int(restored["num_resets"])
@@ -356,7 +443,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
                 "meta_steps_per_second": (done - start) / (time.perf_counter() - tic)}
       if validate_now:
         val = {k: float(v) for k, v in
-               validate(lopt, task, meta_params, validation_keys,
+               validate(lopt, task, local(meta_params), validation_keys,
                         config.validation_horizon).items()}
         score = score_of(val)
         record.update({f"validation_{k}": v for k, v in val.items()})
@@ -365,8 +452,8 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         if record["collapsed"]:
           last_collapsed = meta_params
         elif score > float(best["score"]):
-          best = {"meta_params": meta_params, "score": jnp.float32(score),
-                  "iteration": jnp.int32(done)}
+          best = {"meta_params": meta_params, "score": np.asarray(score, np.float32),
+                  "iteration": np.asarray(done, np.int32)}
           if config.curriculum:
             best["meta_opt_state"] = _copy(meta_opt_state)
         record["best_validation_score"] = float(best["score"])
@@ -388,7 +475,8 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         run.write_metrics(record)
       if callback is not None:
         callback(record)
-    stopping = should_stop is not None and done < config.num_meta_iterations and should_stop()
+    stopping = (should_stop is not None and done < config.num_meta_iterations
+                and _any_process(should_stop()))
     if run is not None and (done % config.checkpoint_every == 0 or stopping
                             or done == config.num_meta_iterations):
       run.save(done, _run_state(meta_params, meta_opt_state, states, best, done,
@@ -404,8 +492,8 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   if run is not None:
     run.close()
     if not is_collapsed:
-      run.export(lopt, selected)
-  return MetaTrainResult(meta_params=selected, last_meta_params=meta_params,
+      run.export(lopt, local(selected))
+  return MetaTrainResult(meta_params=local(selected), last_meta_params=local(meta_params),
                          best_score=float(best["score"]),
                          best_iteration=int(best["iteration"]), history=history,
                          num_skipped=num_skipped, resumed_from=resumed_from,
