@@ -38,6 +38,10 @@ _COMPILE_UNROLLS = flags.DEFINE_list("compile_unrolls", ["20", "200"],
 _PEER_PYTHON = flags.DEFINE_string("peer_python", None, "Python with torch for the peer.")
 _PEER_SCRIPT = flags.DEFINE_string("peer_script", None, "Path of torch_l2o_dm.py.")
 _PEER_STEPS = flags.DEFINE_integer("peer_steps", 10, "Timed peer meta-steps.")
+_META_BATCH = flags.DEFINE_integer("meta_batch_size", 1, "Optimizees per meta-step (the peer "
+                                   "trains one; its ratio is reported at 1 only).", lower_bound=1)
+_REMAT_BLOCK = flags.DEFINE_integer("remat_block_length", 1, "MetaTrainConfig.remat_block_length "
+                                    "of the timed meta-step.", lower_bound=1)
 
 
 def _architectures() -> list[str]:
@@ -61,9 +65,10 @@ def _measure(name: str, task) -> dict:
   lopt = optimizers.learned(name)
   compile_s = {}
   for unroll in sorted({int(u) for u in _COMPILE_UNROLLS.value} | {_UNROLL.value}):
-    config = meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
-                                  meta_batch_size=1,
-                                  meta_loss=getattr(lopt, "preferred_meta_loss", "mean"))
+    config = meta.MetaTrainConfig(
+        unroll_length=unroll, num_inner_steps=unroll, meta_batch_size=_META_BATCH.value,
+        remat_block_length=_REMAT_BLOCK.value if unroll % _REMAT_BLOCK.value == 0 else 1,
+        num_devices=1, meta_loss=getattr(lopt, "preferred_meta_loss", "mean"))
     timed = unroll == _UNROLL.value
     compile_s[unroll], step_times = _common.time_meta_step(
         lopt, task, config, steps=_STEPS.value if timed else 0, warmup=2 if timed else 0)
@@ -79,12 +84,16 @@ def _measure(name: str, task) -> dict:
       "num_params": 15910,
       "batch_size": 128,
       "unroll_length": _UNROLL.value,
+      "meta_batch_size": _META_BATCH.value,
+      "remat_block_length": _REMAT_BLOCK.value,
       "ms_per_meta_step": round(ms, 2),
+      "optimizee_steps_per_second": round(_META_BATCH.value * _UNROLL.value / (ms / 1e3)),
       "ms_per_meta_step_min": round(1e3 * min(times), 2),
       "compile_s": {str(k): round(v, 2) for k, v in compile_s.items()},
       **environment.describe(),
   }
-  if _PEER_PYTHON.value and _PEER_SCRIPT.value and name == "l2o_dm":
+  if (_PEER_PYTHON.value and _PEER_SCRIPT.value and name == "l2o_dm"
+      and _META_BATCH.value == 1):
     args = [_PEER_PYTHON.value, _PEER_SCRIPT.value, "--unroll", str(_UNROLL.value),
             "--steps", str(_PEER_STEPS.value)]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout

@@ -186,6 +186,10 @@ class MetaTrainBinaryTest(parameterized.TestCase):
       ("imitation_negative", ["--imitation_ratio=-0.1"],
        "imitation_ratio must be a probability in [0, 1], got -0.1"),
       ("negative_scaling", ["--random_scaling=-3"], "random_scaling must be a non-negative"),
+      ("more_devices_than_present", ["--num_devices=2"],
+       "num_devices=2 but only 1 device is present; accepted: 1 to 1"),
+      ("remat_block_not_dividing", ["--remat_block_length=3"],
+       "remat_block_length (3) must divide unroll_length (20); e.g. 4"),
       ("both_spellings", ["--regularizer=hessian", "--alpha=0.1",
                           "--config.regularizer.alpha=0.2"], "set the same field"),
   )
@@ -228,16 +232,47 @@ class BenchmarkSmokeTest(parameterized.TestCase):
   """Benchmarks print one JSON line; tiny settings keep them from rotting (no timing asserted)."""
 
   @parameterized.parameters(
-      ("benchmarks.inner_step", ["--steps=5", "--repeats=1"], "ms_per_step"),
+      ("benchmarks.inner_step", ["--optimizer=adam,l2o_dm", "--steps=5", "--repeats=1"],
+       "ratio_to_adam", 2),
       ("benchmarks.meta_step", ["--steps=1", "--unroll_length=3", "--compile_unrolls=3"],
-       "ms_per_meta_step"),
+       "ms_per_meta_step", 1),
+      ("benchmarks.memory", ["--unrolls=4", "--meta_batch_size=2", "--time_meta_batch_size=0"],
+       "temp_ratio", 1),
   )
-  def test_prints_one_json_line(self, module, args, key):
+  def test_prints_json_lines(self, module, args, key, num_lines):
     proc = run_binary(module, *args)
     self.assertEqual(proc.returncode, 0, proc.stderr)
-    lines = proc.stdout.strip().splitlines()
-    self.assertLen(lines, 1)
-    self.assertGreater(json.loads(lines[0])[key], 0.0)
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    self.assertLen(lines, num_lines)
+    for line in lines:
+      self.assertGreater(line[key], 0.0)
+    if module == "benchmarks.inner_step":
+      self.assertEqual([(l["optimizer"], l["ratio_to_adam"]) for l in lines][0], ("adam", 1.0))
+
+  def test_benchmark_report_checks_the_targets(self):
+    from benchmarks import run_all  # pylint: disable=g-import-not-at-top
+    env = {"cpu_count": 2, "machine": "x86_64", "platform": "Linux", "jax": "0.10.2",
+           "backend": "cpu", "device": "cpu", "device_count": 1, "allocator": "glibc",
+           "python": "3.11"}
+    lines = [
+        {"benchmark": "meta_step", "optimizer": "l2o_dm", "dataset": "mnist", "unroll_length": 20,
+         "ms_per_meta_step": 310.0, "compile_s": {"20": 2.0, "200": 2.2},
+         "peer_ms_per_meta_step": 500.0, "ratio_to_peer": 0.62, **env},
+        {"benchmark": "memory", "optimizer": "l2o_dm", "meta_batch_size": 64,
+         "unroll_length": 200, "remat_block_length": 10, "default": {"temp_gib": 63.2},
+         "blocked": {"temp_gib": 11.0}, "temp_ratio": 5.75, **env},
+        {"benchmark": "inner_step", "model": "mlp", "optimizer": "l2o_dm", "num_params": 15910,
+         "ms_per_step": 5.3, "ratio_to_adam": 21.8, **env},
+        {"benchmark": "inner_step", "model": "mlp", "optimizer": "mlp_lopt",
+         "num_params": 15910, "ms_per_step": 0.6, "ratio_to_adam": 2.5, **env},
+    ]
+    text = run_all.render(lines, {"benchmarks.memory": 12.0}, "2026-12-02 03:00 UTC")
+    self.assertIn("at most 0.5x the PyTorch eager peer: 0.62x, **not met**", text)
+    self.assertIn("compile at unroll 200 is 1.10x unroll 20 (target at most 1.5x): met", text)
+    self.assertIn("at least 4.0x at unroll 200: 5.75x, met", text)
+    self.assertIn("l2o_dm step at most 8.0x an Adam step on the MLP: 21.8x, **not met**", text)
+    self.assertIn("mlp_lopt step at most 3.0x an Adam step on the MLP: 2.5x, met", text)
+    self.assertIn("JAX 0.10.2 on cpu", text)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,8 @@ class RematBlockTest(parameterized.TestCase):
   )
   def test_blocks_give_the_same_meta_gradient_state_and_losses(self, name, kwargs):
     lopt = optimizers.learned(name)
-    reference = self._unroll(lopt, 1, **kwargs)
-    for block in (2, 5):
-      chex.assert_trees_all_close(self._unroll(lopt, block, **kwargs), reference,
-                                  rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(self._unroll(lopt, 5, **kwargs), self._unroll(lopt, 1, **kwargs),
+                                rtol=1e-5, atol=1e-6)
 
   def test_blocks_cut_the_compiled_temporary_memory(self):
     lopt = optimizers.L2ODM()
@@ -150,9 +148,10 @@ class ManyDevicesTest(absltest.TestCase):
   def test_sharded_runs_end_with_the_meta_parameters_of_one_device(self):
     tmp = self.create_tempdir().full_path
     out = {m: os.path.join(tmp, f"{m}.npz") for m in ("one", "eight", "host0", "host1")}
-    self._finish(self._start("one", 1, out["one"]))
+    one = self._start("one", 1, out["one"])
     eight = self._finish(self._start("eight", 8, out["eight"],
                                      f"--run_dir={os.path.join(tmp, 'eight')}"))
+    self._finish(one)
     self.assertIn("num_devices=8 does not divide meta_batch_size=12", eight)
     address, hosts_dir = f"127.0.0.1:{_free_port()}", os.path.join(tmp, "hosts")
     hosts = [self._start("hosts", 4, out[f"host{i}"], f"--coordinator={address}",

@@ -88,9 +88,6 @@ def replicate(tree, mesh_: Mesh):
   def one(x):
     if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      data = replicate(jax.random.key_data(x), mesh_)
-      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     value = np.asarray(jax.device_get(x))
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
