@@ -58,7 +58,8 @@ def main():
     assert jax.device_count() == 8 and jax.local_device_count() == 4, jax.devices()
     result = meta.meta_train(lopt, task, config(None), run_dir=args.run_dir)
   np.savez(args.out, *[np.asarray(x) for x in jax.tree.leaves(result.last_meta_params)])
-  print("history", [round(h["meta_loss"], 6) for h in result.history], "collapsed", result.collapsed)
+  print("history", [round(h["meta_loss"], 6) for h in result.history],
+        "collapsed", result.collapsed)
 
 
 if __name__ == "__main__":

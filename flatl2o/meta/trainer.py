@@ -6,6 +6,8 @@ meta-parameters (`jax.grad` through `lax.scan`) and applies an optax
 meta-optimizer (global-norm clip, then Adam). Episodes of `num_inner_steps`
 start from fresh optimizee initialisations. Every key is derived from the
 seed and the meta-step index, so a resumed run repeats an uninterrupted one.
+The meta-batch may be split over several devices or hosts
+(`MetaTrainConfig.num_devices`, `flatl2o.meta.sharding`) with the same result.
 The run directory (identity, checkpoints, metrics) is `flatl2o.meta.run_dir`.
 
 A meta-step whose meta-loss or meta-gradient is not finite leaves the
@@ -102,6 +104,10 @@ def num_devices(config: MetaTrainConfig) -> int:
 _P = PartitionSpec
 
 
+def _each_but_step(fn, states: inner.InnerState) -> inner.InnerState:
+  return states._replace(**{k: fn(v) for k, v in states._asdict().items() if k != "step"})
+
+
 def _state_specs(states: inner.InnerState) -> inner.InnerState:
   # Every leaf is split by device along its leading (stacked) axis, but the
   # episode step, which all devices share.
@@ -123,9 +129,8 @@ def init_meta_batch(lopt, config: MetaTrainConfig, task, meta_params, key) -> in
     return inner.init_inner(lopt, task, meta_params, keys, config)
 
   def local(task, meta_params, keys):
-    state = inner.init_inner(lopt, task, meta_params, keys, config)
-    return state._replace(**{k: sharding.stack(v) for k, v in state._asdict().items()
-                             if k != "step"})
+    return _each_but_step(sharding.stack,
+                          inner.init_inner(lopt, task, meta_params, keys, config))
 
   shapes = jax.eval_shape(lambda: inner.init_inner(lopt, task, meta_params, keys[:1], config))
   return jax.shard_map(local, mesh=sharding.mesh(devices),
@@ -149,7 +154,9 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
   """One truncation on the meta-batch and one meta-optimizer update (non-finite guarded).
 
   Returns `(meta_params, meta_opt_state, states, metrics)`; when the meta-loss or
-  meta-gradient is not finite the first two come back unchanged.
+  meta-gradient is not finite the first two come back unchanged. With more than
+  one device (`num_devices(config)`, states from `init_meta_batch`) each device
+  unrolls its share under `shard_map` and the meta-loss is averaged across them.
   """
   devices = num_devices(config)
   if devices == 1:
@@ -157,14 +164,11 @@ def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, 
   local_batch = config.meta_batch_size // devices
 
   def local(task, meta_params, meta_opt_state, states, key):
-    states = states._replace(**{k: sharding.unstack(v) for k, v in states._asdict().items()
-                                if k != "step"})
     offset = jax.lax.axis_index(sharding.AXIS) * local_batch
     meta_params, meta_opt_state, states, metrics = _meta_step(
-        lopt, config, task, meta_params, meta_opt_state, states, key, offset)
-    return (meta_params, meta_opt_state,
-            states._replace(**{k: sharding.stack(v) for k, v in states._asdict().items()
-                               if k != "step"}), metrics)
+        lopt, config, task, meta_params, meta_opt_state,
+        _each_but_step(sharding.unstack, states), key, offset)
+    return meta_params, meta_opt_state, _each_but_step(sharding.stack, states), metrics
 
   specs = _state_specs(states)
   return jax.shard_map(local, mesh=sharding.mesh(devices),
@@ -270,7 +274,8 @@ def _run_state(meta_params, meta_opt_state, states, best, iteration, num_skipped
   multi-host run, and these are the same on every process anyway.
   """
   return {"meta_params": meta_params, "meta_opt_state": meta_opt_state, "states": states,
-          "best": best, "iteration": np.asarray(iteration, np.int32), "num_skipped": np.asarray(num_skipped, np.int32),
+          "best": best, "iteration": np.asarray(iteration, np.int32),
+          "num_skipped": np.asarray(num_skipped, np.int32),
           "consecutive_skipped": np.asarray(consecutive_skipped, np.int32),
           "num_resets": np.asarray(num_resets, np.int32),
           "stage": {"index": np.asarray(stage["index"], np.int32),
