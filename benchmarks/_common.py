@@ -22,17 +22,29 @@ def mnist_shaped_task(dataset: str | None, num_examples: int = 8000, batch_size:
   return tasks.get("mlp_sigmoid", loaded, batch_size=batch_size)
 
 
-def time_meta_step(lopt, task, config, steps: int, warmup: int = 1):
-  """AOT-compiles `meta.meta_step` for `config`; returns (compile seconds, per-step seconds)."""
+def compile_meta_step(lopt, task, config, *, abstract_states: bool = False):
+  """AOT-compiles `meta.meta_step` for `config`.
+
+  Returns `(compiled, compile seconds, (meta_params, opt_state, states))`; with
+  `abstract_states` the meta-batch is only shapes (nothing allocated: for
+  memory figures of meta-batches that would not fit).
+  """
   import time  # pylint: disable=g-import-not-at-top
   from flatl2o import meta  # pylint: disable=g-import-not-at-top
   meta_params = lopt.init(jax.random.key(0))
   opt_state = meta.meta_optimizer(config).init(meta_params)
-  states = meta.init_meta_batch(lopt, config, task, meta_params, jax.random.key(1))
+  make_states = lambda: meta.init_meta_batch(lopt, config, task, meta_params, jax.random.key(1))
+  states = jax.eval_shape(make_states) if abstract_states else make_states()
   start = time.perf_counter()
   compiled = meta.meta_step.lower(lopt, config, task, meta_params, opt_state, states,
                                   jax.random.key(2)).compile()
-  compile_s = time.perf_counter() - start
+  return compiled, time.perf_counter() - start, (meta_params, opt_state, states)
+
+
+def time_meta_step(lopt, task, config, steps: int, warmup: int = 1):
+  """AOT-compiles `meta.meta_step` for `config`; returns (compile seconds, per-step seconds)."""
+  import time  # pylint: disable=g-import-not-at-top
+  compiled, compile_s, (meta_params, opt_state, states) = compile_meta_step(lopt, task, config)
   times = []
   for i in range(steps + warmup):
     start = time.perf_counter()

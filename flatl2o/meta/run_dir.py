@@ -38,6 +38,7 @@ import numpy as np
 
 from flatl2o import checkpoints, environment, report
 from flatl2o.checkpoints import CheckpointError
+from flatl2o.meta.config import MetaTrainConfig
 from flatl2o.optimizers import base as lopt_base
 
 # Settings that change how long a run goes or how often it reports, not what it
@@ -72,7 +73,6 @@ def first_difference(old, new, prefix: str = "") -> str:
 def _with_new_defaults(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
   # A run.json of an older flatl2o lacks the config fields added since; they
   # did what their defaults do, so a resume with the defaults is the same run.
-  from flatl2o.meta.config import MetaTrainConfig  # pylint: disable=g-import-not-at-top
   defaults = json.loads(json.dumps(dataclasses.asdict(MetaTrainConfig()), default=list))
   defaults["num_devices"] = 1  # recorded resolved; an older flatl2o used one device
   old_config, new_config = existing.get("config"), new.get("config")
