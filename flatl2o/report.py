@@ -174,3 +174,173 @@ def _smooth(x: np.ndarray, window: int = 20) -> np.ndarray:
   idx = np.arange(1, len(x) + 1)
   lo = np.maximum(0, idx - window)
   return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return plt
+
+
+def _save_png(path: str, fig, plt) -> None:
+  fig.tight_layout()
+  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
+
+
+def _wide_positive(arrays: Sequence[np.ndarray]) -> bool:
+  """Whether the finite values are all positive and span over a factor of 10 (log axes)."""
+  finite = [a[np.isfinite(a)] for a in arrays]
+  finite = np.concatenate(finite) if finite else np.zeros(0)
+  return finite.size > 0 and finite.min() > 0 and finite.max() > 10 * finite.min()
+
+
+def plot_landscape_1d(path: str, alphas: Sequence[float], curves: Mapping[str, Sequence[float]],
+                      title: str = "") -> bool:
+  """Writes a PNG of 1-D loss slices f(x + a d) against a (`flatness.loss_slice_1d`).
+
+  Args:
+    path: where the PNG goes.
+    alphas: `[A]` the slice's coefficients, shared by every curve.
+    curves: label -> `[A]` loss values.
+    title: figure title.
+
+  Returns:
+    False (and writes nothing) when matplotlib is not installed.
+  """
+  alphas = np.asarray(alphas, np.float64)
+  values = {label: np.asarray(v, np.float64) for label, v in curves.items()}
+  for label, v in values.items():
+    if v.shape != alphas.shape:
+      raise ValueError(f"curve {label!r} has shape {v.shape}, alphas {alphas.shape}")
+  plt = _pyplot()
+  if plt is None:
+    return False
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, v in values.items():
+    ax.plot(alphas, v, label=label)
+  ax.set(xlabel="alpha (filter-normalised direction)", ylabel="loss",
+         yscale="log" if _wide_positive(list(values.values())) else "linear",
+         title=title or None)
+  ax.axvline(0.0, color="gray", linestyle="--", linewidth=1)
+  ax.grid(alpha=0.3)
+  if values:
+    ax.legend()
+  _save_png(path, fig, plt)
+  return True
+
+
+def plot_landscape_2d(path: str, alphas: Sequence[float], betas: Sequence[float],
+                      surfaces: Mapping[str, Any], title: str = "", num_levels: int = 20) -> bool:
+  """Writes a PNG of 2-D loss slices: one contour panel per label, the same levels in each.
+
+  Args:
+    path: where the PNG goes.
+    alphas: `[A]` coefficients of the first direction (the x-axis).
+    betas: `[B]` coefficients of the second direction (the y-axis).
+    surfaces: label -> `[A, B]` losses, row i at alphas[i] (`flatness.loss_slice_2d`).
+    title: figure title.
+    num_levels: contour levels, log-spaced when every loss is positive and they
+      span over a factor of 10.
+
+  Returns:
+    False (and writes nothing) when matplotlib is not installed.
+  """
+  alphas = np.asarray(alphas, np.float64)
+  betas = np.asarray(betas, np.float64)
+  values = {label: np.asarray(v, np.float64) for label, v in surfaces.items()}
+  for label, v in values.items():
+    if v.shape != (alphas.size, betas.size):
+      raise ValueError(f"surface {label!r} has shape {v.shape}, expected "
+                       f"(len(alphas), len(betas)) = {(alphas.size, betas.size)}")
+  if not values:
+    raise ValueError("surfaces is empty; pass at least one label -> [A, B] array")
+  finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+  if finite.size == 0:
+    raise ValueError("every surface value is non-finite; nothing to draw")
+  lo, hi = float(finite.min()), float(finite.max())
+  if hi <= lo:
+    hi = lo + max(abs(lo), 1.0) * 1e-6
+  log = _wide_positive([finite])
+  levels = np.geomspace(lo, hi, num_levels) if log else np.linspace(lo, hi, num_levels)
+  plt = _pyplot()
+  if plt is None:
+    return False
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  norm = colors.LogNorm(lo, hi) if log else colors.Normalize(lo, hi)
+  fig, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values) + 1.5, 4), squeeze=False,
+                           layout="constrained")
+  contour = None
+  for ax, (label, v) in zip(axes[0], values.items()):
+    # contour wants z[y, x]: y runs over betas, x over alphas.
+    contour = ax.contour(alphas, betas, v.T, levels=levels, norm=norm, cmap="viridis")
+    ax.plot([0.0], [0.0], marker="x", color="red")
+    ax.set(xlabel="alpha (direction 1)", ylabel="beta (direction 2)", title=label,
+           aspect="equal")
+  fig.colorbar(contour, ax=axes[0].tolist(), label="loss", format="%.3g")
+  if title:
+    fig.suptitle(title)
+  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
+  return True
+
+
+def slq_density(grid: Sequence[float], ritz_values: Sequence[float], weights: Sequence[float],
+                sigma: float) -> np.ndarray:
+  """sum_k w_k N(t; theta_k, sigma^2) at each t of `grid`: a smoothed SLQ eigenvalue density.
+
+  Weights are normalised to sum 1, so the density integrates to 1.
+  """
+  theta = np.ravel(np.asarray(ritz_values, np.float64))
+  w = np.ravel(np.asarray(weights, np.float64))
+  if theta.shape != w.shape:
+    raise ValueError(f"ritz_values has {theta.size} entries, weights {w.size}")
+  if not (sigma > 0 and math.isfinite(sigma)):
+    raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+  w = w / w.sum()
+  t = np.asarray(grid, np.float64)[:, None]
+  return (w * np.exp(-0.5 * ((t - theta) / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+
+
+def plot_spectrum(path: str, spectra: Mapping[str, tuple[Any, Any]], title: str = "",
+                  sigma: float | None = None) -> bool:
+  """Writes a PNG of Hessian eigenvalue densities (log-scaled) from SLQ nodes.
+
+  Args:
+    path: where the PNG goes.
+    spectra: label -> `(ritz_values, weights)` (`flatness.hessian_spectrum`).
+    title: figure title.
+    sigma: the Gaussian smoothing width; default 1% of the range of every
+      Ritz value shown.
+
+  Returns:
+    False (and writes nothing) when matplotlib is not installed.
+  """
+  nodes = {label: (np.ravel(np.asarray(r, np.float64)), np.ravel(np.asarray(w, np.float64)))
+           for label, (r, w) in spectra.items()}
+  if not nodes:
+    raise ValueError("spectra is empty; pass at least one label -> (ritz_values, weights)")
+  every = np.concatenate([r for r, _ in nodes.values()])
+  lo, hi = float(every.min()), float(every.max())
+  width = max(hi - lo, 1e-6 * max(abs(lo), abs(hi), 1.0))
+  sigma = 0.01 * width if sigma is None else sigma
+  grid = np.linspace(lo - 0.05 * width - 3 * sigma, hi + 0.05 * width + 3 * sigma, 1000)
+  densities = {label: slq_density(grid, r, w, sigma) for label, (r, w) in nodes.items()}
+  plt = _pyplot()
+  if plt is None:
+    return False
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, density in densities.items():
+    ax.plot(grid, np.maximum(density, 1e-12), label=label)
+  top = max(float(d.max()) for d in densities.values())
+  ax.set(xlabel="eigenvalue", ylabel="density (Gaussian-smoothed SLQ)", yscale="log",
+         ylim=(max(top * 1e-8, 1e-12), top * 2), title=title or None)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save_png(path, fig, plt)
+  return True

@@ -12,7 +12,7 @@
 - Every estimator takes `precision` (default "highest"): the matmul precision
   of its Hessian-vector products, so a figure does not depend on the GPU's
   TF32 default; None inherits the caller's.
-- `lanczos`: Ritz values of H from an m-step Lanczos run with full
+- `lanczos`: Ritz values (and their SLQ weights) of H from an m-step Lanczos run with full
   re-orthogonalisation; the extreme Ritz values approximate the extreme
   eigenvalues, and stochastic Lanczos quadrature gives a (one-probe) trace
   estimate as a by-product.
@@ -125,6 +125,11 @@ class LanczosResult(NamedTuple):
       a one-probe Hutchinson estimate: average it over keys, or use
       `hessian_trace`, when the trace matters.
     top_vector: unit Ritz vector of `top_eigenvalue`, shaped like the params.
+    ritz_weights: `[m]` quadrature weights tau_k^2 of `ritz_values` (they sum
+      to 1): the start vector's spectral measure, sum_k tau_k^2 delta(t -
+      theta_k), approximates H's eigenvalue density (SLQ, Ubaru et al. 2017).
+      A Ritz value of a run that broke down early (an invariant subspace) has
+      weight 0.
   """
 
   ritz_values: jax.Array
@@ -132,6 +137,7 @@ class LanczosResult(NamedTuple):
   bottom_eigenvalue: jax.Array
   trace: jax.Array
   top_vector: Any
+  ritz_weights: jax.Array
 
 
 def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20,
@@ -165,16 +171,18 @@ def _lanczos(f: Fn, params, key: jax.Array, num_iters: int) -> LanczosResult:
     beta = jnp.linalg.norm(w)
     nxt = jnp.where(beta > 1e-6 * jnp.abs(alpha) + 1e-30, w / jnp.maximum(beta, 1e-30), 0.0)
     basis = jnp.where(i + 1 < m, basis.at[jnp.minimum(i + 1, m - 1)].set(nxt), basis)
-    betas = betas.at[jnp.minimum(i + 1, m - 1)].set(jnp.where(i + 1 < m, beta, 0.0))
+    # The last step has no next vector: leave betas[m - 1] (its coupling to step m - 2) be.
+    betas = jnp.where(i + 1 < m, betas.at[jnp.minimum(i + 1, m - 1)].set(beta), betas)
     return basis, alphas.at[i].set(alpha), betas
 
   basis, alphas, betas = jax.lax.fori_loop(0, m, body, (basis, alphas, betas))
   tridiagonal = jnp.diag(alphas) + jnp.diag(betas[1:], 1) + jnp.diag(betas[1:], -1)
   theta, vectors = jnp.linalg.eigh(tridiagonal)
-  trace = n * jnp.sum(vectors[0] ** 2 * theta)
+  weights = vectors[0] ** 2
+  trace = n * jnp.sum(weights * theta)
   top_vector = unravel((vectors[:, -1] @ basis).astype(flat.dtype))
   return LanczosResult(ritz_values=theta, top_eigenvalue=theta[-1], bottom_eigenvalue=theta[0],
-                       trace=trace, top_vector=top_vector)
+                       trace=trace, top_vector=top_vector, ritz_weights=weights)
 
 
 def lanczos_top_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
