@@ -3,16 +3,28 @@ r"""Train an optimizee with an optimizer on several seeds; report test accuracy.
   python -m experiments.evaluate --task=mlp_sigmoid --dataset=digits \
       --optimizer=adam --num_steps=1000 --seeds=0,1,2,3,4 --out_dir=runs/adam
 
+--optimizer takes a hand-designed optimizer's name, the folder of an exported
+learned optimizer (RUN_DIR/optimizer), or `pretrained:NAME`, one of the learned
+optimizers shipped with flatl2o (`flatl2o.pretrained.names()`; an unknown NAME
+is one line listing them, exit code 2). --learning_rate is for hand-designed
+optimizers only.
+
 Writes to --out_dir: `metrics.jsonl` (one JSON object per seed and evaluated
 step), `summary.json` (configuration, per-seed finals with the flatness of the
 final parameters, mean and 95% interval over seeds) and `curves.png` (when
-matplotlib is installed); prints a table.
+matplotlib is installed); prints a table. With `--landscape`, the first seed's
+final parameters also get loss-landscape slices of the training loss on the
+flatness batch (`evaluation.loss_landscape`: filter-normalised directions, Li
+et al. 2018): `landscape_1d.png` (41 points on [-1, 1]), `landscape_2d.png`
+(21 x 21 contours) and the 1-D values under "landscape" in summary.json.
 
 The default folder is runs/evaluate/TASK-DATASET-OPTIMIZER, where OPTIMIZER
 names the learning rate when one is given (`adam-lr0.1`) and an exported
-optimizer by its architecture, folder and checksum (`l2o_dm-optimizer-1a2b3c4d`),
-so two configurations never share a folder. A folder holding the results of
-another configuration is never overwritten (exit code 2); rerunning the same
+optimizer by its architecture, folder and checksum (`l2o_dm-optimizer-1a2b3c4d`)
+or as `pretrained-NAME` (its checksum is part of the configuration, so the
+results of an older version of it are refused too, not overwritten), so two
+configurations never share a folder. A folder holding the results of another
+configuration is never overwritten (exit code 2); rerunning the same
 configuration replaces its results.
 """
 
@@ -36,8 +48,9 @@ _DATASET = flags.DEFINE_string(
     "(TFDS, prepared), or idx:PATH. The quadratic task takes none.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _OPTIMIZER = flags.DEFINE_string(
-    "optimizer", "adam", f"Optimizer name ({', '.join(optimizers.names())}) or the path of "
-    "an exported learned optimizer (e.g. RUN_DIR/optimizer).")
+    "optimizer", "adam", f"Optimizer name ({', '.join(optimizers.names())}), the path of "
+    "an exported learned optimizer (e.g. RUN_DIR/optimizer), or pretrained:NAME, a learned "
+    f"optimizer shipped with flatl2o ({', '.join(flatl2o.pretrained.names()) or 'none'}).")
 _LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", None, "Learning rate; default: the optimizer's documented default.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Training steps.", lower_bound=1)
@@ -48,6 +61,10 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"],
                            "Comma-separated non-negative integer seeds, one run each.")
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Output folder; default runs/evaluate/TASK-DATASET-OPTIMIZER.")
+_LANDSCAPE = flags.DEFINE_bool(
+    "landscape", False, "Also slice the training loss around the first seed's final "
+    "parameters along filter-normalised directions: landscape_1d.png, landscape_2d.png and "
+    "summary.json's \"landscape\".")
 
 
 def _check_seeds(values):
@@ -74,6 +91,7 @@ class EvaluateConfig:
   eval_every: int
   seeds: tuple[int, ...]
   out_dir: str | None  # None: runs/evaluate/TASK-DATASET-OPTIMIZER (see the module docstring)
+  landscape: bool = False  # extra outputs only: not part of the folder's identity
 
 
 def config_from_flags() -> EvaluateConfig:
@@ -82,7 +100,7 @@ def config_from_flags() -> EvaluateConfig:
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
       num_steps=_NUM_STEPS.value, batch_size=_BATCH_SIZE.value,
       eval_every=_EVAL_EVERY.value, seeds=tuple(int(s) for s in _SEEDS.value),
-      out_dir=_OUT_DIR.value)
+      out_dir=_OUT_DIR.value, landscape=_LANDSCAPE.value)
 
 
 def _is_hand_designed(config: EvaluateConfig) -> bool:
@@ -97,18 +115,36 @@ def optimizer_label(config: EvaluateConfig) -> str:
       lr = optimizers.default_hparams(config.optimizer).get("learning_rate")
       return f"{config.optimizer} (lr {lr:g}, default)" if lr is not None else config.optimizer
     return f"{config.optimizer} (lr {lr:g})"
+  if _pretrained_name(config.optimizer) is not None:
+    return f"pretrained {_pretrained_name(config.optimizer)}"
   meta = _export_description(config.optimizer)
   return f"learned {meta['architecture']} ({os.path.normpath(config.optimizer)})"
 
 
-def _export_description(path: str) -> dict:
-  with open(os.path.join(path, "optimizer.json")) as f:
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def _pretrained_name(optimizer: str) -> str | None:
+  """NAME of `pretrained:NAME`, else None."""
+  return optimizer[len(PRETRAINED_PREFIX):] if optimizer.startswith(PRETRAINED_PREFIX) else None
+
+
+def _export_path(optimizer: str) -> str:
+  """The export folder of --optimizer: its path, or a pretrained optimizer's package folder."""
+  name = _pretrained_name(optimizer)
+  return optimizer if name is None else flatl2o.pretrained.path(name)
+
+
+def _export_description(optimizer: str) -> dict:
+  with open(os.path.join(_export_path(optimizer), "optimizer.json")) as f:
     return json.load(f)
 
 
 def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
   if _is_hand_designed(config):
     name = config.optimizer + (f"-lr{config.learning_rate:g}" if config.learning_rate else "")
+  elif _pretrained_name(config.optimizer) is not None:
+    name = f"pretrained-{_pretrained_name(config.optimizer)}"
   else:
     meta = _export_description(config.optimizer)
     folder = os.path.basename(os.path.normpath(config.optimizer))
@@ -119,6 +155,7 @@ def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
 def _identity(config: EvaluateConfig) -> dict:
   identity = dataclasses.asdict(config)
   identity.pop("out_dir")
+  identity.pop("landscape")  # adds outputs, changes no result
   if not _is_hand_designed(config):  # the export's contents, not only its path
     identity["optimizer_sha256"] = _export_description(config.optimizer)["sha256"]
   return json.loads(json.dumps(identity))  # as it reads back from summary.json
@@ -146,9 +183,16 @@ def _check_out_dir(out_dir: str, identity: dict) -> None:
 
 
 def resolve_optimizer(name_or_path: str, learning_rate: float | None):
-  """A hand-designed optimizer by name, or an exported learned optimizer by path."""
+  """A hand-designed optimizer by name, an exported learned optimizer by path, or pretrained:NAME."""
   if name_or_path in optimizers.names():
     return optimizers.get(name_or_path, learning_rate=learning_rate)
+  pretrained_name = _pretrained_name(name_or_path)
+  if pretrained_name is not None:
+    tx = flatl2o.pretrained.load(pretrained_name)  # unknown NAME: one line listing the names
+    if learning_rate is not None:
+      raise ValueError("--learning_rate applies to hand-designed optimizers only, not to "
+                       f"the pretrained optimizer {pretrained_name}")
+    return tx
   if os.sep in name_or_path or os.path.exists(name_or_path):
     if learning_rate is not None:
       raise ValueError("--learning_rate applies to hand-designed optimizers only, not to "
@@ -156,8 +200,28 @@ def resolve_optimizer(name_or_path: str, learning_rate: float | None):
     return flatl2o.load_optimizer(name_or_path)
   hint = (f"; {name_or_path!r} is an architecture: meta-train it with experiments.meta_train "
           "and pass RUN_DIR/optimizer" if name_or_path in optimizers.learned_names() else "")
+  if name_or_path in flatl2o.pretrained.names():
+    hint += f"; the shipped pretrained one is --optimizer={PRETRAINED_PREFIX}{name_or_path}"
   raise ValueError(f"unknown optimizer {name_or_path!r}; accepted: "
-                   f"{', '.join(optimizers.names())}, or the path of an exported optimizer{hint}")
+                   f"{', '.join(optimizers.names())}, the path of an exported optimizer, or "
+                   f"{PRETRAINED_PREFIX}NAME ({', '.join(flatl2o.pretrained.names())}){hint}")
+
+
+LANDSCAPE_FILES = ("landscape_1d.png", "landscape_2d.png")
+
+
+def _landscape(config: EvaluateConfig, task, seed: int, result, label: str) -> dict:
+  """Slices around `result.params` (seed `seed`), writes their PNGs, returns the 1-D values."""
+  slices = evaluation.loss_landscape(task, result.params,
+                                     jax.random.fold_in(jax.random.key(seed), 0x1A5D))
+  title = f"{config.task} on {task.dataset_name}: seed {seed}, step {config.num_steps}"
+  report.plot_landscape_1d(os.path.join(config.out_dir, LANDSCAPE_FILES[0]), slices["alphas"],
+                           {label: slices["loss_1d"]}, title=title)
+  report.plot_landscape_2d(os.path.join(config.out_dir, LANDSCAPE_FILES[1]),
+                           slices["alphas_2d"], slices["betas_2d"], {label: slices["loss_2d"]},
+                           title=title)
+  return {"seed": seed, "step": config.num_steps, "alphas": slices["alphas"].tolist(),
+          "loss": slices["loss_1d"].tolist()}
 
 
 def evaluate(config: EvaluateConfig) -> dict:
@@ -201,6 +265,13 @@ def evaluate(config: EvaluateConfig) -> dict:
       "final": finals,
       "over_seeds": {m: report.summarize([f[m] for f in finals]) for m in metric_names},
   }
+  if config.landscape:
+    summary["landscape"] = _landscape(config, task, config.seeds[0], results[0],
+                                      summary["label"])
+  else:  # a rerun of the same configuration leaves no slices its summary lacks
+    for name in LANDSCAPE_FILES:
+      if os.path.exists(os.path.join(config.out_dir, name)):
+        os.remove(os.path.join(config.out_dir, name))
   report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
   report.plot_curves(os.path.join(config.out_dir, "curves.png"), {summary["label"]: results},
@@ -220,8 +291,9 @@ def main(argv):
         f"{len(config.seeds)} seeds (mean ± 95% interval over seeds)")
   out_dir = summary["config"]["out_dir"]
   print(report.format_table({summary["label"]: summary["over_seeds"]}, shown))
-  print(f"wrote {out_dir}/metrics.jsonl, summary.json"
-        + (", curves.png" if os.path.exists(os.path.join(out_dir, "curves.png")) else ""))
+  figures = [name for name in ("curves.png",) + LANDSCAPE_FILES
+             if os.path.exists(os.path.join(out_dir, name))]
+  print(f"wrote {out_dir}/metrics.jsonl, summary.json" + "".join(f", {n}" for n in figures))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ Subpackages: `data` (datasets as device arrays), `tasks` (optimizees),
 `optimizers` (optax transformations: hand-designed by name, learned
 architectures), `flatness` (Hessian and local-entropy measures), `meta`
 (meta-training and run directories), `evaluation` (train and report),
-`checkpoints` (export and load learned optimizers), `environment` (where a run
+`checkpoints` (export and load learned optimizers), `pretrained` (learned
+optimizers shipped with the package, by name), `environment` (where a run
 ran).
 """
 
-from flatl2o import data, environment, evaluation, flatness, meta, optimizers, tasks
+from flatl2o import (data, environment, evaluation, flatness, meta, optimizers, pretrained,
+                     tasks)
 from flatl2o.checkpoints import load_optimizer, save_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = ["data", "environment", "evaluation", "flatness", "load_optimizer", "meta",
-           "optimizers", "save_optimizer", "tasks"]
+           "optimizers", "pretrained", "save_optimizer", "tasks"]

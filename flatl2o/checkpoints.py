@@ -37,6 +37,8 @@ FORMAT = "flatl2o-optimizer"
 FORMAT_VERSION = 1
 _META_FILE = "optimizer.json"
 _ARRAYS_FILE = "meta_params.npz"
+# Every file of an export (flatl2o.pretrained copies exactly these).
+EXPORT_FILES = (_META_FILE, _ARRAYS_FILE)
 
 
 class CheckpointError(ValueError):

@@ -8,6 +8,8 @@ same batch stream (paired comparisons). Transformations that take extra
 arguments (an `update` with `**extra_args`, or `loss` / `grad_fn` parameters)
 receive the minibatch loss as `loss=` (learned optimizers) and a minibatch
 gradient function as `grad_fn=` (Entropy-SGD); others are called plainly.
+`flatness_measures` and `loss_landscape` (filter-normalised 1-D and 2-D
+slices) describe a solution on the same fixed training batch.
 
 Example:
   >>> task = flatl2o.tasks.get("mlp_sigmoid", dataset="digits")
@@ -21,7 +23,7 @@ import dataclasses
 import functools
 import inspect
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +89,54 @@ def flatness_measures(task, params, key: jax.Array) -> dict[str, jax.Array]:
   }
 
 
+# Loss-landscape slices (Li et al. 2018) of the same training loss: 41 points
+# on [-1, 1] along one filter-normalised direction, a 21 x 21 grid on [-1, 1]^2
+# along it and a second one.
+LANDSCAPE_POINTS_1D = 41
+LANDSCAPE_POINTS_2D = 21
+
+
+@functools.partial(jax.jit, static_argnames="include_biases")
+def _landscape(task, params, key, alphas, grid, include_biases):
+  batch = task.fixed_batch(FLATNESS_BATCH)
+  f = lambda p: task.loss(p, batch)
+  k1, k2 = jax.random.split(key)
+  d1 = flatness_lib.filter_normalized_direction(k1, params, include_biases=include_biases)
+  d2 = flatness_lib.filter_normalized_direction(k2, params, include_biases=include_biases)
+  return (flatness_lib.loss_slice_1d(f, params, d1, alphas),
+          flatness_lib.loss_slice_2d(f, params, d1, d2, grid, grid))
+
+
+def loss_landscape(task, params, key: jax.Array, radius: float = 1.0,
+                   num_points_1d: int = LANDSCAPE_POINTS_1D,
+                   num_points_2d: int = LANDSCAPE_POINTS_2D) -> dict[str, np.ndarray]:
+  """1-D and 2-D slices of the training loss (on `fixed_batch(FLATNESS_BATCH)`) around `params`.
+
+  Directions are `flatness.filter_normalized_direction` draws from
+  `split(key)`: the 1-D slice runs along the first, the 2-D grid along the
+  first (alphas, rows) and the second (betas, columns), so the 2-D slice's
+  beta = 0 column repeats the 1-D curve where the grids meet. Biases get no
+  direction (Li et al.), unless no leaf has a filter (ndim >= 2; e.g. the
+  quadratic task's weight vector): then every leaf is moved, rescaled to its norm.
+
+  Returns:
+    NumPy arrays: "alphas" `[num_points_1d]` and "loss_1d" (same length),
+    "alphas_2d" / "betas_2d" `[num_points_2d]` and "loss_2d"
+    `[num_points_2d, num_points_2d]`.
+  """
+  _checks.positive_number("radius", radius)
+  _checks.positive_int("num_points_1d", num_points_1d)
+  _checks.positive_int("num_points_2d", num_points_2d)
+  include_biases = not any(jnp.ndim(x) >= 2 for x in jax.tree.leaves(params))
+  # NumPy grids: an odd count puts exactly 0 in the middle (float32 linspace misses it).
+  alphas = np.linspace(-radius, radius, num_points_1d)
+  grid = np.linspace(-radius, radius, num_points_2d)
+  loss_1d, loss_2d = jax.device_get(_landscape(
+      task, params, key, alphas.astype(np.float32), grid.astype(np.float32), include_biases))
+  return {"alphas": alphas, "loss_1d": np.asarray(loss_1d, np.float64), "alphas_2d": grid,
+          "betas_2d": grid.copy(), "loss_2d": np.asarray(loss_2d, np.float64)}
+
+
 EXTRA_ARGS = ("loss", "grad_fn")
 
 
@@ -129,6 +179,23 @@ def step_fn(task, tx: optax.GradientTransformation):
   return step
 
 
+class Learned(NamedTuple):
+  """A learned optimizer given as its architecture and meta-parameters.
+
+  `train(task, Learned(lopt, meta_params), ...)` trains like
+  `train(task, lopt.transform(meta_params), ...)`, but the meta-parameters are
+  an argument of the compiled chunk rather than constants inside it: every
+  meta-parameter set of one architecture shares one compilation (meta-testing
+  many trained optimizers costs one compile per architecture and task shape).
+  """
+
+  lopt: Any
+  meta_params: Any
+
+  def transform(self) -> optax.GradientTransformation:
+    return self.lopt.transform(self.meta_params)
+
+
 @functools.lru_cache(maxsize=64)
 def chunk_runner(tx: optax.GradientTransformation):
   """The jitted `run_chunk(task, params, opt_state, data_key, first_step, length)` of `tx`.
@@ -138,21 +205,33 @@ def chunk_runner(tx: optax.GradientTransformation):
   One compiled runner per transformation (cached), shared by every seed and
   task of the same shapes; `train` runs it chunk by chunk, benchmarks time it.
   """
+  return jax.jit(functools.partial(_run_chunk, lambda: tx), static_argnames="length")
 
-  @functools.partial(jax.jit, static_argnames="length")
-  def run_chunk(task, params, opt_state, data_key, first_step, length):
-    step = step_fn(task, tx)
 
-    def body(carry, t):
-      params, opt_state = carry
-      params, opt_state, loss = step(params, opt_state, jax.random.fold_in(data_key, t))
-      return (params, opt_state), loss
+@functools.lru_cache(maxsize=64)
+def learned_chunk_runner(lopt):
+  """`chunk_runner` of `lopt.transform(meta_params)` with `meta_params` as its first argument.
 
-    steps = first_step + jnp.arange(length)
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
-    return params, opt_state, losses
+  `run_chunk(meta_params, task, params, opt_state, data_key, first_step, length)`:
+  one compilation for every meta-parameter set of the architecture `lopt`.
+  """
+  def run_chunk(meta_params, task, params, opt_state, data_key, first_step, length):
+    return _run_chunk(lambda: lopt.transform(meta_params), task, params, opt_state, data_key,
+                      first_step, length)
+  return jax.jit(run_chunk, static_argnames="length")
 
-  return run_chunk
+
+def _run_chunk(make_tx, task, params, opt_state, data_key, first_step, length):
+  step = step_fn(task, make_tx())
+
+  def body(carry, t):
+    params, opt_state = carry
+    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(data_key, t))
+    return (params, opt_state), loss
+
+  steps = first_step + jnp.arange(length)
+  (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), steps)
+  return params, opt_state, losses
 
 
 def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array,
@@ -163,7 +242,8 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
 
   Args:
     task: an optimizee from `flatl2o.tasks.get`.
-    tx: any optax transformation.
+    tx: any optax transformation, or a `Learned(lopt, meta_params)` (the same
+      training, one compilation for every meta-parameter set of an architecture).
     num_steps: number of `update` calls.
     key: PRNG key; it decides the initialisation and the batch stream.
     eval_every: steps between full-split evaluations (also the compiled chunk).
@@ -186,8 +266,12 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
   start_time = time.perf_counter()
   init_key, data_key = jax.random.split(key)
   params = task.init(init_key)
+  if isinstance(tx, Learned):
+    run_chunk = functools.partial(learned_chunk_runner(tx.lopt), tx.meta_params)
+    tx = tx.transform()
+  else:
+    run_chunk = chunk_runner(tx)
   opt_state = tx.init(params)
-  run_chunk = chunk_runner(tx)
 
   eval_steps = [0]
   evals = [{s: task.evaluate(params, s) for s in eval_splits}]

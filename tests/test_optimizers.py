@@ -173,6 +173,19 @@ class TrainLoopTest(parameterized.TestCase):
       evaluation.train(task, tx, 20, jax.random.key(seed), eval_every=20)
     chex.assert_equal(evaluation.chunk_runner(tx)._cache_size(), 1)
 
+  def test_learned_trains_like_its_transformation_and_compiles_once(self):
+    task = tasks.get("mlp_sigmoid", batch_size=32)
+    lopt = optimizers.L2ODM()
+    for seed in (0, 1):  # two meta-parameter sets, one compilation
+      meta_params = lopt.init(jax.random.key(seed))
+      by_args = evaluation.train(task, evaluation.Learned(lopt, meta_params), 30,
+                                 jax.random.key(7), eval_every=10)
+      by_closure = evaluation.train(task, lopt.transform(meta_params), 30, jax.random.key(7),
+                                    eval_every=10)
+      np.testing.assert_allclose(by_args.train_loss, by_closure.train_loss, rtol=1e-5)
+      chex.assert_trees_all_close(by_args.params, by_closure.params, rtol=1e-5, atol=1e-7)
+    chex.assert_equal(evaluation.learned_chunk_runner(lopt)._cache_size(), 1)
+
 
 class PlotLimitsTest(absltest.TestCase):
 

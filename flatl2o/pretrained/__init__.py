@@ -1,0 +1,147 @@
+"""Pretrained learned optimizers shipped with flatl2o: load one by name, offline.
+
+Each folder `flatl2o/pretrained/NAME/` holds an exported optimizer exactly as
+`flatl2o.save_optimizer` writes it (`optimizer.json` and `meta_params.npz`,
+whose SHA-256 the description holds) and its card: `card.json` (what it is,
+how it was meta-trained, and measured figures with the commands that produced
+them) and `card.md` (the same, rendered for people).
+
+Example:
+  >>> import flatl2o
+  >>> flatl2o.pretrained.names()
+  ('l2o_dm', 'l2o_dm_entropy', 'l2o_dm_hessian', 'rnnprop')
+  >>> tx = flatl2o.pretrained.load("l2o_dm")      # an optax transformation
+  >>> opt_state = tx.init(params)
+  >>> updates, opt_state = tx.update(grads, opt_state, params)
+  >>> flatl2o.pretrained.card("l2o_dm")["training"]["validation_accuracy"]
+
+From the command line: `python -m experiments.evaluate --optimizer=pretrained:l2o_dm`.
+A new one is added with `add(name, export_dir, card)` or
+`python scripts/add_pretrained.py --name=NAME --export_dir=RUN_DIR/optimizer
+--card_json=card.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+import optax
+
+from flatl2o import _checks, checkpoints, report
+from flatl2o.pretrained import _cards
+from flatl2o.pretrained._cards import CARD_FIELDS, TRAINING_FIELDS, render_card
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CARD_JSON = "card.json"
+CARD_MD = "card.md"
+FILES = (*checkpoints.EXPORT_FILES, CARD_JSON, CARD_MD)
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+__all__ = ["CARD_FIELDS", "PretrainedError", "ROOT", "TRAINING_FIELDS", "add", "card",
+           "load", "load_learned", "names", "path", "render_card"]
+
+
+class PretrainedError(ValueError):
+  """An unknown pretrained optimizer, or a bad name, export or card given to `add`."""
+
+
+def names(root: str | None = None) -> tuple[str, ...]:
+  """The pretrained optimizers (sorted): every folder of `root` holding an export."""
+  root = root or ROOT
+  if not os.path.isdir(root):
+    return ()
+  return tuple(sorted(
+      n for n in os.listdir(root)
+      if _NAME.fullmatch(n) and os.path.isfile(os.path.join(root, n, checkpoints.EXPORT_FILES[0]))))
+
+
+def path(name: str, root: str | None = None) -> str:
+  """The folder of pretrained optimizer `name` (a `flatl2o.load_optimizer` export)."""
+  known = names(root)
+  if name not in known:
+    raise PretrainedError(
+        f"unknown pretrained optimizer {name!r}{_checks.did_you_mean(name, known)}; accepted: "
+        f"{', '.join(known) if known else '(none installed)'}")
+  return os.path.join(root or ROOT, name)
+
+
+def load(name: str, root: str | None = None) -> optax.GradientTransformationExtraArgs:
+  """Pretrained optimizer `name` as a ready optax transformation (offline, checksum checked)."""
+  return checkpoints.load_optimizer(path(name, root))
+
+
+def load_learned(name: str, root: str | None = None):
+  """`(lopt, meta_params)` of pretrained optimizer `name`, e.g. to fine-tune it."""
+  return checkpoints.load_learned(path(name, root))
+
+
+def card(name: str, root: str | None = None) -> dict[str, Any]:
+  """The machine-readable card (`card.json`) of pretrained optimizer `name`."""
+  card_path = os.path.join(path(name, root), CARD_JSON)
+  try:
+    with open(card_path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise PretrainedError(f"{card_path} is unreadable ({e}); reinstall flatl2o") from None
+
+
+def add(name: str, export_dir: str, card: dict[str, Any], root: str | None = None,
+        overwrite: bool = False) -> str:  # pylint: disable=redefined-outer-name
+  """Copies an export into `root/name` with its card; returns the new folder.
+
+  The export is fully checked (`flatl2o.checkpoints.load_learned`) and the card
+  against it (`CARD_FIELDS`, `TRAINING_FIELDS`, the architecture and
+  hyper-parameters); `name`, `architecture`, `hparams` and `export_sha256` are
+  filled in from the export where the card lacks them. The folder is written
+  beside its final place and renamed into it, so a crash never leaves half of
+  one. An existing name is refused unless `overwrite=True`; `export_dir` may be
+  the folder being replaced (to update its card).
+
+  Raises:
+    PretrainedError: a bad name, an existing name without `overwrite`, or a card
+      that does not fit the export (nothing is written).
+    flatl2o.checkpoints.CheckpointError: a missing or corrupted export.
+  """
+  root = os.path.abspath(root or ROOT)
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise PretrainedError(f"pretrained optimizer names are lower-case letters, digits and '_', "
+                          f"starting with a letter; got {name!r}")
+  target = os.path.join(root, name)
+  if os.path.exists(target) and not overwrite:
+    raise PretrainedError(f"pretrained optimizer {name!r} already exists in {root}; pass "
+                          "overwrite=True (--overwrite) to replace it (nothing was written)")
+  lopt, _ = checkpoints.load_learned(export_dir)  # every check of the export format
+  with open(os.path.join(export_dir, checkpoints.EXPORT_FILES[0])) as f:
+    description = json.load(f)
+  full_card = _cards.complete(name, card, description, lopt, PretrainedError)
+
+  os.makedirs(root, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".tmp-pretrained-{name}-", dir=root)
+  try:
+    os.chmod(tmp, report.umask_mode(0o777))
+    for filename in checkpoints.EXPORT_FILES:
+      shutil.copyfile(os.path.join(export_dir, filename), os.path.join(tmp, filename))
+    report.write_json(os.path.join(tmp, CARD_JSON), full_card)
+    report.write_text(os.path.join(tmp, CARD_MD), render_card(full_card))
+    checkpoints.load_learned(tmp)  # the copy is whole
+    if os.path.exists(target):
+      old = tempfile.mkdtemp(prefix=f".old-pretrained-{name}-", dir=root)
+      os.replace(target, os.path.join(old, name))
+      try:
+        os.replace(tmp, target)
+      except BaseException:
+        os.replace(os.path.join(old, name), target)  # put the previous one back
+        raise
+      finally:
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, target)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return target
