@@ -43,6 +43,18 @@ class MetaTrainTest(parameterized.TestCase):
     self.assertEqual(result.best_score, max(h["validation_score"] for h in validated))
     chex.assert_trees_all_equal_structs(result.meta_params, lopt.init(jax.random.key(0)))
 
+  def test_runs_that_differ_in_seed_or_budget_share_one_compilation(self):
+    lopt = optimizers.MLPLOpt()
+    sizes = []
+    for seed, iterations, every in ((0, 2, 1), (1, 3, 3), (2, 2, 2)):
+      config = meta.MetaTrainConfig(**{**SMALL, "num_meta_iterations": iterations,
+                                       "validation_every": every, "seed": seed})
+      meta.meta_train(lopt, self.task, config, callback=lambda r: None)
+      sizes.append((meta.trainer.meta_step._cache_size(),
+                    meta.trainer.init_meta_batch._cache_size()))
+    self.assertEqual(sizes[0], sizes[1])
+    self.assertEqual(sizes[0], sizes[2])
+
   def test_vmapped_path_for_non_coordinatewise_optimizers_agrees(self):
     # L2O-DM is coordinatewise, so the folded meta-batch and the vmapped
     # fallback (used by architectures that mix coordinates) must agree.

@@ -220,6 +220,18 @@ class MetaTrainConfig:
     """The episode lengths of the curriculum's stages (one stage without a curriculum)."""
     return self.curriculum_horizons if self.curriculum else (self.num_inner_steps,)
 
+  def for_compilation(self) -> "MetaTrainConfig":
+    """This configuration with the fields no compiled meta-step reads set to fixed values.
+
+    The jitted meta-step, initialisation and imitation step take the
+    configuration as a static argument; runs that differ only in their seed,
+    budget, validation or logging then share one compilation.
+    """
+    return dataclasses.replace(
+        self, seed=0, num_meta_iterations=1, validation_every=1, validation_horizon=1,
+        validation_seeds=1, checkpoint_every=1, log_every=1, max_consecutive_skipped=1,
+        imitation_ratio=0.0)
+
   def at_horizon(self, num_inner_steps: int) -> "MetaTrainConfig":
     """This configuration with episodes of `num_inner_steps` (a curriculum stage)."""
     if num_inner_steps == self.num_inner_steps:

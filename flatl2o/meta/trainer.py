@@ -354,6 +354,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   # The device count is part of the run's identity: the checkpointed inner
   # state is laid out per device.
   config = dataclasses.replace(config, num_devices=num_devices(config))
+  compiled = config.for_compilation()
   if config.num_devices > 1:
     mesh = sharding.mesh(config.num_devices)
     place, local = (lambda tree: sharding.replicate(tree, mesh)), sharding.local_copy
@@ -380,7 +381,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     run = run_dir_lib.RunDirectory(run_dir, run_dir_lib.describe(lopt, task, config))
     if run.latest_step() is not None:
       template = _run_state(meta_params, meta_opt_state,
-                            init_meta_batch(lopt, config, task, meta_params, base_key), best,
+                            init_meta_batch(lopt, compiled, task, meta_params, base_key), best,
                             0, 0, 0, 0, stage)
       restored = run.restore(template)
       meta_params, meta_opt_state, states = (place(restored["meta_params"]),
@@ -404,9 +405,9 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     iteration_key = jax.random.fold_in(base_key, iteration + 1)
     init_key, step_key = jax.random.split(iteration_key)
     horizon = config.horizons[stage["index"]]
-    stage_config = config.at_horizon(horizon)
+    stage_config = compiled.at_horizon(horizon)
     if states is None or episode_step >= horizon:
-      states = init_meta_batch(lopt, config, task, meta_params, init_key)
+      states = init_meta_batch(lopt, compiled, task, meta_params, init_key)
       episode_step = 0
     if config.imitation_ratio > 0 and float(jax.random.uniform(
         jax.random.fold_in(iteration_key, 0x1317))) < config.imitation_ratio:
@@ -417,7 +418,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       if not bool(all_finite(states.params)):
         # An optimizee blew up in the last truncation (that meta-step was skipped):
         # restart the meta-batch here rather than let it poison the episode.
-        states = init_meta_batch(lopt, config, task, meta_params, init_key)
+        states = init_meta_batch(lopt, compiled, task, meta_params, init_key)
         episode_step = 0
         num_resets += 1
       meta_params, meta_opt_state, states, metrics = meta_step(
@@ -471,7 +472,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
             stage = {"index": stage["index"] + 1, "best_score": -np.inf}
             if int(best["iteration"]) >= 0:
               meta_params, meta_opt_state = best["meta_params"], _copy(best["meta_opt_state"])
-            states = init_meta_batch(lopt, config, task, meta_params,
+            states = init_meta_batch(lopt, compiled, task, meta_params,
                                      jax.random.fold_in(iteration_key, 0xC0))
             episode_step = 0
           record["horizon"] = config.horizons[stage["index"]]
