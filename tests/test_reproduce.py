@@ -1,0 +1,234 @@
+"""experiments.reproduce: the protocol's statistics by hand, and the smoke preset end to end."""
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from experiments import protocol
+from tests.test_cli import run_binary
+
+
+def _write_idx_folder(folder, n=120, seed=0):
+  rng = np.random.default_rng(seed)
+  for prefix in ("train", "t10k"):
+    images = rng.integers(0, 256, (n, 6, 6), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+      header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+      with gzip.open(os.path.join(folder, f"{prefix}-{kind}-ubyte.gz"), "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _cell(meta_seed, test_seed, **values):
+  return {"meta_seed": meta_seed, "test_seed": test_seed, **values}
+
+
+class StatisticsTest(parameterized.TestCase):
+
+  def test_best_within_budget(self):
+    validations = [{"iteration": 20, "score": 0.90, "collapsed": False},
+                   {"iteration": 40, "score": 0.95, "collapsed": False},
+                   {"iteration": 60, "score": 0.99, "collapsed": True},
+                   {"iteration": 80, "score": 0.97, "collapsed": False}]
+    self.assertEqual(protocol.best_within(validations, 100), 80)
+    self.assertEqual(protocol.best_within(validations, 79), 40)  # the collapsed one never
+    self.assertEqual(protocol.best_within(validations, 39), 20)
+    self.assertIsNone(protocol.best_within(validations, 10))
+
+  def test_coefficient_is_best_validation_that_did_not_collapse(self):
+    sweep = [{"coefficient": 1.0, "best_validation_accuracy": 0.95, "collapsed": False},
+             {"coefficient": 30.0, "best_validation_accuracy": 0.96, "collapsed": False},
+             {"coefficient": 1000.0, "best_validation_accuracy": 0.99, "collapsed": True}]
+    self.assertEqual(protocol.choose_coefficient(sweep), 30.0)
+    # A tie goes to the smaller coefficient (the smaller change to the objective).
+    sweep[0]["best_validation_accuracy"] = 0.96
+    self.assertEqual(protocol.choose_coefficient(sweep), 1.0)
+    self.assertIsNone(protocol.choose_coefficient(sweep[2:]))
+
+  def test_interval_over_meta_seeds_of_per_seed_means(self):
+    cells = [_cell(0, 1000, x=1.0), _cell(0, 1001, x=3.0),   # seed 0 mean 2
+             _cell(1, 1000, x=4.0), _cell(1, 1001, x=6.0),   # seed 1 mean 5
+             _cell(2, 1000, x=8.0), _cell(2, 1001, x=8.0)]   # seed 2 mean 8
+    s = protocol._over_seeds(protocol._by_seed(cells, "x"))
+    self.assertAlmostEqual(s["mean"], 5.0)
+    self.assertEqual(s["n"], 3)
+    # t(0.975, 2) * std([2, 5, 8], ddof=1) / sqrt(3) = 4.302653 * 3 / 1.732051
+    self.assertAlmostEqual(s["ci95"], 4.302653 * 3.0 / np.sqrt(3.0), places=4)
+
+  def test_one_meta_seed_interval_is_over_test_seeds(self):
+    cells = [_cell(None, 1000, x=1.0), _cell(None, 1001, x=2.0), _cell(None, 1002, x=3.0)]
+    s = protocol._over_seeds(protocol._by_seed(cells, "x"))
+    self.assertEqual((s["mean"], s["n"]), (2.0, 3))
+    self.assertAlmostEqual(s["ci95"], 4.302653 * 1.0 / np.sqrt(3.0), places=4)
+
+  def test_paired_difference_matches_seed_by_seed(self):
+    a = [_cell(0, 1000, x=0.90), _cell(0, 1001, x=0.80), _cell(1, 1000, x=0.70),
+         _cell(1, 1001, x=0.95)]
+    b = [_cell(0, 1000, x=0.85), _cell(0, 1001, x=0.82), _cell(1, 1000, x=0.60),
+         _cell(1, 1001, x=0.90), _cell(1, 1002, x=0.10)]  # unpaired: ignored
+    d = protocol._paired(protocol._by_seed(a, "x"), protocol._by_seed(b, "x"))
+    per_seed = [np.mean([0.05, -0.02]), np.mean([0.10, 0.05])]
+    self.assertAlmostEqual(d["mean"], np.mean(per_seed))
+    self.assertAlmostEqual(d["ci95"], 12.706205 * np.std(per_seed, ddof=1) / np.sqrt(2), places=4)
+
+  def test_matched_values_of_runs_that_never_reach_the_level_are_left_out(self):
+    cells = [_cell(None, 1000, matched={"step": 100, "hessian_trace": 2.0}),
+             _cell(None, 1001, matched={"step": None}),
+             _cell(None, 1002, matched={"step": 50, "hessian_trace": 4.0})]
+    s = protocol._over_seeds(protocol._by_seed(cells, "hessian_trace", matched=True))
+    self.assertEqual((s["mean"], s["n"]), (3.0, 2))
+
+  def test_bad_configuration(self):
+    for kwargs, message in (({"preset": "fast"}, "unknown preset 'fast'; accepted: smoke, cpu, gpu"),
+                            ({"models": ("l2o_dm", "lstm")}, "accepted: l2o_dm, rnnprop"),
+                            ({"regularizers": ("none", "sam")}, "accepted: none, hessian, entropy"),
+                            ({"regularizers": ("hessian",)}, "must include 'none'"),
+                            ({"optimizees": ("mlp_sigmoid", "resnet")}, "accepted: mlp_sigmoid, "
+                             "mlp_relu, mlp_deep, conv, mlp_sigmoid@other"),
+                            ({"optimizees": ("mlp_relu",)}, "must include 'mlp_sigmoid'")):
+      with self.assertRaisesRegex(ValueError, message):
+        protocol.ProtocolConfig(**kwargs)
+
+
+class RunDirectoryIdentityTest(absltest.TestCase):
+
+  def test_same_configuration_continues_another_is_refused(self):
+    run_dir = self.create_tempdir().full_path
+    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))
+    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))  # the same: accepted
+    with open(os.path.join(run_dir, "protocol.json")) as f:
+      written = f.read()
+    with self.assertRaisesRegex(ValueError, r"another configuration \(differs in preset, "
+                                r"settings\); pass another --run_dir"):
+      protocol.Cells(run_dir, protocol.ProtocolConfig(preset="cpu"))
+    with open(os.path.join(run_dir, "protocol.json")) as f:
+      self.assertEqual(f.read(), written)
+
+  def test_a_field_an_older_run_lacks_counts_as_its_default(self):
+    run_dir = self.create_tempdir().full_path
+    identity = protocol.ProtocolConfig(preset="smoke").identity()
+    del identity["optimizees"]
+    with open(os.path.join(run_dir, "protocol.json"), "w") as f:
+      json.dump(identity, f)
+    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))
+    with self.assertRaisesRegex(ValueError, "differs in optimizees"):
+      protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke",
+                                                      optimizees=("mlp_sigmoid",)))
+
+
+class SmokePresetTest(parameterized.TestCase):
+  """The smoke preset, every cell, once for the class (a few minutes on 2 cores)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.other = os.path.join(cls.root, "other")
+    os.makedirs(cls.other)
+    _write_idx_folder(cls.other)
+    cls.run_dir = os.path.join(cls.root, "run")
+    cls.args = ["--preset=smoke", f"--other_dataset=idx:{cls.other}", f"--run_dir={cls.run_dir}"]
+    cls.proc = run_binary("experiments.reproduce", *cls.args, timeout=1200)
+    with open(os.path.join(cls.run_dir, "results.json")) as f:
+      cls.results = json.load(f)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_every_cell_is_there(self):
+    self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])
+    s = protocol.PRESETS["smoke"]
+    got = {(c["model"], c["regularizer"], c["meta_seed"], c["optimizee"], c["test_seed"])
+           for c in self.results["cells"] if not self.results["contenders"][c["contender"]]
+           .get("seen_only")}
+    optimizees = (protocol.SEEN,) + protocol.UNSEEN + (protocol.OTHER_DATA,)
+    tests = [protocol.TEST_SEED_BASE + i for i in range(s.test_seeds)]
+    want = {(m, r, seed, o, t) for m in protocol.MODELS for r in protocol.REGULARIZERS
+            for seed in s.meta_seeds for o in optimizees for t in tests}
+    want |= {(b, None, None, o, t) for b in protocol.BASELINES for o in optimizees for t in tests}
+    self.assertEqual(got, want)
+    for c in self.results["cells"]:
+      for key in ("train_loss", "test_accuracy", "hessian_trace", "top_eigenvalue", "collapsed"):
+        self.assertIn(key, c)
+      self.assertIn("step", c["matched"])
+    self.assertEqual(set(self.results["coefficients"]), {"hessian", "entropy"})
+
+  def test_outputs(self):
+    for name in ("results.md", "train_loss_curves.png", "test_accuracy.png",
+                 "trace_vs_loss.png", "coefficient_sweep.png"):
+      self.assertTrue(os.path.exists(os.path.join(self.run_dir, name)), name)
+    with open(os.path.join(self.run_dir, "results.md")) as f:
+      text = f.read()
+    for optimizee in ("mlp_sigmoid", "mlp_relu", "mlp_deep", "conv", "mlp_sigmoid@other"):
+      self.assertIn(f"### {optimizee}", text)
+    self.assertIn("| l2o_dm_enhanced + entropy (10) |", text)
+    self.assertIn("| sam |", text)
+
+  def test_matched_step_is_the_first_evaluation_at_the_level(self):
+    levels = self.results["matched_levels"]
+    checked = 0
+    for c in self.results["cells"]:
+      level, step = levels[c["optimizee"]], c["matched"]["step"]
+      reached = [t for t, l in zip(c["eval_steps"], c["train_loss_curve"]) if t and l <= level]
+      self.assertEqual(step, reached[0] if reached else None)
+      if step is not None:  # the replay reproduces the first run's loss at that step
+        i = c["eval_steps"].index(step)
+        self.assertAlmostEqual(c["matched"]["train_loss"], c["train_loss_curve"][i], places=5)
+        checked += 1
+    self.assertGreater(checked, 0)
+
+  def test_same_budget_plain_is_selected_within_the_budget(self):
+    for reg_name, plain_name in self.results["same_budget"].items():
+      reg = self.results["meta_training"][reg_name]
+      plain = self.results["meta_training"][plain_name]
+      self.assertLessEqual(plain["best_meta_step"], max(reg["best_meta_step"], 0))
+
+  def test_rerun_continues_and_another_configuration_is_refused(self):
+    cells = os.path.join(self.run_dir, "cells")
+    victim = os.path.join(cells, "test", "mlp_relu", "adam.json")
+    os.remove(victim)
+    before = {p: os.path.getmtime(os.path.join(cells, p + ".json"))
+              for p in protocol.cell_names(self.run_dir)}
+    proc = run_binary("experiments.reproduce", *self.args, timeout=1200)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertTrue(os.path.exists(victim))
+    for p, mtime in before.items():
+      if not p.startswith("matched/"):  # matched cells are rewritten only if the level moved
+        self.assertEqual(os.path.getmtime(os.path.join(cells, p + ".json")), mtime, p)
+    self.assertNotIn("meta-training ", proc.stderr)
+    with open(os.path.join(self.run_dir, "protocol.json")) as f:
+      identity = f.read()
+    proc = run_binary("experiments.reproduce", "--preset=smoke", "--models=l2o_dm",
+                      f"--run_dir={self.run_dir}")
+    self.assertEqual(proc.returncode, 2)
+    lines = proc.stderr.strip().splitlines()
+    self.assertIn("holds a reproduction of another configuration (differs in models)", lines[-1])
+    with open(os.path.join(self.run_dir, "protocol.json")) as f:
+      self.assertEqual(f.read(), identity)
+
+
+class BadFlagsTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (["--preset=fast"], "--preset"),
+      (["--models=l2o_dm,lstm"], "unknown or repeated models ['lstm']; accepted: l2o_dm"),
+      (["--regularizers=none,sam"], "accepted: none, hessian, entropy"),
+      (["--dataset=nope"], "nope"),
+  )
+  def test_one_line_exit_2_nothing_written(self, args, message):
+    out = os.path.join(self.create_tempdir().full_path, "out")
+    proc = run_binary("experiments.reproduce", *args, f"--run_dir={out}")
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    self.assertIn(message, proc.stderr)
+    self.assertFalse(os.path.exists(out))
+
+
+if __name__ == "__main__":
+  absltest.main()
