@@ -120,7 +120,7 @@ PRESETS = {
                   sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=3,
                   test_horizon=300, eval_every=50, flatness_batch=512, trace_probes=8,
                   lanczos_iters=10),
-    # Sized for one H200 in under ten minutes (not yet run on one: no device lent).
+    # Meant for one H200 (not yet run on one: no device lent; its time is not measured).
     "gpu": Preset(meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=1000, unroll_length=20,
                   num_inner_steps=200, meta_batch_size=64, validation_every=50,
                   validation_seeds=8, alphas=(1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0),
@@ -411,7 +411,7 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
     coefficient[kind] = choose_coefficient(sweep[kind])
     if coefficient[kind] is None:
       log(f"every {kind} coefficient of the sweep collapsed; the smallest is kept")
-      coefficient[kind] = grids[kind][0]
+      coefficient[kind] = min(grids[kind])
     log(f"{kind}: coefficient {coefficient[kind]:g} chosen on validation")
 
   # 2. Every model x regularizer x seed.
@@ -495,7 +495,9 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
       if o != optimizee:
         continue
       got = cells.get("matched", optimizee, name)
-      if got is None or got["level"] != level:
+      same_level = got is not None and (got["level"] == level or (
+          np.isnan(got["level"]) and np.isnan(level)))
+      if not same_level:
         check_stop(f"matched-loss flatness of {name} on {optimizee}")
         task, tx = builders[optimizee](), contenders[name]["make"]()
         runs = []

@@ -31,8 +31,9 @@ from experiments import _cli
 from experiments import protocol
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", list(protocol.PRESETS),
-                            "Budgets: smoke (every cell in about two minutes), cpu (under an "
-                            "hour on 2 CPU cores), gpu (one H200, about ten minutes).")
+                            "Budgets: smoke (every cell, tiny budgets; 6-13 minutes here), cpu "
+                            "(the full protocol; 91 minutes here on 2 busy CPU cores), gpu "
+                            "(larger budgets for one GPU; not yet measured).")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Dataset of the meta-training optimizee: "
                                "digits (embedded), a prepared TFDS name, or idx:PATH.")
 _OTHER = flags.DEFINE_string("other_dataset", None, "A second dataset for the seen MLP as an "
