@@ -21,8 +21,6 @@ import importlib.metadata
 import io
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -69,26 +67,13 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
   if os.path.exists(path) and not os.path.isfile(os.path.join(path, _META_FILE)):
     raise CheckpointError(f"{path} exists and is not an exported optimizer; "
                           "choose another path (nothing was written)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-optimizer-", dir=parent)
-  try:
-    os.chmod(tmp, report.umask_mode(0o777))
-    with open(os.path.join(tmp, _ARRAYS_FILE), "wb") as f:
+  def fill(folder):
+    with open(os.path.join(folder, _ARRAYS_FILE), "wb") as f:
       f.write(payload)
-    with open(os.path.join(tmp, _META_FILE), "w") as f:
+    with open(os.path.join(folder, _META_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-    if os.path.exists(path):
-      old = path + ".old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  report.write_folder(path, fill)
 
 
 def load_learned(path: str):

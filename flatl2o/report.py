@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -74,6 +75,33 @@ def _atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)
+    raise
+
+
+def write_folder(path: str, fill) -> None:
+  """Writes the folder `path` whole or not at all: `fill(tmp)` fills a folder beside it,
+  which then replaces `path` (a previous `path` is put back if the swap fails)."""
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+  try:
+    os.chmod(tmp, umask_mode(0o777))
+    fill(tmp)
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+      os.replace(path, os.path.join(old, "previous"))
+      try:
+        os.replace(tmp, path)
+      except BaseException:
+        os.replace(os.path.join(old, "previous"), path)
+        raise
+      finally:
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +10,7 @@ from absl.testing import absltest, parameterized
 from jax.flatten_util import ravel_pytree
 
 from flatl2o import evaluation, flatness, report, tasks
+from tests.test_cli import run_binary
 jax.config.update("jax_enable_x64", False)
 
 try:
@@ -338,13 +337,6 @@ class SlqDensityTest(absltest.TestCase):
     self.assertAlmostEqual(at(4.0), 0.25 / (0.2 * np.sqrt(2 * np.pi)), places=4)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_binary(module, *args):  # as tests/test_cli.py runs the binaries
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
 
 
 class EvaluateLandscapeBinaryTest(absltest.TestCase):

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Any
 
 import optax
@@ -120,28 +119,12 @@ def add(name: str, export_dir: str, card: dict[str, Any], root: str | None = Non
     description = json.load(f)
   full_card = _cards.complete(name, card, description, lopt, PretrainedError)
 
-  os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".tmp-pretrained-{name}-", dir=root)
-  try:
-    os.chmod(tmp, report.umask_mode(0o777))
+  def fill(folder):
     for filename in checkpoints.EXPORT_FILES:
-      shutil.copyfile(os.path.join(export_dir, filename), os.path.join(tmp, filename))
-    report.write_json(os.path.join(tmp, CARD_JSON), full_card)
-    report.write_text(os.path.join(tmp, CARD_MD), render_card(full_card))
-    checkpoints.load_learned(tmp)  # the copy is whole
-    if os.path.exists(target):
-      old = tempfile.mkdtemp(prefix=f".old-pretrained-{name}-", dir=root)
-      os.replace(target, os.path.join(old, name))
-      try:
-        os.replace(tmp, target)
-      except BaseException:
-        os.replace(os.path.join(old, name), target)  # put the previous one back
-        raise
-      finally:
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, target)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      shutil.copyfile(os.path.join(export_dir, filename), os.path.join(folder, filename))
+    report.write_json(os.path.join(folder, CARD_JSON), full_card)
+    report.write_text(os.path.join(folder, CARD_MD), render_card(full_card))
+    checkpoints.load_learned(folder)  # the copy is whole
+
+  report.write_folder(target, fill)
   return target
