@@ -281,6 +281,16 @@ def meta_train_cell(cells: Cells, config: ProtocolConfig, task, model: str, kind
                              should_stop=should_stop)
   except meta.MetaTrainingInterrupted as e:
     raise ProtocolInterrupted(f"meta-training {name}, meta-step {e.iteration}") from None
+  except meta.MetaTrainingDivergedError as e:
+    # Too large a coefficient can blow the meta-training up: a cell like a collapse, with
+    # nothing to meta-test, instead of a run that stops (and stops again when resumed).
+    log(f"{name}: {e}")
+    return cells.put({
+        "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
+        "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
+        "best_validation_accuracy": float("-inf"), "best_meta_step": -1, "collapsed": True,
+        "diverged": True, "validations": _validations(run_dir), "export": None,
+        "wall_time_s": time.perf_counter() - start}, "meta", name)
   export = os.path.join(cells.run_dir, "optimizers", name)
   flatl2o.save_optimizer(export, lopt, result.meta_params)
   return cells.put({
@@ -431,8 +441,8 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
     plain = trained[model, "none", seed]
     budget = max(cell["best_meta_step"], 0)
     pick = best_within(plain["validations"], budget)
-    if pick == plain["best_meta_step"]:
-      same_budget[model, kind, seed] = plain
+    if pick == plain["best_meta_step"] or plain["best_meta_step"] < 0:
+      same_budget[model, kind, seed] = plain  # (a collapsed plain run stays collapsed)
     elif budget > 0:
       same_budget[model, kind, seed] = meta_train_cell(
           cells, config, seen, model, "none", None, seed, should_stop,
@@ -454,14 +464,15 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
                         "meta_seed": None, "learning_rate": lr,
                         "make": lambda name=name, lr=lr: optimizers.get(name, learning_rate=lr)}
   for (model, kind, seed), cell in trained.items():
-    contenders[cell["name"]] = {**_identity_of(cell), "make": _loader(cells, cell)}
+    if cell["export"] is not None:  # None: the meta-training diverged
+      contenders[cell["name"]] = {**_identity_of(cell), "make": _loader(cells, cell)}
   for key, cell in same_budget.items():
-    if cell["name"] not in contenders:
+    if cell["name"] not in contenders and cell["export"] is not None:
       contenders[cell["name"]] = {**_identity_of(cell), "make": _loader(cells, cell),
                                   "seen_only": True}
   for kind, cells_of_kind in sweep.items():
     for cell in cells_of_kind:
-      if cell["name"] not in contenders:
+      if cell["name"] not in contenders and cell["export"] is not None:
         contenders[cell["name"]] = {**_identity_of(cell), "make": _loader(cells, cell),
                                     "seen_only": True}
 
@@ -613,12 +624,10 @@ def summarize(results: dict) -> dict:
         plain = [c for c in here if c["model"] == first["model"] and c["regularizer"] == "none"]
         row["test_accuracy_minus_plain"] = _paired(_by_seed(cs, "test_accuracy"),
                                                    _by_seed(plain, "test_accuracy"))
-        row["trace_matched_minus_plain"] = _paired(_by_seed(cs, "hessian_trace", True),
-                                                   _by_seed(plain, "hessian_trace", True))
         budget_names = {same_budget.get(c["contender"]) for c in cs}
         budget = [c for c in results["cells"] if c["optimizee"] == optimizee
                   and c["contender"] in budget_names]
-        if budget:
+        if budget and optimizee == SEEN:  # same-budget reruns are meta-tested there only
           row["test_accuracy_minus_plain_same_budget"] = _paired(
               _by_seed(cs, "test_accuracy"), _by_seed(budget, "test_accuracy"))
       rows[label] = row
@@ -654,13 +663,16 @@ def markdown(results: dict, table: dict) -> str:
           f"{_fmt(r['top_eigenvalue_matched'])} | {_fmt(r['hessian_trace'])} | "
           f"{r['collapsed_runs']}/{r['runs']} | {', '.join(map(str, r['meta_steps'])) or '—'} |")
     lines.append("")
+  lines.append("Intervals: 95%, over meta-training seeds (of per-seed means) for learned "
+               "optimizers, over test seeds for the baselines; differences are paired on meta "
+               "seed and test seed; 'same budget' is on the seen optimizee only.")
+  lines.append("")
   lines.append("Sweep (L2O-DM, meta seed 0): validation accuracy at the meta-training horizon")
   lines.append("")
   lines.append("| term | coefficient | validation acc. | collapsed | selected meta-step |")
   lines.append("|---|---|---|---|---|")
   for c in results["meta_training"].values():
-    if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0 \
-        and "budget" not in c["name"]:
+    if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0:
       lines.append(f"| {c['regularizer']} | {c['coefficient']:g} | "
                    f"{c['best_validation_accuracy']:.4f} | {c['collapsed']} | "
                    f"{c['best_meta_step']} |")
@@ -749,9 +761,7 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
 
   # The coefficient sweep.
   sweep = [c for c in results["meta_training"].values()
-           if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0
-           and "budget" not in c["name"]]
-  seen = {c["contender"]: c for c in results["cells"] if c["optimizee"] == SEEN}
+           if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0]
   fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), squeeze=False)
   for ax, kind in zip(axes[0], ("hessian", "entropy")):
     cs = sorted((c for c in sweep if c["regularizer"] == kind), key=lambda c: c["coefficient"])
@@ -769,7 +779,6 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
     ax.set_xlabel("alpha" if kind == "hessian" else "beta")
     ax.set_title(f"L2O-DM + {kind} (red: collapsed)", fontsize=9)
     ax.legend(fontsize=6)
-  del seen
   save(fig, "coefficient_sweep.png")
   return written
 

@@ -77,9 +77,12 @@ def main(argv):
                                       for k, v in identity.items()
                                       if k in {f.name for f in dataclasses.fields(
                                           protocol.ProtocolConfig)}})
-  command = ("python -m experiments.reproduce " + " ".join(
-      f"--{k}={v}" for k, v in (("preset", config.preset), ("dataset", config.dataset),
-                                ("other_dataset", config.other_dataset)) if v))
+  defaults = protocol.ProtocolConfig()
+  given = [("preset", config.preset), ("dataset", config.dataset),
+           ("other_dataset", config.other_dataset), ("data_dir", config.data_dir)]
+  given += [(k, ",".join(getattr(config, k))) for k in ("models", "regularizers", "optimizees")
+            if getattr(config, k) != getattr(defaults, k)]
+  command = "python -m experiments.reproduce " + " ".join(f"--{k}={v}" for k, v in given if v)
   date = time.strftime("%Y-%m-%d")
   adam = optimizers.get("adam", learning_rate=0.01)
   for name, (model, kind) in wanted.items():
@@ -139,7 +142,7 @@ def main(argv):
              "results": meta_test},
         ],
         "notes": (f"Meta-trained for {best['num_meta_iterations']} meta-steps (episodes of "
-                  f"{config.settings.num_inner_steps} inner steps) on a 2-core CPU: a small "
+                  f"{config.settings.num_inner_steps} inner steps) on a {_MACHINE.value}: a small "
                   "budget; see docs/results.md for what the regularizers did at this scale."),
     }
     flatl2o.pretrained.add(name, export, card, overwrite=_OVERWRITE.value)
