@@ -205,8 +205,7 @@ class SmokePresetTest(parameterized.TestCase):
     self.assertNotIn("meta-training ", proc.stderr)
     with open(os.path.join(self.run_dir, "protocol.json")) as f:
       identity = f.read()
-    proc = run_binary("experiments.reproduce", "--preset=smoke", "--models=l2o_dm",
-                      f"--run_dir={self.run_dir}")
+    proc = run_binary("experiments.reproduce", *self.args, "--models=l2o_dm")
     self.assertEqual(proc.returncode, 2)
     lines = proc.stderr.strip().splitlines()
     self.assertIn("holds a reproduction of another configuration (differs in models)", lines[-1])
