@@ -141,11 +141,19 @@ class ProtocolConfig:
   data_dir: str | None = None
   models: tuple[str, ...] = MODELS
   regularizers: tuple[str, ...] = REGULARIZERS
-  optimizees: tuple[str, ...] = (SEEN,) + UNSEEN + (OTHER_DATA,)
+  # None: every optimizee there is data for (mlp_sigmoid@other only with other_dataset).
+  optimizees: tuple[str, ...] | None = None
 
   def __post_init__(self):
     if self.preset not in PRESETS:
       raise ValueError(f"unknown preset {self.preset!r}; accepted: {', '.join(PRESETS)}")
+    if self.optimizees is None:
+      object.__setattr__(self, "optimizees", (SEEN,) + UNSEEN + (
+          (OTHER_DATA,) if self.other_dataset is not None else ()))
+    elif OTHER_DATA in self.optimizees and self.other_dataset is None:
+      raise ValueError(f"optimizee {OTHER_DATA} is the seen MLP on a second dataset: give "
+                       "other_dataset (--other_dataset=idx:PATH, digits or a TFDS name) or "
+                       "leave it out of the optimizees")
     object.__setattr__(self, "models", tuple(self.models))
     object.__setattr__(self, "regularizers", tuple(self.regularizers))
     object.__setattr__(self, "optimizees", tuple(self.optimizees))
@@ -393,7 +401,7 @@ def optimizee_tasks(config: ProtocolConfig) -> dict[str, Callable[[], Any]]:
     return build
 
   out = {n: make(n, config.dataset) for n in (SEEN,) + UNSEEN if n in config.optimizees}
-  if config.other_dataset is not None and OTHER_DATA in config.optimizees:
+  if OTHER_DATA in config.optimizees:
     out[OTHER_DATA] = make(OTHER_DATA, config.other_dataset)
   return out
 
@@ -406,6 +414,9 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
   if OTHER_DATA in builders:
     builders[OTHER_DATA]()
   cells = Cells(run_dir, config)
+  if config.other_dataset is None:
+    log(f"{OTHER_DATA} is not meta-tested: no other_dataset given (--other_dataset=idx:PATH "
+        "adds the seen MLP on a second dataset)")
 
   def check_stop(where):
     if should_stop():

@@ -44,9 +44,10 @@ _MODELS = flags.DEFINE_list("models", list(protocol.MODELS),
 _REGULARIZERS = flags.DEFINE_list("regularizers", list(protocol.REGULARIZERS),
                                   f"Regularizers: {', '.join(protocol.REGULARIZERS)}.")
 _OPTIMIZEES = flags.DEFINE_list(
-    "optimizees", list(protocol.ProtocolConfig().optimizees),
-    "Meta-test optimizees (mlp_sigmoid@other: the seen MLP on --other_dataset; "
-    "conv on 28x28 images is slow on a CPU).")
+    "optimizees", None,
+    f"Meta-test optimizees, of {', '.join((protocol.SEEN,) + protocol.UNSEEN)} and "
+    f"{protocol.OTHER_DATA} (the seen MLP on --other_dataset); default: all of them, "
+    f"{protocol.OTHER_DATA} only with --other_dataset. conv on 28x28 images is slow on a CPU.")
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/reproduce", "Output folder (cells cached here).")
 
 
@@ -55,7 +56,8 @@ def main(argv):
   config = protocol.ProtocolConfig(
       preset=_PRESET.value, dataset=_DATASET.value, other_dataset=_OTHER.value,
       data_dir=_DATA_DIR.value, models=tuple(_MODELS.value),
-      regularizers=tuple(_REGULARIZERS.value), optimizees=tuple(_OPTIMIZEES.value))
+      regularizers=tuple(_REGULARIZERS.value),
+      optimizees=tuple(_OPTIMIZEES.value) if _OPTIMIZEES.value else None)
   stop = _cli.StopRequests()
   start = time.perf_counter()
   try:

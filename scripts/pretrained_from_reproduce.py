@@ -77,7 +77,7 @@ def main(argv):
                                       for k, v in identity.items()
                                       if k in {f.name for f in dataclasses.fields(
                                           protocol.ProtocolConfig)}})
-  defaults = protocol.ProtocolConfig()
+  defaults = protocol.ProtocolConfig(other_dataset=config.other_dataset)
   given = [("preset", config.preset), ("dataset", config.dataset),
            ("other_dataset", config.other_dataset), ("data_dir", config.data_dir)]
   given += [(k, ",".join(getattr(config, k))) for k in ("models", "regularizers", "optimizees")

@@ -90,9 +90,17 @@ class StatisticsTest(parameterized.TestCase):
                             ({"regularizers": ("hessian",)}, "must include 'none'"),
                             ({"optimizees": ("mlp_sigmoid", "resnet")}, "accepted: mlp_sigmoid, "
                              "mlp_relu, mlp_deep, conv, mlp_sigmoid@other"),
-                            ({"optimizees": ("mlp_relu",)}, "must include 'mlp_sigmoid'")):
+                            ({"optimizees": ("mlp_relu",)}, "must include 'mlp_sigmoid'"),
+                            ({"optimizees": ("mlp_sigmoid", "mlp_sigmoid@other")},
+                             "give other_dataset")):
       with self.assertRaisesRegex(ValueError, message):
         protocol.ProtocolConfig(**kwargs)
+
+  def test_default_optimizees_take_the_other_dataset_only_when_given(self):
+    every = (protocol.SEEN,) + protocol.UNSEEN
+    self.assertEqual(protocol.ProtocolConfig().optimizees, every)
+    self.assertEqual(protocol.ProtocolConfig(other_dataset="digits").optimizees,
+                     every + (protocol.OTHER_DATA,))
 
 
 class RunDirectoryIdentityTest(absltest.TestCase):
