@@ -351,11 +351,17 @@ def smoothed_losses(train_loss: np.ndarray, eval_steps, window: int) -> list[flo
           for t in eval_steps]
 
 
-def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure) -> dict:
-  r = evaluation.train(task, tx, num_steps, jax.random.key(seed), eval_every=s.eval_every)
+def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure,
+             snapshots: dict | None = None) -> dict:
+  """One meta-test run; with `snapshots`, fills it with `step -> params` at each evaluation."""
+  keep = range(s.eval_every, num_steps + 1, s.eval_every) if snapshots is not None else ()
+  r = evaluation.train(task, tx, num_steps, jax.random.key(seed), eval_every=s.eval_every,
+                       keep_params_at=keep)
+  if snapshots is not None:
+    snapshots.update(r.params_at)
   curve = smoothed_losses(r.train_loss, r.eval_steps, s.eval_every)
   flat = {k: float(v) for k, v in
-          measure(task, r.params, jax.random.fold_in(jax.random.key(seed), 0xF1A7)).items()}
+          measure(task, r.params, _flatness_key(seed)).items()}
   initial = float(r.train_loss[0])
   final = curve[-1]
   return {"test_seed": seed, "eval_steps": [int(t) for t in r.eval_steps],
@@ -366,6 +372,35 @@ def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure) -> dict:
           "test_loss": float(r.metrics["test"]["loss"][-1]),
           "collapsed": bool(not np.isfinite(final) or final > meta.trainer.COLLAPSE_RATIO * initial),
           **flat, "wall_time_s": r.wall_time_s}
+
+
+def _flatness_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 0xF1A7)
+
+
+def matched_run(task, tx, s: Preset, run: dict, level: float, measure,
+                snapshots: dict | None = None) -> dict:
+  """Flatness of one meta-test run at the first evaluation where its training loss <= level.
+
+  The parameters there come from the run's `snapshots` (`run_test`'s) when
+  given, else from training the same seed again to that step (the same
+  parameters: same initialisation and batches); either way the flatness key is
+  the run's own, so both give the same figures.
+  """
+  step = next((t for t, l in zip(run["eval_steps"], run["train_loss_curve"])
+               if t and l <= level), None)
+  if step is None:
+    return {"test_seed": run["test_seed"], "step": None}
+  if snapshots is None:
+    again = run_test(task, tx, s, run["test_seed"], step, measure)
+    train_loss = again["train_loss"]
+    flat = {k: again[k] for k in ("hessian_trace", "top_eigenvalue")}
+  else:
+    train_loss = run["train_loss_curve"][run["eval_steps"].index(step)]
+    flat = {k: float(v) for k, v in
+            measure(task, snapshots[step], _flatness_key(run["test_seed"])).items()}
+  return {"test_seed": run["test_seed"], "step": step, "train_loss": train_loss,
+          "hessian_trace": flat["hessian_trace"], "top_eigenvalue": flat["top_eigenvalue"]}
 
 
 def tune(task, name: str, grid, s: Preset, should_stop) -> dict:
@@ -487,29 +522,35 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
         contenders[cell["name"]] = {**_identity_of(cell), "make": _loader(cells, cell),
                                     "seen_only": True}
 
-  # 5. Meta-test: every contender x optimizee x test seed.
+  # 5. Meta-test every contender x optimizee x test seed; 6. flatness at matched training
+  # loss, per optimizee once all its runs are in (the level is their median). Runs made in
+  # this process keep their parameters at every evaluation, so matching needs no replay.
   measure = _flatness_fn(s)
   test_seeds = [TEST_SEED_BASE + i for i in range(s.test_seeds)]
   tests: dict[tuple[str, str], dict] = {}
+  matched = {}
   todo = [(o, c) for o in builders for c in contenders
           if o == SEEN or not contenders[c].get("seen_only")]
+  to_run = sum(cells.get("test", o, c) is None for o, c in todo)
   tic, done = time.perf_counter(), 0
-  for optimizee, name in todo:
-    cell = cells.get("test", optimizee, name)
-    if cell is None:
-      check_stop(f"meta-testing {name} on {optimizee}")
-      task, tx = builders[optimizee](), contenders[name]["make"]()
-      cell = cells.put({"contender": name, "optimizee": optimizee, "runs": [
-          run_test(task, tx, s, t, s.test_horizon, measure) for t in test_seeds]},
-          "test", optimizee, name)
-      done += 1
-      eta = (time.perf_counter() - tic) / done * (len(todo) - len(tests) - 1)
-      log(f"meta-tested {name} on {optimizee} ({len(tests) + 1}/{len(todo)}; ETA {eta:.0f} s)")
-    tests[optimizee, name] = cell
-
-  # 6. Flatness at matched training loss.
-  matched = {}
   for optimizee in builders:
+    snapshots: dict[str, dict[int, dict]] = {}
+    for o, name in todo:
+      if o != optimizee:
+        continue
+      cell = cells.get("test", optimizee, name)
+      if cell is None:
+        check_stop(f"meta-testing {name} on {optimizee}")
+        task, tx = builders[optimizee](), contenders[name]["make"]()
+        snapshots[name] = {t: {} for t in test_seeds}
+        cell = cells.put({"contender": name, "optimizee": optimizee, "runs": [
+            run_test(task, tx, s, t, s.test_horizon, measure, snapshots[name][t])
+            for t in test_seeds]}, "test", optimizee, name)
+        done += 1
+        eta = (time.perf_counter() - tic) / done * (to_run - done)
+        log(f"meta-tested {name} on {optimizee} ({done}/{to_run}; ETA {eta:.0f} s)")
+      tests[optimizee, name] = cell
+
     finals = [r["train_loss"] for (o, _), c in tests.items() if o == optimizee
               for r in c["runs"] if not r["collapsed"] and np.isfinite(r["train_loss"])]
     level = float(np.median(finals)) if finals else float("nan")
@@ -522,19 +563,10 @@ def run(config: ProtocolConfig, run_dir: str, should_stop=lambda: False, log=pri
       if not same_level:
         check_stop(f"matched-loss flatness of {name} on {optimizee}")
         task, tx = builders[optimizee](), contenders[name]["make"]()
-        runs = []
-        for r in cell["runs"]:
-          step = next((t for t, l in zip(r["eval_steps"], r["train_loss_curve"])
-                       if t and l <= level), None)
-          if step is None:
-            runs.append({"test_seed": r["test_seed"], "step": None})
-            continue
-          again = run_test(task, tx, s, r["test_seed"], step, measure)
-          runs.append({"test_seed": r["test_seed"], "step": step,
-                       "train_loss": again["train_loss"],
-                       "hessian_trace": again["hessian_trace"],
-                       "top_eigenvalue": again["top_eigenvalue"]})
-        got = cells.put({"level": level, "runs": runs}, "matched", optimizee, name)
+        kept = snapshots.get(name, {})
+        got = cells.put({"level": level, "runs": [
+            matched_run(task, tx, s, r, level, measure, kept.get(r["test_seed"]))
+            for r in cell["runs"]]}, "matched", optimizee, name)
       matched[optimizee, name] = got
 
   results = {

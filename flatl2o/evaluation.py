@@ -48,6 +48,7 @@ class TrainResult:
       compiles); NaN when there is only one chunk.
     flatness: `step -> flatness_measures(...)` of the parameters at each
       step of `flatness_at` (the training loss over a fixed batch).
+    params_at: `step -> parameters` after each step of `keep_params_at`.
   """
 
   train_loss: np.ndarray
@@ -57,6 +58,7 @@ class TrainResult:
   wall_time_s: float
   steps_per_second: float
   flatness: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+  params_at: dict[int, Any] = dataclasses.field(default_factory=dict)
 
   def final(self, split: str = "test") -> dict[str, float]:
     return {k: float(v[-1]) for k, v in self.metrics[split].items()}
@@ -237,7 +239,8 @@ def _run_chunk(make_tx, task, params, opt_state, data_key, first_step, length):
 def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array,
           eval_every: int = 100,
           eval_splits: Sequence[str] = ("validation", "test"),
-          flatness_at: Sequence[int] = ()) -> TrainResult:
+          flatness_at: Sequence[int] = (),
+          keep_params_at: Sequence[int] = ()) -> TrainResult:
   """Trains a fresh optimizee of `task` with `tx` for `num_steps` steps.
 
   Args:
@@ -250,6 +253,9 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
     eval_splits: splits to evaluate at step 0, every `eval_every` and at the end.
     flatness_at: evaluation steps (multiples of `eval_every`, or `num_steps`) at
       which to also measure flatness; one run then serves several horizons.
+    keep_params_at: evaluation steps (as for `flatness_at`) whose parameters
+      to return in `params_at`, e.g. to measure a solution at a training loss
+      known only after the run, without training it again.
 
   Returns:
     A `TrainResult`.
@@ -257,10 +263,13 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
   _checks.positive_int("num_steps", num_steps)
   _checks.positive_int("eval_every", eval_every)
   flatness_at = sorted(set(flatness_at))
-  off_grid = [s for s in flatness_at if s != num_steps and (s <= 0 or s % eval_every or s > num_steps)]
-  if off_grid:
-    raise ValueError(f"flatness_at steps {off_grid} are not evaluation steps; accepted: "
-                     f"multiples of eval_every ({eval_every}) up to num_steps, or num_steps")
+  keep_params_at = sorted(set(keep_params_at))
+  for name, steps in (("flatness_at", flatness_at), ("keep_params_at", keep_params_at)):
+    off_grid = [s for s in steps if s != num_steps and (s <= 0 or s % eval_every or s > num_steps)]
+    if off_grid:
+      raise ValueError(f"{name} steps {off_grid} are not evaluation steps; accepted: "
+                       f"multiples of eval_every ({eval_every}) up to num_steps, or num_steps")
+  params_at = {}
   flatness_key = jax.random.fold_in(key, 0xF1A7)
   measures = {}
   start_time = time.perf_counter()
@@ -290,6 +299,8 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
     evals.append({s: task.evaluate(params, s) for s in eval_splits})
     if step in flatness_at:
       measures[step] = flatness_measures(task, params, flatness_key)
+    if step in keep_params_at:
+      params_at[step] = params
 
   evals = jax.device_get(evals)
   metrics = {
@@ -307,4 +318,5 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
       params=params,
       wall_time_s=time.perf_counter() - start_time,
       steps_per_second=steps_per_second,
-      flatness=measures)
+      flatness=measures,
+      params_at=params_at)

@@ -159,6 +159,19 @@ class TrainLoopTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"flatness_at steps \[30\] are not evaluation steps"):
       evaluation.train(task, tx, 60, jax.random.key(0), eval_every=20, flatness_at=(30,))
 
+  def test_keep_params_at_returns_the_parameters_of_a_shorter_run(self):
+    task = tasks.get("mlp_sigmoid")
+    tx = optax.adam(1e-2)
+    long = evaluation.train(task, tx, 60, jax.random.key(0), eval_every=20,
+                            keep_params_at=(20, 40))
+    short = evaluation.train(task, tx, 40, jax.random.key(0), eval_every=20)
+    self.assertEqual(sorted(long.params_at), [20, 40])
+    chex.assert_trees_all_equal(long.params_at[40], short.params)
+    self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(long.params_at[20]), jax.tree.leaves(short.params))))
+    with self.assertRaisesRegex(ValueError, r"keep_params_at steps \[30\] are not evaluation"):
+      evaluation.train(task, tx, 60, jax.random.key(0), eval_every=20, keep_params_at=(30,))
+
   def test_bad_lengths(self):
     task = tasks.get("quadratic")
     with self.assertRaisesRegex(ValueError, "num_steps must be a positive integer"):

@@ -103,6 +103,36 @@ class StatisticsTest(parameterized.TestCase):
                      every + (protocol.OTHER_DATA,))
 
 
+class MatchedLossTest(parameterized.TestCase):
+  """Flatness at matched loss from a run's kept parameters equals a replay of the run."""
+
+  @parameterized.parameters("adam", "l2o_dm")
+  def test_snapshot_equals_replay(self, name):
+    import jax  # pylint: disable=g-import-not-at-top
+    from flatl2o import evaluation, optimizers, tasks  # pylint: disable=g-import-not-at-top
+    s = protocol.PRESETS["smoke"]
+    task = tasks.get("mlp_sigmoid", "digits")
+    if name == "adam":
+      tx = optimizers.get("adam")
+    else:
+      lopt = optimizers.L2ODM(output_scale=0.01)
+      tx = evaluation.Learned(lopt, lopt.init(jax.random.key(0)))
+    measure = protocol._flatness_fn(s)
+    snapshots = {}
+    run = protocol.run_test(task, tx, s, 1000, s.test_horizon, measure, snapshots)
+    self.assertEqual(sorted(snapshots), [10, 20])
+    level = run["train_loss_curve"][1] + 1e-6  # reached first at step 10
+    kept = protocol.matched_run(task, tx, s, run, level, measure, snapshots)
+    replayed = protocol.matched_run(task, tx, s, run, level, measure)
+    self.assertEqual(kept["step"], 10)
+    self.assertEqual(replayed["step"], 10)
+    for key in ("train_loss", "hessian_trace", "top_eigenvalue"):
+      self.assertAlmostEqual(kept[key], replayed[key], places=5, msg=key)
+    self.assertNotAlmostEqual(kept["hessian_trace"], run["hessian_trace"], places=5)
+    never = protocol.matched_run(task, tx, s, run, -1.0, measure, snapshots)
+    self.assertEqual(never, {"test_seed": 1000, "step": None})
+
+
 class RunDirectoryIdentityTest(absltest.TestCase):
 
   def test_same_configuration_continues_another_is_refused(self):
