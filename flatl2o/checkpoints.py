@@ -122,8 +122,10 @@ def load_learned(path: str):
   with np.load(io.BytesIO(payload)) as npz:
     arrays = {k: npz[k] for k in npz.files}
 
-  template = lopt.init(jax.random.key(0))
-  expected = _leaves_by_path(template)
+  # Shapes only: tracing init is instant, running it eagerly compiles every random draw.
+  template = jax.eval_shape(lopt.init, jax.random.key(0))
+  expected = {jax.tree_util.keystr(p): v
+              for p, v in jax.tree_util.tree_flatten_with_path(template)[0]}
   if set(arrays) != set(expected):
     raise CheckpointError(f"{path}: meta-parameters do not match architecture "
                           f"{lopt.name} with {lopt_base.architecture_hparams(lopt)}")
