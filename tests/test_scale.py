@@ -135,7 +135,8 @@ class ManyDevicesTest(absltest.TestCase):
 
   def _start(self, mode, devices, out, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                          + f" --xla_force_host_platform_device_count={devices}").strip())
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "sharded_run.py"),
                              f"--mode={mode}", f"--out={out}", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
