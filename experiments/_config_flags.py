@@ -126,6 +126,39 @@ def define(cls, *, renames: dict[str, str] | None = None,
   return ConfigFlags(cls, holder, flag_names)
 
 
+# The plain flags of experiments.meta_train that are not the leaf field's name.
+META_TRAIN_RENAMES = {
+    "regularizer.kind": "regularizer",
+    "regularizer.when": "regularize_when",
+    "regularizer.add_to_inner_loss": "regularize_inner_loss",
+}
+
+
+def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
+  """The plain flags (`--NAME=VALUE`) that `define` + `build` turn back into `config`.
+
+  Only fields that differ from the dataclass's defaults are listed, each under
+  the flag name `define` gives it (a rename, else the leaf field's name).
+  """
+  renames = renames or {}
+  default = type(config)()
+  args = []
+  for path, _, tp, _ in _leaves(type(config)):
+    value, base = config, default
+    for part in path.split("."):
+      value, base = getattr(value, part), getattr(base, part)
+    if value == base:
+      continue
+    name = renames.get(path, path.rsplit(".", 1)[-1])
+    if _unoptional(tp) is bool:
+      args.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, tuple):
+      args.append(f"--{name}={','.join(str(v) for v in value)}")
+    else:
+      args.append(f"--{name}={value!r}" if isinstance(value, float) else f"--{name}={value}")
+  return args
+
+
 def _check_config_overrides(argv: list[str], flag_names: dict[str, str]) -> None:
   """Unknown `--config.PATH` fields: one line and exit 2 (ml_collections would raise a
   KeyError while the binary is still being imported)."""

@@ -55,11 +55,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host run: this pro
 
 # Every MetaTrainConfig field is a flag (--unroll_length, --alpha, ...) and a
 # --config.FIELD override, both derived from the dataclass and its docstring.
-_CONFIG = _config_flags.define(meta.MetaTrainConfig, renames={
-    "regularizer.kind": "regularizer",
-    "regularizer.when": "regularize_when",
-    "regularizer.add_to_inner_loss": "regularize_inner_loss",
-})
+_CONFIG = _config_flags.define(meta.MetaTrainConfig, renames=_config_flags.META_TRAIN_RENAMES)
 
 # Settings that only mean something for one kind of regularizer.
 _OWNED_BY = {

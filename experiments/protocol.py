@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 import flatl2o
+from experiments import _config_flags
 from flatl2o import checkpoints, evaluation, meta, optimizers, report, tasks
 from flatl2o import flatness as flatness_lib
 
@@ -250,6 +251,22 @@ def _meta_config(model: str, kind: str, coefficient: float | None, seed: int, s:
       validation_seeds=s.validation_seeds, checkpoint_every=s.validation_every,
       log_every=s.validation_every, seed=seed, regularizer=reg, num_devices=1,
       meta_loss=getattr(lopt, "preferred_meta_loss", "mean"), **extra)
+
+
+def meta_train_command(config: ProtocolConfig, model: str, kind: str, coefficient: float | None,
+                       seed: int) -> str:
+  """The `experiments.meta_train` command that meta-trains this protocol cell on its own.
+
+  Same configuration, task and data, so the same meta-parameters (on the same
+  machine and versions) as the cell's export.
+  """
+  mconfig = _meta_config(model, kind, coefficient, seed, config.settings)
+  args = [f"--optimizer={_architecture(model).name}", f"--task={SEEN}",
+          f"--dataset={config.dataset}"]
+  if config.data_dir:
+    args.append(f"--data_dir={config.data_dir}")
+  args += _config_flags.command_args(mconfig, renames=_config_flags.META_TRAIN_RENAMES)
+  return "python -m experiments.meta_train " + " ".join(args)
 
 
 def _architecture(model: str):

@@ -9,7 +9,10 @@ meta-parameters have the best validation accuracy over the run's meta-training
 seeds, measures it on fresh digits MLPs against Adam (500 steps, held-out seeds
 1000-1004, the same figures `experiments.evaluate --optimizer=pretrained:NAME`
 prints), and adds it to `flatl2o/pretrained/NAME` with a card holding the
-reproduction's meta-test figures of that optimizer on every optimizee.
+reproduction's meta-test figures of that optimizer on every optimizee. The
+card's training command is the `experiments.meta_train` line that meta-trains
+that one optimizer alone (`protocol.meta_train_command`); the whole
+reproduction's command is beside it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished experiments.reproduc
 _NAMES = flags.DEFINE_list("names", None, "NAME=MODEL:REGULARIZER entries.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace pretrained optimizers of these names.")
 _MACHINE = flags.DEFINE_string("machine", "2-core CPU", "Where the run and the measurement ran.")
+_ROOT = flags.DEFINE_string("root", None, "Folder of the pretrained optimizers; default the "
+                            "package's flatl2o/pretrained.")
 
 DIGITS_SEEDS = (1000, 1001, 1002, 1003, 1004)
 DIGITS_STEPS = 500
@@ -119,7 +124,10 @@ def main(argv):
                     "meta-training seeds by validation accuracy."),
         "regularizer": reg,
         "training": {
-            "task": protocol.SEEN, "dataset": config.dataset, "command": command,
+            "task": protocol.SEEN, "dataset": config.dataset,
+            "command": protocol.meta_train_command(config, model, kind, coefficient,
+                                                   best["meta_seed"]),
+            "protocol_command": command,
             "meta_train_config": json.loads(json.dumps(dataclasses.asdict(meta_config))),
             "meta_seed": best["meta_seed"], "selected_meta_step": best["best_meta_step"],
             "validation_accuracy": best["best_validation_accuracy"],
@@ -139,13 +147,13 @@ def main(argv):
                      f"optimizees ({config.settings.test_horizon} steps, test seeds "
                      f"{results['test_seeds']}; mean ± 95% interval over test seeds)",
              "commands": [command], "date": date, "machine": _MACHINE.value,
-             "results": meta_test},
+             "results": {f"pretrained {name} on {o}": v for o, v in meta_test.items()}},
         ],
         "notes": (f"Meta-trained for {best['num_meta_iterations']} meta-steps (episodes of "
                   f"{config.settings.num_inner_steps} inner steps) on a {_MACHINE.value}: a small "
                   "budget; see docs/results.md for what the regularizers did at this scale."),
     }
-    flatl2o.pretrained.add(name, export, card, overwrite=_OVERWRITE.value)
+    flatl2o.pretrained.add(name, export, card, root=_ROOT.value, overwrite=_OVERWRITE.value)
     got = digits[f"pretrained {name}"]["test_accuracy"]["mean"]
     print(f"{name}: {best['name']} (validation {best['best_validation_accuracy']:.4f} at "
           f"meta-step {best['best_meta_step']}); digits {DIGITS_STEPS} steps test accuracy "

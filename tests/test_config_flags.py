@@ -10,8 +10,7 @@ from absl.testing import absltest, parameterized
 from experiments import _config_flags
 from flatl2o import meta
 
-RENAMES = {"regularizer.kind": "regularizer", "regularizer.when": "regularize_when",
-           "regularizer.add_to_inner_loss": "regularize_inner_loss"}
+RENAMES = _config_flags.META_TRAIN_RENAMES
 
 
 def _parse(*args):
@@ -66,6 +65,24 @@ class ConfigFlagsTest(parameterized.TestCase):
     self.assertEqual(config, expected)
     self.assertEqual(given, {"unroll_length", "num_inner_steps", "second_order",
                              "regularizer.kind", "regularizer.alpha", "regularizer.when"})
+
+  @parameterized.named_parameters(
+      ("defaults", meta.MetaTrainConfig(), []),
+      ("mixed", meta.MetaTrainConfig(
+          unroll_length=10, num_inner_steps=40, seed=3, second_order=True, num_devices=1,
+          curriculum=True, curriculum_horizons=(10, 20, 40), imitation_ratio=0.2,
+          regularizer=meta.RegularizerConfig(kind="entropy", beta=3.0, entropy_noise=1e-05,
+                                             when="first_half")),
+       ["--unroll_length=10", "--num_inner_steps=40", "--curriculum_horizons=10,20,40",
+        "--regularizer=entropy", "--beta=3.0", "--regularize_when=first_half"]),
+  )
+  def test_command_args_parse_back_to_the_config(self, config, some_args):
+    args = _config_flags.command_args(config, renames=RENAMES)
+    for arg in some_args:
+      self.assertIn(arg, args)
+    _, _, (parsed, given) = _parse(*args)
+    self.assertEqual(parsed, config)
+    self.assertLen(given, len(args))  # only the fields that differ from the defaults
 
   def test_the_same_field_twice_is_refused(self):
     with self.assertRaisesRegex(ValueError, "--alpha and --config.regularizer.alpha set the "

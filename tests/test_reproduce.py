@@ -133,6 +133,32 @@ class MatchedLossTest(parameterized.TestCase):
     self.assertEqual(never, {"test_seed": 1000, "step": None})
 
 
+class MetaTrainCommandTest(parameterized.TestCase):
+
+  @parameterized.parameters(("l2o_dm", "hessian", 30.0), ("l2o_scale", "none", None),
+                            ("l2o_dm_enhanced", "entropy", 3.0))
+  def test_the_command_gives_the_cells_configuration(self, model, kind, coefficient):
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from experiments import _config_flags  # pylint: disable=g-import-not-at-top
+    from flatl2o import meta  # pylint: disable=g-import-not-at-top
+    config = protocol.ProtocolConfig(preset="cpu", dataset="idx:/data/mnist")
+    command = protocol.meta_train_command(config, model, kind, coefficient, 1)
+    prefix = ("python -m experiments.meta_train --optimizer="
+              f"{'l2o_dm' if model == 'l2o_dm_enhanced' else model} --task=mlp_sigmoid "
+              "--dataset=idx:/data/mnist ")
+    self.assertTrue(command.startswith(prefix), command)
+    argv = ["prog", *command[len(prefix):].split()]
+    values = flags.FlagValues()
+    made = _config_flags.define(meta.MetaTrainConfig, renames=_config_flags.META_TRAIN_RENAMES,
+                                flag_values=values, argv=argv)
+    values(argv)
+    parsed, _ = _config_flags.build(made, values)
+    self.assertEqual(parsed, protocol._meta_config(model, kind, coefficient, 1,
+                                                   protocol.PRESETS["cpu"]))
+    if kind != "none":
+      self.assertIn(f"--regularizer={kind}", command)
+
+
 class RunDirectoryIdentityTest(absltest.TestCase):
 
   def test_same_configuration_continues_another_is_refused(self):
