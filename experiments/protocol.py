@@ -26,9 +26,11 @@ optimizees it never saw. The protocol:
    `test_horizon` steps (longer than the meta-training horizon) on held-out
    seeds shared by every contender (paired: same initialisation and batches).
 6. **Matched-loss flatness**: per optimizee, the level is the median final
-   training loss of the runs that did not collapse; each run is replayed to the
-   first evaluation step at which its training loss reaches that level, and the
-   Hessian trace and top eigenvalue are measured there (and at the end).
+   training loss of the runs that did not collapse; the Hessian trace and top
+   eigenvalue are measured at the first evaluation step at which each run's
+   training loss reaches that level (and at the end), on the parameters the run
+   kept there (a run cached by an earlier process is trained again to that step:
+   the same parameters).
 
 Every stage's result is a JSON *cell* under `run_dir/cells/` (meta-trainings
 also keep their own resumable run directories under `run_dir/meta/`): an
