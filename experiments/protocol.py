@@ -791,11 +791,24 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
     labels = list(rows)
     means = [rows[k]["test_accuracy"]["mean"] for k in labels]
     cis = [np.nan_to_num(rows[k]["test_accuracy"].get("ci95", 0.0)) for k in labels]
-    ax.errorbar(range(len(labels)), means, yerr=cis, fmt="o", ms=3, capsize=2)
+    ax.errorbar(range(len(labels)), means, yerr=cis, fmt="o", ms=3, capsize=2, zorder=2)
+    # The points the interval is over: per meta-training seed (its mean over test seeds),
+    # or per test seed for a baseline. With two meta seeds the interval is wide (t = 12.7).
+    points = []
+    for i, label in enumerate(labels):
+      cs = [c for c in results["cells"] if c["optimizee"] == optimizee and c["contender"] in main
+            and group_label(c["model"], c["regularizer"], c["coefficient"]) == label]
+      by_seed = _by_seed(cs, "test_accuracy")
+      ys = ([np.nanmean(list(v.values())) for v in by_seed.values()] if len(by_seed) > 1
+            else list(next(iter(by_seed.values())).values()))
+      ax.scatter([i] * len(ys), ys, s=5, c="tab:orange", zorder=3)
+      points += [y for y in ys if np.isfinite(y)]
+    if points:  # accuracy lives in [0, 1]; an interval past it is cut at the frame
+      ax.set_ylim(max(0.0, min(points) - 0.02), min(1.0, max(points) + 0.01))
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=90, fontsize=5)
     ax.set_title(optimizee, fontsize=9)
-  axes[0][0].set_ylabel("test accuracy (mean ± 95%)")
+  axes[0][0].set_ylabel("test accuracy (mean ± 95%; dots: seeds)")
   fig.tight_layout()
   save(fig, "test_accuracy.png")
 
