@@ -11,14 +11,16 @@ loadscope`, the README's command):
   one): most of the suite is compilation of tiny programs, which this makes
   about twice as fast; it changes LLVM's code generation, not what is computed
   (no fast-math at any level). Binaries and benchmarks keep XLA's default.
-- The slowest test classes are collected first, so with `--dist loadscope` (a
-  class never split over workers, so its `setUpClass` runs once) they start
-  at once instead of trailing at the end.
+- With `-n N` and no `--dist`, tests are handed out a class at a time in
+  collection order (xdist's loadscope without reordering: a class is never
+  split over workers, so its `setUpClass` runs once), and the slowest classes
+  are collected first, so they start at once instead of trailing at the end.
 """
 
 import os
 import tempfile
 
+import pytest
 from absl import flags
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -45,6 +47,14 @@ SLOW_FIRST = (
     "tests/test_scale.py",
     "tests/test_meta.py",
 )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+  option = config.option
+  if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no":
+    option.dist = "loadscope"
+    option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
