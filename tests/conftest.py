@@ -1,16 +1,12 @@
 """pytest collects absltest cases; absl flags (e.g. --test_tmpdir) need parsing first.
 
-Three things keep the suite within minutes on 2 CPU cores (`pytest -n 2 --dist
+Two things keep the suite within minutes on 2 CPU cores (`pytest -n 2 --dist
 loadscope`, the README's command):
 
 - One JAX persistent compilation cache shared by the worker processes and the
   binaries they start (a fresh folder per pytest run, so no stale program
   survives a change of code or versions): the binaries' tests compile the same
   meta-step again and again otherwise.
-- XLA's CPU backend at optimisation level 0 (unless XLA_FLAGS already sets
-  one): most of the suite is compilation of tiny programs, which this makes
-  about twice as fast; it changes LLVM's code generation, not what is computed
-  (no fast-math at any level). Binaries and benchmarks keep XLA's default.
 - With `-n N` and no `--dist`, tests are handed out a class at a time in
   collection order (xdist's loadscope without reordering: a class is never
   split over workers, so its `setUpClass` runs once), and the slowest classes
@@ -27,10 +23,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # The pytest controller imports this first; its workers and their
   # subprocesses inherit the variable, so they all use this one folder.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flatl2o-test-jax-cache-")
-
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
