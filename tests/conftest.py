@@ -1,7 +1,7 @@
 """pytest collects absltest cases; absl flags (e.g. --test_tmpdir) need parsing first.
 
-Two things keep the suite within minutes on 2 CPU cores (`pytest -n 2 --dist
-loadscope`, the README's command):
+Two things keep the suite within minutes on 2 CPU cores (`pytest -n 2`, the
+README's command):
 
 - One JAX persistent compilation cache shared by the worker processes and the
   binaries they start (a fresh folder per pytest run, so no stale program
