@@ -145,7 +145,7 @@ def main(argv):
              "date": date, "machine": _MACHINE.value, "results": digits},
             {"what": "the reproduction's meta-test of this optimizer on the seen and unseen "
                      f"optimizees ({config.settings.test_horizon} steps, test seeds "
-                     f"{results['test_seeds']}; mean ± 95% interval over test seeds)",
+                     f"{results['test_seeds']})",
              "commands": [command], "date": date, "machine": _MACHINE.value,
              "results": {f"pretrained {name} on {o}": v for o, v in meta_test.items()}},
         ],

@@ -19,10 +19,11 @@ from flatl2o import checkpoints, evaluation, optimizers, pretrained, tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_FOLDER = os.path.join(ROOT, "flatl2o", "pretrained")
-NAMES = ("l2o_dm", "l2o_dm_entropy", "l2o_dm_hessian", "rnnprop")
+NAMES = ("l2o_dm", "l2o_dm_entropy", "l2o_dm_hessian", "mlp_lopt", "rnnprop")
 EXPECTED = {  # name -> (architecture, regularizer kind)
     "l2o_dm": ("l2o_dm", "none"), "l2o_dm_entropy": ("l2o_dm", "entropy"),
-    "l2o_dm_hessian": ("l2o_dm", "hessian"), "rnnprop": ("rnnprop", "none")}
+    "l2o_dm_hessian": ("l2o_dm", "hessian"), "mlp_lopt": ("mlp_lopt", "none"),
+    "rnnprop": ("rnnprop", "none")}
 
 
 def run(args, cwd=ROOT):
