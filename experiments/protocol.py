@@ -115,7 +115,8 @@ PRESETS = {
                     adam_grid=(0.01, 0.1), sgd_grid=(0.1, 1.0), tuning_seeds=1, test_seeds=2,
                     test_horizon=20, eval_every=10, flatness_batch=64, trace_probes=2,
                     lanczos_iters=3),
-    # About an hour on 2 CPU cores (docs/results.md has the measured time).
+    # Meant for about an hour on 2 CPU cores; with conv it takes longer (docs/results.md
+    # has the measured time and where it goes).
     "cpu": Preset(meta_seeds=(0, 1), num_meta_iterations=120, unroll_length=20,
                   num_inner_steps=100, meta_batch_size=4, validation_every=20,
                   validation_seeds=2, alphas=(1.0, 30.0, 1000.0, 30000.0),

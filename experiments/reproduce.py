@@ -31,8 +31,9 @@ from experiments import _cli
 from experiments import protocol
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", list(protocol.PRESETS),
-                            "Budgets: smoke (every cell, tiny budgets; 6-13 minutes here), cpu "
-                            "(the full protocol; 91 minutes here on 2 busy CPU cores), gpu "
+                            "Budgets: smoke (every cell, tiny budgets; minutes), cpu (the full "
+                            "protocol; 112 minutes on 2 CPU cores shared with a second run, most "
+                            "of it the conv optimizee; docs/results.md), gpu "
                             "(larger budgets for one GPU; not yet measured).")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Dataset of the meta-training optimizee: "
                                "digits (embedded), a prepared TFDS name, or idx:PATH.")
