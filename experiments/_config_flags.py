@@ -141,13 +141,14 @@ def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
   the flag name `define` gives it (a rename, else the leaf field's name).
   """
   renames = renames or {}
-  default = type(config)()
   args = []
-  for path, _, tp, _ in _leaves(type(config)):
-    value, base = config, default
+  for path, field, tp, _ in _leaves(type(config)):
+    value = config
     for part in path.split("."):
-      value, base = getattr(value, part), getattr(base, part)
-    if value == base:
+      value = getattr(value, part)
+    # The declared default is the flag's: a field that __post_init__ resolves from others
+    # (the regularizer's alpha) is listed whenever it differs from that.
+    if value == field.default:
       continue
     name = renames.get(path, path.rsplit(".", 1)[-1])
     if _unoptional(tp) is bool:

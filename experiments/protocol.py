@@ -45,6 +45,7 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import time
 from typing import Any, Callable
 
@@ -182,6 +183,15 @@ class ProtocolConfig:
     return {"protocol": 1, **dataclasses.asdict(self), "settings": dataclasses.asdict(self.settings)}
 
 
+def _upgrade_identity(identity: dict) -> dict:
+  """An identity as this version writes it: before 2026-12-03 the optimizees listed
+  mlp_sigmoid@other even without an other_dataset (it was skipped)."""
+  optimizees = identity.get("optimizees")
+  if identity.get("other_dataset") is None and isinstance(optimizees, list):
+    identity = {**identity, "optimizees": [o for o in optimizees if o != OTHER_DATA]}
+  return identity
+
+
 class ProtocolInterrupted(Exception):
   """`should_stop` returned True; every finished cell is kept."""
 
@@ -199,8 +209,10 @@ class Cells:
     if os.path.exists(path):
       with open(path) as f:
         found = json.load(f)
+      found = _upgrade_identity(found)
       # A field an older protocol.json lacks counts as its default.
-      defaults = json.loads(json.dumps(ProtocolConfig(preset=config.preset).identity()))
+      defaults = json.loads(json.dumps(ProtocolConfig(
+          preset=config.preset, other_dataset=found.get("other_dataset")).identity()))
       found = {**{k: defaults[k] for k in defaults if k not in found}, **found}
       if found != identity:
         changed = sorted(k for k in set(found) | set(identity) if found.get(k) != identity.get(k))
@@ -243,8 +255,9 @@ def _meta_config(model: str, kind: str, coefficient: float | None, seed: int, s:
   if model == "l2o_dm_enhanced":  # Chen et al. 2020: horizon curriculum + imitation of Adam
     u, h = s.unroll_length, s.num_inner_steps
     horizons = sorted({max(u, (h // 4) // u * u), max(u, (h // 2) // u * u), h})
-    extra = {"curriculum": len(horizons) > 1, "curriculum_horizons": tuple(horizons),
-             "imitation_ratio": 0.2}
+    extra = {"imitation_ratio": 0.2}
+    if len(horizons) > 1:
+      extra.update(curriculum=True, curriculum_horizons=tuple(horizons))
   lopt = _architecture(model)
   return meta.MetaTrainConfig(
       unroll_length=s.unroll_length, num_inner_steps=s.num_inner_steps,
@@ -269,7 +282,7 @@ def meta_train_command(config: ProtocolConfig, model: str, kind: str, coefficien
   if config.data_dir:
     args.append(f"--data_dir={config.data_dir}")
   args += _config_flags.command_args(mconfig, renames=_config_flags.META_TRAIN_RENAMES)
-  return "python -m experiments.meta_train " + " ".join(args)
+  return "python -m experiments.meta_train " + shlex.join(args)
 
 
 def _architecture(model: str):
@@ -374,11 +387,12 @@ def smoothed_losses(train_loss: np.ndarray, eval_steps, window: int) -> list[flo
 def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure,
              snapshots: dict | None = None) -> dict:
   """One meta-test run; with `snapshots`, fills it with `step -> params` at each evaluation."""
-  keep = range(s.eval_every, num_steps + 1, s.eval_every) if snapshots is not None else ()
+  keep = ({*range(s.eval_every, num_steps + 1, s.eval_every), num_steps}
+          if snapshots is not None else ())
   r = evaluation.train(task, tx, num_steps, jax.random.key(seed), eval_every=s.eval_every,
                        keep_params_at=keep)
   if snapshots is not None:
-    snapshots.update(r.params_at)
+    snapshots.update(jax.device_get(r.params_at))  # host memory: every contender's runs
   curve = smoothed_losses(r.train_loss, r.eval_steps, s.eval_every)
   flat = {k: float(v) for k, v in
           measure(task, r.params, _flatness_key(seed)).items()}

@@ -77,7 +77,7 @@ def main(argv):
     raise ValueError(f"{path} does not exist: run experiments.reproduce to the end first")
   with open(path) as f:
     results = json.load(f)
-  identity = results["config"]
+  identity = protocol._upgrade_identity(results["config"])  # pylint: disable=protected-access
   config = protocol.ProtocolConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                       for k, v in identity.items()
                                       if k in {f.name for f in dataclasses.fields(

@@ -75,6 +75,9 @@ class ConfigFlagsTest(parameterized.TestCase):
                                              when="first_half")),
        ["--unroll_length=10", "--num_inner_steps=40", "--curriculum_horizons=10,20,40",
         "--regularizer=entropy", "--beta=3.0", "--regularize_when=first_half"]),
+      # alpha = 1.0 is the trace estimator's resolved default, not the eigenvalue's
+      ("resolved_default", meta.MetaTrainConfig(regularizer=meta.RegularizerConfig(
+          kind="hessian", hessian_estimator="eigenvalue", alpha=1.0)), ["--alpha=1.0"]),
   )
   def test_command_args_parse_back_to_the_config(self, config, some_args):
     args = _config_flags.command_args(config, renames=RENAMES)

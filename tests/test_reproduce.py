@@ -173,6 +173,14 @@ class RunDirectoryIdentityTest(absltest.TestCase):
     with open(os.path.join(run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), written)
 
+  def test_an_older_run_listing_the_other_dataset_without_one_continues(self):
+    run_dir = self.create_tempdir().full_path
+    identity = protocol.ProtocolConfig(preset="smoke").identity()
+    identity["optimizees"] = list(identity["optimizees"]) + [protocol.OTHER_DATA]
+    with open(os.path.join(run_dir, "protocol.json"), "w") as f:
+      json.dump(identity, f)
+    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))  # accepted
+
   def test_a_field_an_older_run_lacks_counts_as_its_default(self):
     run_dir = self.create_tempdir().full_path
     identity = protocol.ProtocolConfig(preset="smoke").identity()

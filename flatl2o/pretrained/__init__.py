@@ -119,7 +119,7 @@ def add(name: str, export_dir: str, card: dict[str, Any], root: str | None = Non
     description = json.load(f)
   full_card = _cards.complete(name, card, description, lopt, PretrainedError)
   # card.md from the card as card.json stores it (keys sorted), so card(name) renders the same.
-  full_card = json.loads(json.dumps(full_card, sort_keys=True))
+  full_card = json.loads(json.dumps(full_card, sort_keys=True, default=report._jsonable))  # pylint: disable=protected-access
 
   def fill(folder):
     for filename in checkpoints.EXPORT_FILES:
