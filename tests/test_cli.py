@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from absl.testing import absltest, parameterized
 
 from flatl2o import checkpoints
@@ -98,6 +99,7 @@ class EvaluateFoldersTest(absltest.TestCase):
 
 class MetaTrainBinaryTest(parameterized.TestCase):
 
+  @pytest.mark.slow  # meta-trains through the binary, twice
   def test_train_resume_export_and_evaluate(self):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")
     proc = run_binary("experiments.meta_train", *TINY_META, f"--run_dir={run_dir}")
@@ -125,6 +127,7 @@ class MetaTrainBinaryTest(parameterized.TestCase):
     self.assertEqual(before, {f: os.path.getmtime(os.path.join(run_dir, f))
                               for f in os.listdir(run_dir)})
 
+  @pytest.mark.slow  # meta-trains through the binary, twice
   def test_l2o_scale_with_the_enhanced_recipe_trains_resumes_and_exports(self):
     run_dir = os.path.join(self.create_tempdir().full_path, "run")
     # The curriculum's stages and resume are checked in the library

@@ -24,6 +24,7 @@ from unittest import mock
 from absl.testing import absltest, parameterized
 import nbclient
 import nbformat
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +127,7 @@ class NotebookFilesTest(parameterized.TestCase):
     self.assertIn(KERNEL, KernelSpecManager().find_kernel_specs())
 
 
+@pytest.mark.slow
 class NotebooksRunTest(absltest.TestCase):
 
   def test_a_raising_notebook_fails(self):

@@ -11,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest
 from flax import struct
 
@@ -117,6 +118,7 @@ def _exported(run_dir):
     return {k: npz[k] for k in npz.files}
 
 
+@pytest.mark.slow
 class KillAndResumeTest(absltest.TestCase):
 
   def test_kills_and_interrupts_at_several_points_then_resume_equals_uninterrupted(self):

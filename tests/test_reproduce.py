@@ -193,6 +193,7 @@ class RunDirectoryIdentityTest(absltest.TestCase):
                                                       optimizees=("mlp_sigmoid",)))
 
 
+@__import__("pytest").mark.slow
 class SmokePresetTest(parameterized.TestCase):
   """The smoke preset, every cell, once for the class (a few minutes on 2 cores)."""
 

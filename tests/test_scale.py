@@ -14,6 +14,7 @@ import sys
 import chex
 import jax
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from experiments import _cli
@@ -130,6 +131,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 class ManyDevicesTest(absltest.TestCase):
   """One device, eight devices (interrupted and resumed), two hosts of four: one result."""
 
