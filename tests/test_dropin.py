@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,14 +88,23 @@ class DropInTest(absltest.TestCase):
     self.assertFalse(jnp.allclose(before, model.kernel[...]))
 
   def test_inside_optax_chain_with_clipping(self):
-    tx = optax.chain(optax.clip_by_global_norm(1.0), flatl2o.load_optimizer(self.path))
+    learned = flatl2o.load_optimizer(self.path)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), learned)
     params = {"w": jnp.ones(4) * 3.0}
-    state = tx.init(params)
     grads = {"w": jnp.full(4, 100.0)}
-    updates, state = jax.jit(tx.update)(grads, state, params)
-    self.assertEqual(updates["w"].shape, (4,))
-    self.assertTrue(jnp.all(jnp.isfinite(updates["w"])))
-
+    # Global norm 200 -> clipped to norm 1: every coordinate 100 / 200, by hand.
+    clipped = {"w": jnp.full(4, 0.5)}
+    state, alone_state = tx.init(params), learned.init(params)
+    for _ in range(2):  # the second step also checks the learned state carried in the chain
+      updates, state = jax.jit(tx.update)(grads, state, params)
+      expected, alone_state = jax.jit(learned.update)(clipped, alone_state, params)
+      self.assertTrue(jnp.all(jnp.isfinite(updates["w"])))
+      self.assertFalse(jnp.allclose(updates["w"], 0.0))
+      chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=0.0)
+      # Not what the unclipped gradients give: the clip is really applied.
+      unclipped, _ = learned.update(grads, alone_state, params)
+      self.assertFalse(jnp.allclose(unclipped["w"], expected["w"], rtol=1e-3))
+      params = optax.apply_updates(params, updates)
 
 if __name__ == "__main__":
   absltest.main()
