@@ -93,8 +93,7 @@ def main(argv):
                 "entropy_sgd (defaults)": (optimizers.get("entropy_sgd"), {})}
   for name in names:
     lopt = optimizers.learned(name)
-    config = dataclasses.replace(
-        defaults, meta_loss=getattr(lopt, "preferred_meta_loss", defaults.meta_loss))
+    config = dataclasses.replace(defaults, meta_loss=lopt.preferred_meta_loss)
     start = time.perf_counter()
     result = meta.meta_train(lopt, task, config, run_dir=os.path.join(_RUN_DIR.value, name))
     contenders[name] = (lopt.transform(result.meta_params), {

@@ -34,8 +34,7 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed meta-steps per setting.", lower
 def _config(lopt, unroll, meta_batch, block):
   return meta.MetaTrainConfig(unroll_length=unroll, num_inner_steps=unroll,
                               meta_batch_size=meta_batch, remat_block_length=block,
-                              num_devices=1,
-                              meta_loss=getattr(lopt, "preferred_meta_loss", "mean"))
+                              num_devices=1, meta_loss=lopt.preferred_meta_loss)
 
 
 def _memory(lopt, task, config) -> dict:

@@ -68,7 +68,7 @@ def _measure(name: str, task) -> dict:
     config = meta.MetaTrainConfig(
         unroll_length=unroll, num_inner_steps=unroll, meta_batch_size=_META_BATCH.value,
         remat_block_length=_REMAT_BLOCK.value if unroll % _REMAT_BLOCK.value == 0 else 1,
-        num_devices=1, meta_loss=getattr(lopt, "preferred_meta_loss", "mean"))
+        num_devices=1, meta_loss=lopt.preferred_meta_loss)
     timed = unroll == _UNROLL.value
     compile_s[unroll], step_times = _common.time_meta_step(
         lopt, task, config, steps=_STEPS.value if timed else 0, warmup=2 if timed else 0)

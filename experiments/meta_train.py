@@ -80,7 +80,7 @@ def config_from_flags() -> meta.MetaTrainConfig:
       raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
   if "curriculum_horizons" in given and not config.curriculum:
     raise ValueError("--curriculum_horizons needs --curriculum")
-  preferred = getattr(optimizers.registry.LEARNED[_OPTIMIZER.value], "preferred_meta_loss", None)
+  preferred = optimizers.registry.LEARNED[_OPTIMIZER.value].preferred_meta_loss
   if preferred is not None and "meta_loss" not in given:
     config = dataclasses.replace(config, meta_loss=preferred)  # L2O-Scale: log-ratio
   return config

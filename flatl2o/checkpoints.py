@@ -5,7 +5,8 @@ An exported optimizer is a folder with
                      and the SHA-256 of the array file
   meta_params.npz    the meta-parameters, one array per pytree path
 Loading checks all of it and returns a ready optax transformation; nothing else
-is needed from the user. Both are written to a temporary folder and renamed
+is needed from the user but, for an architecture defined outside flatl2o, to
+import the module that registers it (`flatl2o.optimizers.register`) first. Both are written to a temporary folder and renamed
 into place, so a crash never leaves a half-written export. (A meta-training
 run's resumable state lives in its run directory: `flatl2o.meta.run_dir`.)
 
@@ -100,11 +101,13 @@ def load_learned(path: str):
         f"{meta_path} has format version {version!r} (written by {writer}); this flatl2o "
         f"{_package_version()} reads version {FORMAT_VERSION}"
         + ("; upgrade flatl2o to load it" if newer else ""))
-  if meta.get("architecture") not in registry.LEARNED:
+  architecture = meta.get("architecture")
+  if architecture not in registry.learned_names():
     raise CheckpointError(
-        f"{meta_path} holds architecture {meta.get('architecture')!r} (written by {writer}), "
-        f"which this flatl2o {_package_version()} does not have (it has "
-        f"{', '.join(registry.learned_names())}); upgrade flatl2o to load it")
+        f"{meta_path} holds architecture {architecture!r} (written by {writer}), which is not "
+        f"registered (registered: {', '.join(registry.learned_names())}); import the module "
+        f"that calls flatl2o.optimizers.register({architecture!r}, ...) first, or upgrade "
+        "flatl2o if it is a newer built-in")
   try:
     lopt = registry.learned(meta["architecture"], **_tuples(meta["hparams"]))
   except (KeyError, TypeError, ValueError) as e:

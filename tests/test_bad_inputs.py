@@ -107,7 +107,12 @@ CATALOGUE = (
      r"imitation_ratio must be a probability in \[0, 1\], got 1.5"),
     ("export_of_an_unknown_architecture",
      lambda: flatl2o.load_optimizer(_edit_json(_export(), architecture="l2o_future")),
-     "holds architecture 'l2o_future' .* does not have .*; upgrade flatl2o to load it"),
+     r"holds architecture 'l2o_future' .* which is not registered \(registered: .*\); import "
+     r"the module that calls flatl2o.optimizers.register\('l2o_future', ...\) first"),
+    ("register_twice", lambda: optimizers.register("adam", optimizers.get),
+     "optimizer 'adam' is already registered .*; pick another name, or pass overwrite=True"),
+    ("register_task_twice", lambda: tasks.register("conv", lambda dataset, batch_size: None),
+     "task 'conv' is already registered; pick another name, or pass overwrite=True"),
     ("integer_leaf", lambda: _transform_init({"w": jnp.ones(2), "n": jnp.int32(3)}),
      r"leaf \['n'\] has dtype int32"),
     ("zero_unroll", lambda: meta.MetaTrainConfig(unroll_length=0),

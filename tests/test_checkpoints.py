@@ -79,8 +79,9 @@ class ExportTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ({"architecture": "l2o_future", "written_by": "flatl2o 9.0"},
-       r"holds architecture 'l2o_future' \(written by flatl2o 9.0\), which this flatl2o .* "
-       r"does not have \(it has l2o_dm, .*\); upgrade flatl2o"),
+       r"holds architecture 'l2o_future' \(written by flatl2o 9.0\), which is not registered "
+       r"\(registered: l2o_dm, .*\); import the module that calls "
+       r"flatl2o.optimizers.register\('l2o_future', ...\) first, or upgrade flatl2o"),
       ({"architecture": "l2o_scale"}, "takes no hyper-parameter 'hidden_size'"),
       ({"hparams": {"hidden_size": 7, "num_layers": 2, "preprocess_k": 5.0,
                     "output_scale": 0.1}}, "has shape .* expects"),

@@ -36,14 +36,21 @@ class LearnedOptimizer(Protocol):
   static argument of jitted functions, and exports record its fields, so they
   must be JSON values. A coordinatewise architecture implements `init_state` and
   `step` on flat `[N]` vectors and gets `transform` from
-  `coordinatewise_transform(self, meta_params)`.
+  `coordinatewise_transform(self, meta_params)`. Subclass this protocol (as the
+  built-ins do) to inherit the defaults of `preferred_meta_loss`, and register
+  the class with `flatl2o.optimizers.register(name, cls)` so that it can be
+  found by name and its exports load.
   """
 
+  # The registered name; exports record it, and loading looks it up.
   name: str
   # True when each coordinate's update depends only on that coordinate's own
   # gradients and state; meta-training then updates a meta-batch in one call
   # (B optimizees are B times more coordinates) instead of vmapping it.
   coordinatewise: bool
+  # The meta-loss (`MetaTrainConfig.meta_loss`) the binaries and benchmarks
+  # meta-train this architecture with unless told otherwise.
+  preferred_meta_loss: str = "mean"
 
   def init(self, key: jax.Array) -> Any:
     """Fresh meta-parameters: a pytree of float32 arrays."""

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from flatl2o.optimizers import base
+from flatl2o.optimizers import registry
 
 
 class L2ODMState(NamedTuple):
@@ -47,7 +48,7 @@ class L2ODMState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class L2ODM:
+class L2ODM(base.LearnedOptimizer):
   """Hyper-parameters of the coordinatewise LSTM optimizer.
 
   Attributes:
@@ -109,3 +110,6 @@ class L2ODM:
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
     """The optax transformation that applies this network with `meta_params`."""
     return base.coordinatewise_transform(self, meta_params)
+
+
+registry.register("l2o_dm", L2ODM)

@@ -56,6 +56,7 @@ import numpy as np
 import optax
 
 from flatl2o.optimizers import base
+from flatl2o.optimizers import registry
 
 
 class L2OScaleState(NamedTuple):
@@ -106,7 +107,7 @@ def _gru(p: dict, x: jax.Array, h: jax.Array, context: jax.Array | float = 0.0) 
 
 
 @dataclasses.dataclass(frozen=True)
-class L2OScale:
+class L2OScale(base.LearnedOptimizer):
   """Hyper-parameters of the hierarchical RNN optimizer.
 
   Attributes:
@@ -267,3 +268,6 @@ def _sizes(num_coords: int, tensor_sizes: Sequence[int] | None) -> tuple[int, ..
     raise ValueError(f"tensor_sizes {list(sizes)} add up to {sum(sizes)}, not to the "
                      f"{num_coords} coordinates of the gradient")
   return sizes
+
+
+registry.register("l2o_scale", L2OScale)

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from flatl2o.optimizers import base
+from flatl2o.optimizers import registry
 
 
 class MLPLOptState(NamedTuple):
@@ -45,7 +46,7 @@ class MLPLOptState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPLOpt:
+class MLPLOpt(base.LearnedOptimizer):
   """Hyper-parameters of the per-parameter MLP optimizer.
 
   Attributes:
@@ -112,3 +113,6 @@ class MLPLOpt:
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
     """The optax transformation that applies this network with `meta_params`."""
     return base.coordinatewise_transform(self, meta_params)
+
+
+registry.register("mlp_lopt", MLPLOpt)

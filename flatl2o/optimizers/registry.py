@@ -1,4 +1,20 @@
-"""Hand-designed optimizers by name, as optax transformations.
+"""Optimizers by name: the registry (`register`), hand-designed ones as optax transformations.
+
+`register(name, factory)` adds an optimizer; every built-in is added the same
+way (the learned architectures at the end of their own modules), and so is a
+user's:
+
+  >>> @dataclasses.dataclass(frozen=True)
+  ... class MyLOpt(flatl2o.optimizers.LearnedOptimizer):   # a learned architecture
+  ...   name = "my_lopt"; coordinatewise = True; ...
+  >>> flatl2o.optimizers.register("my_lopt", MyLOpt)
+  >>> flatl2o.optimizers.register("signsgd", lambda learning_rate=0.01: optax.sign_sgd(...))
+
+A class is a learned architecture (`learned(name, **hparams)`, `learned_names()`;
+its exports load with `flatl2o.load_optimizer` once the module that registers it
+is imported); any other callable is a hand-designed optimizer's factory
+(`get(name, **hparams)`, `names()`). One namespace holds both; a name is
+registered once (`overwrite=True` replaces it).
 
 `get(name, **hparams)` returns an `optax.GradientTransformation`. The default
 learning rates train every shipped optimizee: on 'digits' (1,000 steps, batch
@@ -28,7 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable
+import re
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +54,6 @@ import optax
 from flatl2o import _checks
 from flatl2o.optimizers import entropy_sgd as entropy_sgd_lib
 from flatl2o.optimizers.base import LearnedOptimizer
-from flatl2o.optimizers.l2o_dm import L2ODM
-from flatl2o.optimizers.l2o_scale import L2OScale
-from flatl2o.optimizers.mlp_lopt import MLPLOpt
-from flatl2o.optimizers.rnnprop import RNNProp
 
 
 class OptimizerError(ValueError):
@@ -94,18 +107,90 @@ def _sam(learning_rate: float = 0.03, rho: float = 0.05):
   return optax.contrib.sam(optax.adam(learning_rate), adversarial, sync_period=2)
 
 
-_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "sgd": _sgd,
-    "momentum": _momentum,
-    "adam": _adam,
-    "rmsprop": _rmsprop,
-    "adagrad": _adagrad,
-    "sam": _sam,
-    "entropy_sgd": _entropy_sgd,
-}
+# The registry: hand-designed factories and learned architectures, in registration order.
+_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {}
+LEARNED: dict[str, type[LearnedOptimizer]] = {}
+
+# What a learned architecture class must have (the `LearnedOptimizer` protocol).
+_PROTOCOL_MEMBERS = ("name", "coordinatewise", "preferred_meta_loss", "init", "init_state",
+                     "step", "transform")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False):
+  """Adds an optimizer to the registry under `name`; returns `factory`.
+
+  Args:
+    name: letters, digits, '_', '.' or '-' (names become flags and folder names).
+      Hand-designed and learned optimizers share one namespace.
+    factory: either a learned-optimizer architecture, i.e. a class: a frozen
+      dataclass following `LearnedOptimizer` (subclass it to inherit the
+      defaults), whose `name` attribute equals `name` (exports record it and
+      loading looks it up); it is then built by `learned(name, **hparams)`. Or
+      a hand-designed optimizer: any other callable taking keyword
+      hyper-parameters, each with a default, and returning an optax
+      transformation; it is then built by `get(name, **hparams)`.
+    overwrite: replace an optimizer already registered under `name`.
+
+  Returns:
+    `factory`, unchanged.
+
+  Raises:
+    OptimizerError: a bad name, a name already registered (without
+      `overwrite`), or a factory that does not fit.
+  """
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise OptimizerError(f"cannot register optimizer name {name!r}: use letters, digits, "
+                         "'_', '.' or '-'")
+  if name in _FACTORIES or name in LEARNED:
+    if not overwrite:
+      kind = "a learned optimizer" if name in LEARNED else "a hand-designed optimizer"
+      raise OptimizerError(f"optimizer {name!r} is already registered ({kind}); pick another "
+                           "name, or pass overwrite=True to replace it")
+  if isinstance(factory, type):
+    _check_architecture(name, factory)
+    _FACTORIES.pop(name, None)
+    LEARNED[name] = factory
+  elif callable(factory):
+    _check_factory(name, factory)
+    LEARNED.pop(name, None)
+    _FACTORIES[name] = factory
+  else:
+    raise OptimizerError(f"cannot register {name!r}: {factory!r} is neither a learned-optimizer "
+                         "class nor a callable returning an optax transformation")
+  return factory
+
+
+def _check_architecture(name: str, cls: type) -> None:
+  where = f"cannot register learned optimizer {name!r}: class {cls.__name__}"
+  if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+    raise OptimizerError(f"{where} must be a frozen dataclass "
+                         "(@dataclasses.dataclass(frozen=True)): exports record its fields")
+  missing = [m for m in _PROTOCOL_MEMBERS if not hasattr(cls, m)]
+  if missing:
+    raise OptimizerError(f"{where} lacks {', '.join(missing)}; subclass "
+                         "flatl2o.optimizers.LearnedOptimizer (it gives the defaults) and "
+                         "define the rest")
+  if cls.name != name:
+    raise OptimizerError(f"{where} has name {cls.name!r}; exports record that name, so "
+                         f"register it as {cls.name!r} or set name = {name!r}")
+
+
+def _check_factory(name: str, factory: Callable[..., Any]) -> None:
+  try:
+    parameters = inspect.signature(factory).parameters.values()
+  except (TypeError, ValueError):
+    return  # a builtin without a signature: get() will tell
+  required = [p.name for p in parameters if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+              or p.default is inspect.Parameter.empty]
+  if required:
+    raise OptimizerError(f"cannot register optimizer {name!r}: every parameter of its factory "
+                         f"needs a default (get({name!r}) builds it with none); "
+                         f"{required[0]!r} has none")
 
 
 def names() -> tuple[str, ...]:
+  """The registered hand-designed optimizers."""
   return tuple(_FACTORIES)
 
 
@@ -135,11 +220,8 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
   return _FACTORIES[name](**kwargs)
 
 
-LEARNED: dict[str, type[LearnedOptimizer]] = {"l2o_dm": L2ODM, "rnnprop": RNNProp,
-                                              "l2o_scale": L2OScale, "mlp_lopt": MLPLOpt}
-
-
 def learned_names() -> tuple[str, ...]:
+  """The registered learned-optimizer architectures (built-ins first, in registration order)."""
   return tuple(LEARNED)
 
 
@@ -154,3 +236,12 @@ def learned(name: str, **hparams) -> LearnedOptimizer:
     return LEARNED[name](**hparams)
   except (TypeError, ValueError) as e:
     raise OptimizerError(str(e)) from None
+
+
+register("sgd", _sgd)
+register("momentum", _momentum)
+register("adam", _adam)
+register("rmsprop", _rmsprop)
+register("adagrad", _adagrad)
+register("sam", _sam)
+register("entropy_sgd", _entropy_sgd)

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from flatl2o.optimizers import base
+from flatl2o.optimizers import registry
 
 
 class RNNPropState(NamedTuple):
@@ -56,7 +57,7 @@ class RNNPropState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNProp:
+class RNNProp(base.LearnedOptimizer):
   """Hyper-parameters of RNNprop.
 
   Attributes:
@@ -125,3 +126,6 @@ class RNNProp:
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
     """The optax transformation that applies this network with `meta_params`."""
     return base.coordinatewise_transform(self, meta_params)
+
+
+registry.register("rnnprop", RNNProp)
