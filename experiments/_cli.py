@@ -12,6 +12,8 @@ from typing import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from flatl2o import folders
+
 USAGE_ERROR = 2
 
 _DETERMINISTIC = flags.DEFINE_bool(
@@ -20,15 +22,13 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "CPU runs are deterministic without it.")
 
 
+safe_name = folders.safe_name  # `text` as one folder name (the library's)
+
+
 def fail(message: str) -> None:
   prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flatl2o"
   sys.stderr.write(f"{prog}: error: {message}\n")
   sys.exit(USAGE_ERROR)
-
-
-def safe_name(text: str) -> str:
-  """`text` as one folder name: every run of other characters than [A-Za-z0-9_.-] becomes '_'."""
-  return re.sub(r"[^\w.-]+", "_", text)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -18,39 +18,19 @@ Giving one field both ways is an error.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import sys
-import types
 import typing
 from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
 
-
-def field_docs(cls) -> dict[str, str]:
-  """`field -> description` from the `Attributes:` section of a Google-style docstring."""
-  doc = inspect.getdoc(cls) or ""
-  match = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, re.S | re.M)
-  docs, name = {}, None
-  for line in (match.group(1) if match else "").splitlines():
-    entry = re.match(r"\s{2}(\w+): ?(.*)", line)
-    if entry and not line.startswith("    "):
-      name = entry.group(1)
-      docs[name] = entry.group(2).strip()
-    elif name is not None and line.strip():
-      docs[name] += " " + line.strip()
-  return docs
-
-
-def _unoptional(tp):
-  """`T` for `T | None`, else `tp`."""
-  if typing.get_origin(tp) in (typing.Union, types.UnionType):
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if len(args) == 1:
-      return args[0]
-  return tp
+# The field walk and the flag spelling live in the library (flatl2o.study writes
+# meta_train command lines with them); the names stay importable from here.
+from flatl2o.config_fields import META_TRAIN_RENAMES, command_args, field_docs  # pylint: disable=unused-import
+from flatl2o.config_fields import leaves as _leaves
+from flatl2o.config_fields import unoptional as _unoptional
 
 
 def _mutable_twin(cls):
@@ -65,16 +45,6 @@ def _mutable_twin(cls):
     else:
       fields.append((f.name, tp, dataclasses.field(default=f.default)))
   return dataclasses.make_dataclass(cls.__name__, fields)
-
-
-def _leaves(cls, prefix: str = ""):
-  """`(path, field, type, doc)` for every non-dataclass field, nested ones included."""
-  hints, docs = typing.get_type_hints(cls), field_docs(cls)
-  for f in dataclasses.fields(cls):
-    if dataclasses.is_dataclass(hints[f.name]):
-      yield from _leaves(hints[f.name], f"{prefix}{f.name}.")
-    else:
-      yield f"{prefix}{f.name}", f, hints[f.name], docs.get(f.name, f.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,40 +94,6 @@ def define(cls, *, renames: dict[str, str] | None = None,
       "config", twin(), f"{cls.__name__} (set fields as --config.FIELD=VALUE).",
       flag_values=flag_values, sys_argv=argv)
   return ConfigFlags(cls, holder, flag_names)
-
-
-# The plain flags of experiments.meta_train that are not the leaf field's name.
-META_TRAIN_RENAMES = {
-    "regularizer.kind": "regularizer",
-    "regularizer.when": "regularize_when",
-    "regularizer.add_to_inner_loss": "regularize_inner_loss",
-}
-
-
-def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
-  """The plain flags (`--NAME=VALUE`) that `define` + `build` turn back into `config`.
-
-  Only fields that differ from the dataclass's defaults are listed, each under
-  the flag name `define` gives it (a rename, else the leaf field's name).
-  """
-  renames = renames or {}
-  args = []
-  for path, field, tp, _ in _leaves(type(config)):
-    value = config
-    for part in path.split("."):
-      value = getattr(value, part)
-    # The declared default is the flag's: a field that __post_init__ resolves from others
-    # (the regularizer's alpha) is listed whenever it differs from that.
-    if value == field.default:
-      continue
-    name = renames.get(path, path.rsplit(".", 1)[-1])
-    if _unoptional(tp) is bool:
-      args.append(f"--{name}" if value else f"--no{name}")
-    elif isinstance(value, tuple):
-      args.append(f"--{name}={','.join(str(v) for v in value)}")
-    else:
-      args.append(f"--{name}={value!r}" if isinstance(value, float) else f"--{name}={value}")
-  return args
 
 
 def _check_config_overrides(argv: list[str], flag_names: dict[str, str]) -> None:

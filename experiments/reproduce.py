@@ -10,8 +10,9 @@ local-entropy term (coefficients chosen on validation from an L2O-DM sweep)
 over several meta-training seeds on `mlp_sigmoid`; meta-tests them and tuned
 Adam / SGD, SAM and Entropy-SGD on the seen optimizee and on unseen ones
 (`mlp_relu`, `mlp_deep`, `conv`, and with --other_dataset the same MLP on
-another dataset) for longer than the meta-training horizon. See
-`experiments/protocol.py` for every step.
+another dataset) for longer than the meta-training horizon. The study is
+library code, `flatl2o.study` (its `driver` lists every step; a notebook runs
+`study.run(study.StudyConfig(...), run_dir)`); this binary parses the flags.
 
 Writes RUN_DIR/results.json (every cell), results.md (the tables) and PNG
 figures (training-loss curves, test accuracy, Hessian trace against training
@@ -28,9 +29,9 @@ import time
 from absl import flags, logging
 
 from experiments import _cli
-from experiments import protocol
+from flatl2o import study
 
-_PRESET = flags.DEFINE_enum("preset", "cpu", list(protocol.PRESETS),
+_PRESET = flags.DEFINE_enum("preset", "cpu", list(study.PRESETS),
                             "Budgets: smoke (every cell, tiny budgets; minutes), cpu (the full "
                             "protocol; 112 minutes on 2 CPU cores shared with a second run, most "
                             "of it the conv optimizee; docs/results.md), gpu "
@@ -40,21 +41,21 @@ _DATASET = flags.DEFINE_string("dataset", "digits", "Dataset of the meta-trainin
 _OTHER = flags.DEFINE_string("other_dataset", None, "A second dataset for the seen MLP as an "
                              "unseen optimizee (e.g. idx:PATH or digits); none by default.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
-_MODELS = flags.DEFINE_list("models", list(protocol.MODELS),
-                            f"Learned optimizers: {', '.join(protocol.MODELS)}.")
-_REGULARIZERS = flags.DEFINE_list("regularizers", list(protocol.REGULARIZERS),
-                                  f"Regularizers: {', '.join(protocol.REGULARIZERS)}.")
+_MODELS = flags.DEFINE_list("models", list(study.MODELS),
+                            f"Learned optimizers: {', '.join(study.MODELS)}.")
+_REGULARIZERS = flags.DEFINE_list("regularizers", list(study.REGULARIZERS),
+                                  f"Regularizers: {', '.join(study.REGULARIZERS)}.")
 _OPTIMIZEES = flags.DEFINE_list(
     "optimizees", None,
-    f"Meta-test optimizees, of {', '.join((protocol.SEEN,) + protocol.UNSEEN)} and "
-    f"{protocol.OTHER_DATA} (the seen MLP on --other_dataset); default: all of them, "
-    f"{protocol.OTHER_DATA} only with --other_dataset. conv on 28x28 images is slow on a CPU.")
+    f"Meta-test optimizees, of {', '.join((study.SEEN,) + study.UNSEEN)} and "
+    f"{study.OTHER_DATA} (the seen MLP on --other_dataset); default: all of them, "
+    f"{study.OTHER_DATA} only with --other_dataset. conv on 28x28 images is slow on a CPU.")
 _RUN_DIR = flags.DEFINE_string("run_dir", "runs/reproduce", "Output folder (cells cached here).")
 
 
 def main(argv):
   del argv
-  config = protocol.ProtocolConfig(
+  config = study.StudyConfig(
       preset=_PRESET.value, dataset=_DATASET.value, other_dataset=_OTHER.value,
       data_dir=_DATA_DIR.value, models=tuple(_MODELS.value),
       regularizers=tuple(_REGULARIZERS.value),
@@ -62,14 +63,13 @@ def main(argv):
   stop = _cli.StopRequests()
   start = time.perf_counter()
   try:
-    results = protocol.run(config, _RUN_DIR.value, should_stop=stop.requested,
-                           log=logging.info)
-  except protocol.ProtocolInterrupted as e:
+    results = study.run(config, _RUN_DIR.value, should_stop=stop.requested, log=logging.info)
+  except study.StudyInterrupted as e:
     stop.exit(f"interrupted while {e}; finished cells are kept in {_RUN_DIR.value}; rerun "
               "the same command to continue")
   results["wall_time_s"] = time.perf_counter() - start
-  table = protocol.write_outputs(results, _RUN_DIR.value)
-  print(protocol.markdown(results, table))
+  table = study.write_outputs(results, _RUN_DIR.value)
+  print(study.markdown(results, table))
   print(f"wrote {os.path.join(_RUN_DIR.value, 'results.json')}, results.md and figures "
         f"({results['wall_time_s']:.0f} s)")
 

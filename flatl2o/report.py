@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from flatl2o import stats
+
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
   """Mean, standard deviation, 95% t-interval half-width, min, max and count."""
@@ -22,8 +24,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
   n = int(v.size)
   std = float(v.std(ddof=1)) if n > 1 else float("nan")
   if n > 1:
-    from scipy import stats  # pylint: disable=g-import-not-at-top  (scipy comes with scikit-learn)
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    half = float(stats.t_quantile(0.975, n - 1) * std / math.sqrt(n))
   else:
     half = float("nan")
   return {"mean": float(v.mean()), "std": std, "ci95": half, "min": float(v.min()),

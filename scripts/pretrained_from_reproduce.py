@@ -11,7 +11,7 @@ seeds, measures it on fresh digits MLPs against Adam (500 steps, held-out seeds
 prints), and adds it to `flatl2o/pretrained/NAME` with a card holding the
 reproduction's meta-test figures of that optimizer on every optimizee. The
 card's training command is the `experiments.meta_train` line that meta-trains
-that one optimizer alone (`protocol.meta_train_command`); the whole
+that one optimizer alone (`flatl2o.study.meta_train_command`); the whole
 reproduction's command is beside it.
 """
 
@@ -29,8 +29,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import flatl2o  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import _cli, protocol  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flatl2o import evaluation, optimizers, report, tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import _cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flatl2o import evaluation, optimizers, report, study, tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished experiments.reproduce run directory.")
 _NAMES = flags.DEFINE_list("names", None, "NAME=MODEL:REGULARIZER entries.")
@@ -48,10 +48,10 @@ def _parse(entries):
   for entry in entries:
     name, _, spec = entry.partition("=")
     model, _, kind = spec.partition(":")
-    if not name or model not in protocol.MODELS or kind not in protocol.REGULARIZERS:
+    if not name or model not in study.MODELS or kind not in study.REGULARIZERS:
       raise ValueError(f"--names entry {entry!r} is not NAME=MODEL:REGULARIZER with MODEL in "
-                       f"{', '.join(protocol.MODELS)} and REGULARIZER in "
-                       f"{', '.join(protocol.REGULARIZERS)}")
+                       f"{', '.join(study.MODELS)} and REGULARIZER in "
+                       f"{', '.join(study.REGULARIZERS)}")
     out[name] = (model, kind)
   return out
 
@@ -77,17 +77,8 @@ def main(argv):
     raise ValueError(f"{path} does not exist: run experiments.reproduce to the end first")
   with open(path) as f:
     results = json.load(f)
-  identity = protocol._upgrade_identity(results["config"])  # pylint: disable=protected-access
-  config = protocol.ProtocolConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                                      for k, v in identity.items()
-                                      if k in {f.name for f in dataclasses.fields(
-                                          protocol.ProtocolConfig)}})
-  defaults = protocol.ProtocolConfig(other_dataset=config.other_dataset)
-  given = [("preset", config.preset), ("dataset", config.dataset),
-           ("other_dataset", config.other_dataset), ("data_dir", config.data_dir)]
-  given += [(k, ",".join(getattr(config, k))) for k in ("models", "regularizers", "optimizees")
-            if getattr(config, k) != getattr(defaults, k)]
-  command = "python -m experiments.reproduce " + " ".join(f"--{k}={v}" for k, v in given if v)
+  config = study.config_from_identity(results["config"])
+  command = study.study_command(config)
   date = time.strftime("%Y-%m-%d")
   adam = optimizers.get("adam", learning_rate=0.01)
   for name, (model, kind) in wanted.items():
@@ -100,8 +91,7 @@ def main(argv):
       raise ValueError(f"{_RUN_DIR.value} has no non-collapsed {model} + {kind} optimizer")
     best = max(candidates, key=lambda c: (c["best_validation_accuracy"], -c["meta_seed"]))
     export = os.path.join(_RUN_DIR.value, best["export"])
-    meta_config = protocol._meta_config(model, kind, coefficient, best["meta_seed"],  # pylint: disable=protected-access
-                                        config.settings)
+    meta_config = study.meta_config(model, kind, coefficient, best["meta_seed"], config.settings)
     reg = {"kind": kind, "config": dataclasses.asdict(meta_config.regularizer)}
     if kind != "none":
       reg.update(coefficient_name="alpha" if kind == "hessian" else "beta",
@@ -124,8 +114,8 @@ def main(argv):
                     "meta-training seeds by validation accuracy."),
         "regularizer": reg,
         "training": {
-            "task": protocol.SEEN, "dataset": config.dataset,
-            "command": protocol.meta_train_command(config, model, kind, coefficient,
+            "task": study.SEEN, "dataset": config.dataset,
+            "command": study.meta_train_command(config, model, kind, coefficient,
                                                    best["meta_seed"]),
             "protocol_command": command,
             "meta_train_config": json.loads(json.dumps(dataclasses.asdict(meta_config))),

@@ -1,4 +1,5 @@
-"""experiments.reproduce: the protocol's statistics by hand, and the smoke preset end to end."""
+"""flatl2o.study and experiments.reproduce: the study's statistics by hand, the smoke preset
+end to end, and the study from Python (as a notebook runs it)."""
 
 import gzip
 import json
@@ -9,7 +10,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from experiments import protocol
+from flatl2o import study
 from tests.test_cli import run_binary
 
 
@@ -35,26 +36,26 @@ class StatisticsTest(parameterized.TestCase):
                    {"iteration": 40, "score": 0.95, "collapsed": False},
                    {"iteration": 60, "score": 0.99, "collapsed": True},
                    {"iteration": 80, "score": 0.97, "collapsed": False}]
-    self.assertEqual(protocol.best_within(validations, 100), 80)
-    self.assertEqual(protocol.best_within(validations, 79), 40)  # the collapsed one never
-    self.assertEqual(protocol.best_within(validations, 39), 20)
-    self.assertIsNone(protocol.best_within(validations, 10))
+    self.assertEqual(study.best_within(validations, 100), 80)
+    self.assertEqual(study.best_within(validations, 79), 40)  # the collapsed one never
+    self.assertEqual(study.best_within(validations, 39), 20)
+    self.assertIsNone(study.best_within(validations, 10))
 
   def test_coefficient_is_best_validation_that_did_not_collapse(self):
     sweep = [{"coefficient": 1.0, "best_validation_accuracy": 0.95, "collapsed": False},
              {"coefficient": 30.0, "best_validation_accuracy": 0.96, "collapsed": False},
              {"coefficient": 1000.0, "best_validation_accuracy": 0.99, "collapsed": True}]
-    self.assertEqual(protocol.choose_coefficient(sweep), 30.0)
+    self.assertEqual(study.choose_coefficient(sweep), 30.0)
     # A tie goes to the smaller coefficient (the smaller change to the objective).
     sweep[0]["best_validation_accuracy"] = 0.96
-    self.assertEqual(protocol.choose_coefficient(sweep), 1.0)
-    self.assertIsNone(protocol.choose_coefficient(sweep[2:]))
+    self.assertEqual(study.choose_coefficient(sweep), 1.0)
+    self.assertIsNone(study.choose_coefficient(sweep[2:]))
 
   def test_interval_over_meta_seeds_of_per_seed_means(self):
     cells = [_cell(0, 1000, x=1.0), _cell(0, 1001, x=3.0),   # seed 0 mean 2
              _cell(1, 1000, x=4.0), _cell(1, 1001, x=6.0),   # seed 1 mean 5
              _cell(2, 1000, x=8.0), _cell(2, 1001, x=8.0)]   # seed 2 mean 8
-    s = protocol._over_seeds(protocol._by_seed(cells, "x"))
+    s = study.over_seeds(study.by_seed(cells, "x"))
     self.assertAlmostEqual(s["mean"], 5.0)
     self.assertEqual(s["n"], 3)
     # t(0.975, 2) * std([2, 5, 8], ddof=1) / sqrt(3) = 4.302653 * 3 / 1.732051
@@ -62,7 +63,7 @@ class StatisticsTest(parameterized.TestCase):
 
   def test_one_meta_seed_interval_is_over_test_seeds(self):
     cells = [_cell(None, 1000, x=1.0), _cell(None, 1001, x=2.0), _cell(None, 1002, x=3.0)]
-    s = protocol._over_seeds(protocol._by_seed(cells, "x"))
+    s = study.over_seeds(study.by_seed(cells, "x"))
     self.assertEqual((s["mean"], s["n"]), (2.0, 3))
     self.assertAlmostEqual(s["ci95"], 4.302653 * 1.0 / np.sqrt(3.0), places=4)
 
@@ -71,7 +72,7 @@ class StatisticsTest(parameterized.TestCase):
          _cell(1, 1001, x=0.95)]
     b = [_cell(0, 1000, x=0.85), _cell(0, 1001, x=0.82), _cell(1, 1000, x=0.60),
          _cell(1, 1001, x=0.90), _cell(1, 1002, x=0.10)]  # unpaired: ignored
-    d = protocol._paired(protocol._by_seed(a, "x"), protocol._by_seed(b, "x"))
+    d = study.paired(study.by_seed(a, "x"), study.by_seed(b, "x"))
     per_seed = [np.mean([0.05, -0.02]), np.mean([0.10, 0.05])]
     self.assertAlmostEqual(d["mean"], np.mean(per_seed))
     self.assertAlmostEqual(d["ci95"], 12.706205 * np.std(per_seed, ddof=1) / np.sqrt(2), places=4)
@@ -80,7 +81,7 @@ class StatisticsTest(parameterized.TestCase):
     cells = [_cell(None, 1000, matched={"step": 100, "hessian_trace": 2.0}),
              _cell(None, 1001, matched={"step": None}),
              _cell(None, 1002, matched={"step": 50, "hessian_trace": 4.0})]
-    s = protocol._over_seeds(protocol._by_seed(cells, "hessian_trace", matched=True))
+    s = study.over_seeds(study.by_seed(cells, "hessian_trace", matched=True))
     self.assertEqual((s["mean"], s["n"]), (3.0, 2))
 
   def test_bad_configuration(self):
@@ -94,13 +95,13 @@ class StatisticsTest(parameterized.TestCase):
                             ({"optimizees": ("mlp_sigmoid", "mlp_sigmoid@other")},
                              "give other_dataset")):
       with self.assertRaisesRegex(ValueError, message):
-        protocol.ProtocolConfig(**kwargs)
+        study.StudyConfig(**kwargs)
 
   def test_default_optimizees_take_the_other_dataset_only_when_given(self):
-    every = (protocol.SEEN,) + protocol.UNSEEN
-    self.assertEqual(protocol.ProtocolConfig().optimizees, every)
-    self.assertEqual(protocol.ProtocolConfig(other_dataset="digits").optimizees,
-                     every + (protocol.OTHER_DATA,))
+    every = (study.SEEN,) + study.UNSEEN
+    self.assertEqual(study.StudyConfig().optimizees, every)
+    self.assertEqual(study.StudyConfig(other_dataset="digits").optimizees,
+                     every + (study.OTHER_DATA,))
 
 
 class MatchedLossTest(parameterized.TestCase):
@@ -110,26 +111,26 @@ class MatchedLossTest(parameterized.TestCase):
   def test_snapshot_equals_replay(self, name):
     import jax  # pylint: disable=g-import-not-at-top
     from flatl2o import evaluation, optimizers, tasks  # pylint: disable=g-import-not-at-top
-    s = protocol.PRESETS["smoke"]
+    s = study.PRESETS["smoke"]
     task = tasks.get("mlp_sigmoid", "digits")
     if name == "adam":
       tx = optimizers.get("adam")
     else:
       lopt = optimizers.L2ODM(output_scale=0.01)
       tx = evaluation.Learned(lopt, lopt.init(jax.random.key(0)))
-    measure = protocol._flatness_fn(s)
+    measure = study.flatness_fn(s)
     snapshots = {}
-    run = protocol.run_test(task, tx, s, 1000, s.test_horizon, measure, snapshots)
+    run = study.run_test(task, tx, s, 1000, s.test_horizon, measure, snapshots)
     self.assertEqual(sorted(snapshots), [10, 20])
     level = run["train_loss_curve"][1] + 1e-6  # reached first at step 10
-    kept = protocol.matched_run(task, tx, s, run, level, measure, snapshots)
-    replayed = protocol.matched_run(task, tx, s, run, level, measure)
+    kept = study.matched_run(task, tx, s, run, level, measure, snapshots)
+    replayed = study.matched_run(task, tx, s, run, level, measure)
     self.assertEqual(kept["step"], 10)
     self.assertEqual(replayed["step"], 10)
     for key in ("train_loss", "hessian_trace", "top_eigenvalue"):
       self.assertAlmostEqual(kept[key], replayed[key], places=5, msg=key)
     self.assertNotAlmostEqual(kept["hessian_trace"], run["hessian_trace"], places=5)
-    never = protocol.matched_run(task, tx, s, run, -1.0, measure, snapshots)
+    never = study.matched_run(task, tx, s, run, -1.0, measure, snapshots)
     self.assertEqual(never, {"test_seed": 1000, "step": None})
 
 
@@ -141,8 +142,8 @@ class MetaTrainCommandTest(parameterized.TestCase):
     from absl import flags  # pylint: disable=g-import-not-at-top
     from experiments import _config_flags  # pylint: disable=g-import-not-at-top
     from flatl2o import meta  # pylint: disable=g-import-not-at-top
-    config = protocol.ProtocolConfig(preset="cpu", dataset="idx:/data/mnist")
-    command = protocol.meta_train_command(config, model, kind, coefficient, 1)
+    config = study.StudyConfig(preset="cpu", dataset="idx:/data/mnist")
+    command = study.meta_train_command(config, model, kind, coefficient, 1)
     prefix = ("python -m experiments.meta_train --optimizer="
               f"{'l2o_dm' if model == 'l2o_dm_enhanced' else model} --task=mlp_sigmoid "
               "--dataset=idx:/data/mnist ")
@@ -153,8 +154,7 @@ class MetaTrainCommandTest(parameterized.TestCase):
                                 flag_values=values, argv=argv)
     values(argv)
     parsed, _ = _config_flags.build(made, values)
-    self.assertEqual(parsed, protocol._meta_config(model, kind, coefficient, 1,
-                                                   protocol.PRESETS["cpu"]))
+    self.assertEqual(parsed, study.meta_config(model, kind, coefficient, 1, study.PRESETS["cpu"]))
     if kind != "none":
       self.assertIn(f"--regularizer={kind}", command)
 
@@ -163,34 +163,45 @@ class RunDirectoryIdentityTest(absltest.TestCase):
 
   def test_same_configuration_continues_another_is_refused(self):
     run_dir = self.create_tempdir().full_path
-    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))
-    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))  # the same: accepted
+    study.Cells(run_dir, study.StudyConfig(preset="smoke"))
+    study.Cells(run_dir, study.StudyConfig(preset="smoke"))  # the same: accepted
     with open(os.path.join(run_dir, "protocol.json")) as f:
       written = f.read()
     with self.assertRaisesRegex(ValueError, r"another configuration \(differs in preset, "
                                 r"settings\); pass another --run_dir"):
-      protocol.Cells(run_dir, protocol.ProtocolConfig(preset="cpu"))
+      study.Cells(run_dir, study.StudyConfig(preset="cpu"))
     with open(os.path.join(run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), written)
 
   def test_an_older_run_listing_the_other_dataset_without_one_continues(self):
     run_dir = self.create_tempdir().full_path
-    identity = protocol.ProtocolConfig(preset="smoke").identity()
-    identity["optimizees"] = list(identity["optimizees"]) + [protocol.OTHER_DATA]
+    identity = study.StudyConfig(preset="smoke").identity()
+    identity["optimizees"] = list(identity["optimizees"]) + [study.OTHER_DATA]
     with open(os.path.join(run_dir, "protocol.json"), "w") as f:
       json.dump(identity, f)
-    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))  # accepted
+    with open(os.path.join(run_dir, "protocol.json")) as f:
+      written = f.read()
+    study.Cells(run_dir, study.StudyConfig(preset="smoke"))  # accepted: read as upgraded
+    with open(os.path.join(run_dir, "protocol.json")) as f:
+      self.assertEqual(f.read(), written)  # and left as it was
+    self.assertNotIn(study.OTHER_DATA, study.upgrade_identity(json.loads(written))["optimizees"])
+    # The upgraded identity is still compared: another configuration is refused.
+    with self.assertRaisesRegex(ValueError, r"\(differs in models\)"):
+      study.Cells(run_dir, study.StudyConfig(preset="smoke", models=("l2o_dm",)))
+    # With another dataset given, the listed optimizee is what was asked for: still refused,
+    # since the folder has no other dataset.
+    with self.assertRaisesRegex(ValueError, r"\(differs in optimizees, other_dataset\)"):
+      study.Cells(run_dir, study.StudyConfig(preset="smoke", other_dataset="digits"))
 
   def test_a_field_an_older_run_lacks_counts_as_its_default(self):
     run_dir = self.create_tempdir().full_path
-    identity = protocol.ProtocolConfig(preset="smoke").identity()
+    identity = study.StudyConfig(preset="smoke").identity()
     del identity["optimizees"]
     with open(os.path.join(run_dir, "protocol.json"), "w") as f:
       json.dump(identity, f)
-    protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke"))
+    study.Cells(run_dir, study.StudyConfig(preset="smoke"))
     with self.assertRaisesRegex(ValueError, "differs in optimizees"):
-      protocol.Cells(run_dir, protocol.ProtocolConfig(preset="smoke",
-                                                      optimizees=("mlp_sigmoid",)))
+      study.Cells(run_dir, study.StudyConfig(preset="smoke", optimizees=("mlp_sigmoid",)))
 
 
 @__import__("pytest").mark.slow
@@ -217,15 +228,15 @@ class SmokePresetTest(parameterized.TestCase):
 
   def test_every_cell_is_there(self):
     self.assertEqual(self.proc.returncode, 0, self.proc.stderr[-3000:])
-    s = protocol.PRESETS["smoke"]
+    s = study.PRESETS["smoke"]
     got = {(c["model"], c["regularizer"], c["meta_seed"], c["optimizee"], c["test_seed"])
            for c in self.results["cells"] if not self.results["contenders"][c["contender"]]
            .get("seen_only")}
-    optimizees = (protocol.SEEN,) + protocol.UNSEEN + (protocol.OTHER_DATA,)
-    tests = [protocol.TEST_SEED_BASE + i for i in range(s.test_seeds)]
-    want = {(m, r, seed, o, t) for m in protocol.MODELS for r in protocol.REGULARIZERS
+    optimizees = (study.SEEN,) + study.UNSEEN + (study.OTHER_DATA,)
+    tests = [study.TEST_SEED_BASE + i for i in range(s.test_seeds)]
+    want = {(m, r, seed, o, t) for m in study.MODELS for r in study.REGULARIZERS
             for seed in s.meta_seeds for o in optimizees for t in tests}
-    want |= {(b, None, None, o, t) for b in protocol.BASELINES for o in optimizees for t in tests}
+    want |= {(b, None, None, o, t) for b in study.BASELINES for o in optimizees for t in tests}
     self.assertEqual(got, want)
     for c in self.results["cells"]:
       for key in ("train_loss", "test_accuracy", "hessian_trace", "top_eigenvalue", "collapsed"):
@@ -258,6 +269,8 @@ class SmokePresetTest(parameterized.TestCase):
     self.assertGreater(checked, 0)
 
   def test_same_budget_plain_is_selected_within_the_budget(self):
+    # one per regularized model x seed: 5 models x 2 terms x 2 seeds
+    self.assertLen(self.results["same_budget"], 20)
     for reg_name, plain_name in self.results["same_budget"].items():
       reg = self.results["meta_training"][reg_name]
       plain = self.results["meta_training"][plain_name]
@@ -268,7 +281,7 @@ class SmokePresetTest(parameterized.TestCase):
     victim = os.path.join(cells, "test", "mlp_relu", "adam.json")
     os.remove(victim)
     before = {p: os.path.getmtime(os.path.join(cells, p + ".json"))
-              for p in protocol.cell_names(self.run_dir)}
+              for p in study.cell_names(self.run_dir)}
     proc = run_binary("experiments.reproduce", *self.args, timeout=1200)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertTrue(os.path.exists(victim))
@@ -284,6 +297,24 @@ class SmokePresetTest(parameterized.TestCase):
     self.assertIn("holds a reproduction of another configuration (differs in models)", lines[-1])
     with open(os.path.join(self.run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), identity)
+
+  def test_the_library_from_python_gives_the_binarys_results(self):
+    # What a notebook runs; every cell is cached by now, so this only reads them back.
+    config = study.StudyConfig(preset="smoke", other_dataset=f"idx:{self.other}")
+    logged = []
+    results = study.run(config, self.run_dir, log=logged.append)
+    self.assertFalse([line for line in logged if line.startswith("meta-training ")], logged)
+    with open(os.path.join(self.run_dir, "results.json")) as f:
+      written = json.load(f)
+    for key in ("table", "wall_time_s"):
+      del written[key]
+    self.assertEqual(json.dumps(json.loads(json.dumps(results)), sort_keys=True),
+                     json.dumps(written, sort_keys=True))
+    out = self.create_tempdir().full_path
+    table = study.write_outputs(results, out)
+    self.assertEqual(set(table), {"mlp_sigmoid", "mlp_relu", "mlp_deep", "conv",
+                                  "mlp_sigmoid@other"})
+    self.assertTrue(os.path.exists(os.path.join(out, "results.md")))
 
 
 class BadFlagsTest(parameterized.TestCase):

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flatl2o import checkpoints, environment, report
+from flatl2o import checkpoints, environment, folders, report
 from flatl2o.checkpoints import CheckpointError
 from flatl2o.meta.config import MetaTrainConfig
 from flatl2o.optimizers import base as lopt_base
@@ -63,11 +63,7 @@ def describe(lopt, task, config) -> dict[str, Any]:
 
 def first_difference(old, new, prefix: str = "") -> str:
   """The first differing key of two JSON values, as 'key was X, now Y'."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    for k in sorted(set(old) | set(new)):
-      if old.get(k) != new.get(k):
-        return first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
-  return f"{prefix.rstrip('.')} was {old!r}, now {new!r}"
+  return folders.first_difference(old, new, prefix)
 
 
 def _with_new_defaults(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -88,28 +84,22 @@ def _with_new_defaults(existing: dict[str, Any], new: dict[str, Any]) -> dict[st
 def claim(path: str, description: dict[str, Any], write: bool = True) -> None:
   """Writes `run.json` into a new or empty folder, or checks the one there matches.
 
-  With `write=False` (processes other than 0) it only checks.
+  `folders.claim_folder` with run.json; fields an older run.json lacks count as
+  their defaults. With `write=False` (processes other than 0) it only checks.
   """
-  run_json = os.path.join(path, "run.json")
-  if os.path.exists(run_json):
-    try:
-      with open(run_json) as f:
-        existing = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise CheckpointError(f"{run_json} is unreadable ({e}); use another run "
-                            "directory") from None
-    as_json = json.loads(json.dumps(description))  # tuples as lists, as in the file
-    existing = _with_new_defaults(existing, as_json)
-    if existing != as_json:
-      diffs = first_difference(existing, as_json)
-      raise CheckpointError(
-          f"run directory {path} belongs to a different configuration ({diffs}); "
-          "use another --run_dir or the original settings")
-  elif os.path.isdir(path) and os.listdir(path):
+  try:
+    folders.claim_folder(path, description, filename="run.json", normalize=_with_new_defaults,
+                         write=write)
+  except folders.FolderClaimError as e:
+    if e.reason == "unreadable":
+      raise CheckpointError(f"{str(e).rsplit('; ', 1)[0]}; use another run directory") from None
+    if e.reason == "foreign":
+      raise CheckpointError(f"run directory {path} is not empty and holds no run.json; use an "
+                            "empty or new one") from None
     raise CheckpointError(
-        f"run directory {path} is not empty and holds no run.json; use an empty or new one")
-  elif write:
-    report.write_json(run_json, description)
+        f"run directory {path} belongs to a different configuration "
+        f"({first_difference(e.found, e.identity)}); use another --run_dir or the original "
+        "settings") from None
 
 
 class RunCheckpointer:

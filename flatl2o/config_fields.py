@@ -1,0 +1,85 @@
+"""A configuration dataclass as flat fields, and the command line that builds it back.
+
+`leaves(Config)` walks a (nested) frozen dataclass's fields as dotted paths
+with their types and the descriptions of its docstring's `Attributes:`;
+`command_args(config)` spells a configuration as the plain flags
+(`--NAME=VALUE`) of a binary whose flags are derived from the dataclass
+(`experiments/_config_flags.py` defines them from the same `leaves`), so the
+library can write the command that reproduces a run without reading flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+
+
+def field_docs(cls) -> dict[str, str]:
+  """`field -> description` from the `Attributes:` section of a Google-style docstring."""
+  doc = inspect.getdoc(cls) or ""
+  match = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, re.S | re.M)
+  docs, name = {}, None
+  for line in (match.group(1) if match else "").splitlines():
+    entry = re.match(r"\s{2}(\w+): ?(.*)", line)
+    if entry and not line.startswith("    "):
+      name = entry.group(1)
+      docs[name] = entry.group(2).strip()
+    elif name is not None and line.strip():
+      docs[name] += " " + line.strip()
+  return docs
+
+
+def unoptional(tp):
+  """`T` for `T | None`, else `tp`."""
+  if typing.get_origin(tp) in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) == 1:
+      return args[0]
+  return tp
+
+
+def leaves(cls, prefix: str = ""):
+  """`(path, field, type, doc)` for every non-dataclass field, nested ones included."""
+  hints, docs = typing.get_type_hints(cls), field_docs(cls)
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(hints[f.name]):
+      yield from leaves(hints[f.name], f"{prefix}{f.name}.")
+    else:
+      yield f"{prefix}{f.name}", f, hints[f.name], docs.get(f.name, f.name)
+
+
+# The plain flags of experiments.meta_train that are not the leaf field's name.
+META_TRAIN_RENAMES = {
+    "regularizer.kind": "regularizer",
+    "regularizer.when": "regularize_when",
+    "regularizer.add_to_inner_loss": "regularize_inner_loss",
+}
+
+
+def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
+  """The plain flags (`--NAME=VALUE`) that `_config_flags.define` + `build` read back as `config`.
+
+  Only fields that differ from the dataclass's defaults are listed, each under
+  the flag name `define` gives it (a rename, else the leaf field's name).
+  """
+  renames = renames or {}
+  args = []
+  for path, field, tp, _ in leaves(type(config)):
+    value = config
+    for part in path.split("."):
+      value = getattr(value, part)
+    # The declared default is the flag's: a field that __post_init__ resolves from others
+    # (the regularizer's alpha) is listed whenever it differs from that.
+    if value == field.default:
+      continue
+    name = renames.get(path, path.rsplit(".", 1)[-1])
+    if unoptional(tp) is bool:
+      args.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, tuple):
+      args.append(f"--{name}={','.join(str(v) for v in value)}")
+    else:
+      args.append(f"--{name}={value!r}" if isinstance(value, float) else f"--{name}={value}")
+  return args

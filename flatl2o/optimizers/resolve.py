@@ -1,0 +1,84 @@
+"""One string names any optimizer: `resolve(spec)` -> an optax transformation.
+
+A spec is
+- a hand-designed optimizer's name (`adam`, `sgd`, ... : `optimizers.names()`),
+  optionally with a learning rate;
+- `pretrained:NAME`, a learned optimizer shipped with flatl2o
+  (`flatl2o.pretrained.names()`);
+- the folder of an exported learned optimizer (`RUN_DIR/optimizer`).
+
+`checkpoints` and `pretrained` import `optimizers`, so they are imported here
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flatl2o.optimizers import registry
+
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def is_hand_designed(spec: str) -> bool:
+  """Whether `spec` names a hand-designed optimizer."""
+  return spec in registry.names()
+
+
+def pretrained_name(spec: str) -> str | None:
+  """NAME of `pretrained:NAME`, else None."""
+  return spec[len(PRETRAINED_PREFIX):] if spec.startswith(PRETRAINED_PREFIX) else None
+
+
+def export_path(spec: str) -> str:
+  """The export folder of a learned spec: its path, or a pretrained optimizer's package folder."""
+  name = pretrained_name(spec)
+  if name is None:
+    return spec
+  from flatl2o import pretrained  # pylint: disable=g-import-not-at-top  (imports optimizers)
+  return pretrained.path(name)
+
+
+def export_description(spec: str) -> dict:
+  """The `optimizer.json` of a learned spec's export (architecture, sha256, ...)."""
+  with open(os.path.join(export_path(spec), "optimizer.json")) as f:
+    return json.load(f)
+
+
+def resolve(spec: str, learning_rate: float | None = None):
+  """The optax transformation `spec` names.
+
+  Args:
+    spec: a hand-designed optimizer's name, `pretrained:NAME`, or the folder of
+      an exported learned optimizer.
+    learning_rate: for hand-designed optimizers only (None: its default).
+
+  Raises:
+    ValueError: an unknown spec (one line naming what is accepted), a learning
+      rate given to a learned optimizer, an unknown pretrained NAME, or a
+      missing or corrupted export (`checkpoints.CheckpointError`).
+  """
+  # pylint: disable=g-import-not-at-top  (both import optimizers)
+  from flatl2o import checkpoints, pretrained
+  if is_hand_designed(spec):
+    return registry.get(spec, learning_rate=learning_rate)
+  name = pretrained_name(spec)
+  if name is not None:
+    tx = pretrained.load(name)  # unknown NAME: one line listing the names
+    if learning_rate is not None:
+      raise ValueError("--learning_rate applies to hand-designed optimizers only, not to "
+                       f"the pretrained optimizer {name}")
+    return tx
+  if os.sep in spec or os.path.exists(spec):
+    if learning_rate is not None:
+      raise ValueError("--learning_rate applies to hand-designed optimizers only, not to "
+                       f"the learned optimizer {spec}")
+    return checkpoints.load_optimizer(spec)
+  hint = (f"; {spec!r} is an architecture: meta-train it with experiments.meta_train "
+          "and pass RUN_DIR/optimizer" if spec in registry.learned_names() else "")
+  if spec in pretrained.names():
+    hint += f"; the shipped pretrained one is --optimizer={PRETRAINED_PREFIX}{spec}"
+  raise ValueError(f"unknown optimizer {spec!r}; accepted: "
+                   f"{', '.join(registry.names())}, the path of an exported optimizer, or "
+                   f"{PRETRAINED_PREFIX}NAME ({', '.join(pretrained.names())}){hint}")

@@ -1,0 +1,73 @@
+"""A study's results as JSON cells under `run_dir/cells/`, and the folder's identity.
+
+Each stage's result is one cell (`cells/meta/NAME.json`, `cells/test/OPTIMIZEE/NAME.json`,
+...), written atomically, so an interrupted study continues where it stopped.
+`run_dir/protocol.json` pins the configuration (`folders.claim_folder`): a
+folder of another configuration is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from flatl2o import folders, report
+from flatl2o.study.config import StudyConfig, upgrade_identity
+
+IDENTITY_FILE = "protocol.json"
+
+
+def claim(run_dir: str, config: StudyConfig) -> None:
+  """Pins `config` to `run_dir` (protocol.json), or refuses the folder (ValueError).
+
+  An older protocol.json is read as this version writes it (`upgrade_identity`),
+  and a field it lacks counts as its default.
+  """
+  def normalize(found: dict, wanted: dict) -> dict:
+    del wanted
+    found = upgrade_identity(found)
+    defaults = folders.as_json(StudyConfig(
+        preset=config.preset, other_dataset=found.get("other_dataset")).identity())
+    return {**{k: defaults[k] for k in defaults if k not in found}, **found}
+
+  try:
+    folders.claim_folder(run_dir, config.identity(), filename=IDENTITY_FILE,
+                         normalize=normalize)
+  except folders.FolderClaimError as e:
+    if e.reason != "other":
+      raise ValueError(f"run directory {run_dir} is not empty and holds no readable "
+                       f"{IDENTITY_FILE}; pass an empty or new --run_dir") from None
+    changed = sorted(folders.differing_keys(e.found, e.identity))
+    raise ValueError(f"run directory {run_dir} holds a reproduction of another "
+                     f"configuration (differs in {', '.join(changed)}); pass another "
+                     "--run_dir or remove it") from None
+
+
+class Cells:
+  """JSON cells in `run_dir/cells/`, written atomically; claims the run directory."""
+
+  def __init__(self, run_dir: str, config: StudyConfig):
+    self.run_dir = run_dir
+    claim(run_dir, config)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.run_dir, "cells", *parts[:-1], parts[-1] + ".json")
+
+  def get(self, *parts: str) -> dict | None:
+    path = self.path(*parts)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def put(self, value: dict, *parts: str) -> dict:
+    report.write_json(self.path(*parts), value)
+    return value
+
+
+def cell_names(run_dir: str) -> list[str]:
+  """Every cached cell, relative to `run_dir/cells` (for progress and tests)."""
+  root = os.path.join(run_dir, "cells")
+  return sorted(os.path.relpath(p, root)[:-5]
+                for p in glob.glob(os.path.join(root, "**", "*.json"), recursive=True))

@@ -1,0 +1,75 @@
+"""One study cell as a meta-training configuration and as the command that reruns it alone.
+
+`meta_config` is the `MetaTrainConfig` of a model x regularizer x seed cell;
+`meta_train_command` spells it as an `experiments.meta_train` command line
+(`flatl2o.config_fields.command_args`), the same configuration, task and data,
+so the same meta-parameters on the same machine and versions.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from flatl2o import config_fields, meta, optimizers
+from flatl2o.study.config import SEEN, Preset, StudyConfig
+
+
+def architecture(model: str):
+  """The learned architecture of a study model (the enhanced recipe is L2O-DM's)."""
+  return optimizers.learned("l2o_dm" if model == "l2o_dm_enhanced" else model)
+
+
+def regularizer_label(kind: str, coefficient: float | None) -> str:
+  return "none" if kind == "none" else f"{kind}-{coefficient:g}"
+
+
+def meta_config(model: str, kind: str, coefficient: float | None, seed: int, s: Preset,
+                num_meta_iterations: int | None = None) -> meta.MetaTrainConfig:
+  """The meta-training configuration of one cell under the preset's budgets."""
+  if kind == "none":
+    reg = meta.RegularizerConfig()
+  else:
+    reg = meta.RegularizerConfig(kind=kind, **{"hessian": {"alpha": coefficient},
+                                               "entropy": {"beta": coefficient}}[kind])
+  extra = {}
+  if model == "l2o_dm_enhanced":  # Chen et al. 2020: horizon curriculum + imitation of Adam
+    u, h = s.unroll_length, s.num_inner_steps
+    horizons = sorted({max(u, (h // 4) // u * u), max(u, (h // 2) // u * u), h})
+    extra = {"imitation_ratio": 0.2}
+    if len(horizons) > 1:
+      extra.update(curriculum=True, curriculum_horizons=tuple(horizons))
+  lopt = architecture(model)
+  return meta.MetaTrainConfig(
+      unroll_length=s.unroll_length, num_inner_steps=s.num_inner_steps,
+      meta_batch_size=s.meta_batch_size,
+      num_meta_iterations=num_meta_iterations or s.num_meta_iterations,
+      validation_every=s.validation_every, validation_horizon=s.num_inner_steps,
+      validation_seeds=s.validation_seeds, checkpoint_every=s.validation_every,
+      log_every=s.validation_every, seed=seed, regularizer=reg, num_devices=1,
+      meta_loss=getattr(lopt, "preferred_meta_loss", "mean"), **extra)
+
+
+def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: float | None,
+                       seed: int) -> str:
+  """The `experiments.meta_train` command that meta-trains this study cell on its own.
+
+  Same configuration, task and data, so the same meta-parameters (on the same
+  machine and versions) as the cell's export.
+  """
+  mconfig = meta_config(model, kind, coefficient, seed, config.settings)
+  args = [f"--optimizer={architecture(model).name}", f"--task={SEEN}",
+          f"--dataset={config.dataset}"]
+  if config.data_dir:
+    args.append(f"--data_dir={config.data_dir}")
+  args += config_fields.command_args(mconfig, renames=config_fields.META_TRAIN_RENAMES)
+  return "python -m experiments.meta_train " + shlex.join(args)
+
+
+def study_command(config: StudyConfig) -> str:
+  """The `experiments.reproduce` command of a whole study (flags that differ from defaults)."""
+  defaults = StudyConfig(other_dataset=config.other_dataset)
+  given = [("preset", config.preset), ("dataset", config.dataset),
+           ("other_dataset", config.other_dataset), ("data_dir", config.data_dir)]
+  given += [(k, ",".join(getattr(config, k))) for k in ("models", "regularizers", "optimizees")
+            if getattr(config, k) != getattr(defaults, k)]
+  return "python -m experiments.reproduce " + " ".join(f"--{k}={v}" for k, v in given if v)

@@ -1,0 +1,182 @@
+"""One optimizer on one optimizee over several seeds, into a folder of its own.
+
+`evaluate(EvaluateConfig(...))` trains the task once per seed (the same seeds
+give every optimizer the same initialisations and batches), and writes to the
+configuration's folder `metrics.jsonl` (one object per seed and evaluated
+step), `summary.json` (configuration, per-seed finals with the flatness of the
+final parameters, mean and 95% interval over seeds), `curves.png`, and with
+`landscape` the first seed's loss-landscape slices (`landscape_1d.png`,
+`landscape_2d.png`, summary.json's "landscape").
+
+The optimizer is any spec `flatl2o.optimizers.resolve` takes. The folder is
+pinned to the configuration (`folders.claim_folder`, the identity inside
+summary.json): another configuration's folder is refused before anything is
+written; the same configuration's results are replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+
+from flatl2o import evaluation, folders, optimizers, report, tasks
+from flatl2o.optimizers.resolve import export_description, is_hand_designed, pretrained_name
+
+LANDSCAPE_FILES = ("landscape_1d.png", "landscape_2d.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """One multi-seed evaluation.
+
+  Attributes:
+    task: the optimizee (`flatl2o.tasks.names()`).
+    dataset: its dataset (None: the task's default).
+    data_dir: TFDS data_dir for prepared datasets.
+    optimizer: a spec of `flatl2o.optimizers.resolve`.
+    learning_rate: for hand-designed optimizers (None: the default).
+    num_steps: training steps per seed.
+    batch_size: minibatch size.
+    eval_every: steps between validation / test evaluations.
+    seeds: one run each.
+    out_dir: the folder; None: runs/evaluate/TASK-DATASET-OPTIMIZER (`default_out_dir`).
+    landscape: also slice the loss around the first seed's final parameters
+      (extra outputs only: not part of the folder's identity).
+  """
+
+  task: str
+  dataset: str | None
+  data_dir: str | None
+  optimizer: str
+  learning_rate: float | None
+  num_steps: int
+  batch_size: int
+  eval_every: int
+  seeds: tuple[int, ...]
+  out_dir: str | None
+  landscape: bool = False
+
+
+def optimizer_label(config: EvaluateConfig) -> str:
+  """How tables and legends name the optimizer: with its learning rate, or its export."""
+  if is_hand_designed(config.optimizer):
+    lr = config.learning_rate
+    if lr is None:
+      lr = optimizers.default_hparams(config.optimizer).get("learning_rate")
+      return f"{config.optimizer} (lr {lr:g}, default)" if lr is not None else config.optimizer
+    return f"{config.optimizer} (lr {lr:g})"
+  if pretrained_name(config.optimizer) is not None:
+    return f"pretrained {pretrained_name(config.optimizer)}"
+  description = export_description(config.optimizer)
+  return f"learned {description['architecture']} ({os.path.normpath(config.optimizer)})"
+
+
+def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
+  """runs/evaluate/TASK-DATASET-OPTIMIZER: OPTIMIZER names the learning rate when one is
+  given (`adam-lr0.1`), an export by architecture, folder and checksum, or `pretrained-NAME`."""
+  if is_hand_designed(config.optimizer):
+    name = config.optimizer + (f"-lr{config.learning_rate:g}" if config.learning_rate else "")
+  elif pretrained_name(config.optimizer) is not None:
+    name = f"pretrained-{pretrained_name(config.optimizer)}"
+  else:
+    description = export_description(config.optimizer)
+    folder = os.path.basename(os.path.normpath(config.optimizer))
+    name = f"{description['architecture']}-{folder}-{description['sha256'][:8]}"
+  return os.path.join("runs", "evaluate",
+                      folders.safe_name(f"{config.task}-{dataset_name}-{name}"))
+
+
+def identity(config: EvaluateConfig) -> dict[str, Any]:
+  """What the folder is pinned to: the configuration (not its folder or extra outputs), and
+  a learned optimizer's export checksum (its contents, not only its path)."""
+  out = dataclasses.asdict(config)
+  out.pop("out_dir")
+  out.pop("landscape")  # adds outputs, changes no result
+  if not is_hand_designed(config.optimizer):
+    out["optimizer_sha256"] = export_description(config.optimizer)["sha256"]
+  return folders.as_json(out)  # as it reads back from summary.json
+
+
+def claim(out_dir: str, wanted: dict[str, Any]) -> None:
+  """Refuses a folder that holds other results (ValueError, nothing written)."""
+  try:
+    folders.claim_folder(out_dir, wanted, filename="summary.json", key="identity", write=False)
+  except folders.FolderClaimError as e:
+    if e.reason != "other":
+      raise ValueError(f"--out_dir {out_dir} is not empty and holds no evaluate summary.json; "
+                       "pass an empty or new folder") from None
+    changes = "; ".join(f"{k} was {e.found.get(k)!r}, now {e.identity.get(k)!r}"
+                        for k in folders.differing_keys(e.found, e.identity))
+    raise ValueError(f"--out_dir {out_dir} holds the results of another configuration "
+                     f"({changes}); pass another --out_dir (nothing was overwritten)") from None
+
+
+def _landscape(config: EvaluateConfig, task, seed: int, result, label: str) -> dict:
+  """Slices around `result.params` (seed `seed`), writes their PNGs, returns the 1-D values."""
+  slices = evaluation.loss_landscape(task, result.params,
+                                     jax.random.fold_in(jax.random.key(seed), 0x1A5D))
+  title = f"{config.task} on {task.dataset_name}: seed {seed}, step {config.num_steps}"
+  report.plot_landscape_1d(os.path.join(config.out_dir, LANDSCAPE_FILES[0]), slices["alphas"],
+                           {label: slices["loss_1d"]}, title=title)
+  report.plot_landscape_2d(os.path.join(config.out_dir, LANDSCAPE_FILES[1]),
+                           slices["alphas_2d"], slices["betas_2d"], {label: slices["loss_2d"]},
+                           title=title)
+  return {"seed": seed, "step": config.num_steps, "alphas": slices["alphas"].tolist(),
+          "loss": slices["loss_1d"].tolist()}
+
+
+def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
+  """Runs every seed, writes the outputs, returns the summary (its "config" has the folder)."""
+  # Everything that can be wrong with the input fails here, before compiling.
+  tx = optimizers.resolve(config.optimizer, config.learning_rate)
+  task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
+                   batch_size=config.batch_size)
+  if config.out_dir is None:
+    config = dataclasses.replace(config, out_dir=default_out_dir(config, task.dataset_name))
+  wanted = identity(config)
+  claim(config.out_dir, wanted)
+
+  results = []
+  for i, seed in enumerate(config.seeds, start=1):
+    result = evaluation.train(task, tx, config.num_steps, jax.random.key(seed),
+                              eval_every=config.eval_every, flatness_at=(config.num_steps,))
+    results.append(result)
+    elapsed = sum(r.wall_time_s for r in results)
+    log(f"seed {seed} ({i}/{len(config.seeds)}): {result.final('test')} "
+        f"({result.wall_time_s:.1f} s); ETA {round(elapsed / i * (len(config.seeds) - i))}s")
+
+  records, finals = [], []
+  for seed, r in zip(config.seeds, results):
+    for i, step in enumerate(r.eval_steps):
+      window = r.train_loss[max(0, step - config.eval_every):step]
+      record = {"seed": seed, "step": int(step),
+                "train_loss": float(window.mean()) if step else None}
+      for split, metrics in r.metrics.items():
+        record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
+      records.append(record)
+    finals.append({**records[-1], **r.flatness[config.num_steps], "wall_time_s": r.wall_time_s,
+                   "steps_per_second": r.steps_per_second})
+  metric_names = [k for k in finals[0] if k not in ("seed", "step")]
+  summary = {
+      "config": dataclasses.asdict(config),
+      "identity": wanted,
+      "label": optimizer_label(config),
+      "dataset_name": task.dataset_name,
+      "final": finals,
+      "over_seeds": {m: report.summarize([f[m] for f in finals]) for m in metric_names},
+  }
+  if config.landscape:
+    summary["landscape"] = _landscape(config, task, config.seeds[0], results[0],
+                                      summary["label"])
+  else:  # a rerun of the same configuration leaves no slices its summary lacks
+    for name in LANDSCAPE_FILES:
+      if os.path.exists(os.path.join(config.out_dir, name)):
+        os.remove(os.path.join(config.out_dir, name))
+  report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
+  report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
+  report.plot_curves(os.path.join(config.out_dir, "curves.png"), {summary["label"]: results},
+                     title=f"{config.task} on {summary['dataset_name']}")
+  return summary

@@ -1,0 +1,232 @@
+"""The stages of a study, one cell at a time: meta-training, selection, tuning, meta-tests.
+
+- `meta_train_cell`: meta-trains one model x regularizer x seed (or returns its
+  cached cell) and exports it into the run directory; `validations` reads its
+  run directory's validations, `best_within` the meta-step selection would pick
+  within a budget (the same-budget plain rerun), `choose_coefficient` the
+  sweep's coefficient.
+- `tune`: a baseline's learning rate by validation accuracy.
+- `run_test`: one meta-test run with its final flatness (`flatness_fn`);
+  `matched_run`: flatness at the first evaluation reaching a training-loss level.
+- `optimizee_tasks`: the seen and unseen optimizees, built lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from flatl2o import checkpoints, evaluation, meta, optimizers, tasks
+from flatl2o import flatness as flatness_lib
+from flatl2o.checkpoints import save_optimizer
+from flatl2o.study.cells import Cells
+from flatl2o.study.commands import architecture, meta_config, regularizer_label
+from flatl2o.study.config import (OTHER_DATA, SEEN, TUNING_SEED_BASE, UNSEEN, Preset,
+                                  StudyConfig, StudyInterrupted)
+
+# ---------------------------------------------------------------- meta-training
+
+
+def validations(run_dir: str) -> list[dict]:
+  """Every validation of a meta-training run directory, in order (resumes included)."""
+  records = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if "validation_score" in r:
+        records[r["iteration"]] = {"iteration": r["iteration"], "score": r["validation_score"],
+                                   "collapsed": bool(r["collapsed"])}
+  return [records[k] for k in sorted(records)]
+
+
+def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: str,
+                    coefficient: float | None, seed: int, should_stop,
+                    num_meta_iterations: int | None = None, log=print) -> dict:
+  """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir."""
+  name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}"
+  if num_meta_iterations is not None:
+    name += f"-budget{num_meta_iterations}"
+  cached = cells.get("meta", name)
+  if cached is not None:
+    return cached
+  s = config.settings
+  mconfig = meta_config(model, kind, coefficient, seed, s, num_meta_iterations)
+  run_dir = os.path.join(cells.run_dir, "meta", name)
+  log(f"meta-training {name} ({mconfig.num_meta_iterations} meta-steps)")
+  start = time.perf_counter()
+  lopt = architecture(model)
+  try:
+    result = meta.meta_train(lopt, task, mconfig, run_dir=run_dir, callback=lambda r: None,
+                             should_stop=should_stop)
+  except meta.MetaTrainingInterrupted as e:
+    raise StudyInterrupted(f"meta-training {name}, meta-step {e.iteration}") from None
+  except meta.MetaTrainingDivergedError as e:
+    # Too large a coefficient can blow the meta-training up: a cell like a collapse, with
+    # nothing to meta-test, instead of a run that stops (and stops again when resumed).
+    log(f"{name}: {e}")
+    return cells.put({
+        "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
+        "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
+        "best_validation_accuracy": float("-inf"), "best_meta_step": -1, "collapsed": True,
+        "diverged": True, "validations": validations(run_dir), "export": None,
+        "wall_time_s": time.perf_counter() - start}, "meta", name)
+  export = os.path.join(cells.run_dir, "optimizers", name)
+  save_optimizer(export, lopt, result.meta_params)
+  return cells.put({
+      "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
+      "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
+      "best_validation_accuracy": float(result.best_score),
+      "best_meta_step": int(result.best_iteration), "collapsed": bool(result.collapsed),
+      "skipped_meta_steps": int(result.num_skipped), "validations": validations(run_dir),
+      "export": os.path.relpath(export, cells.run_dir),
+      "wall_time_s": time.perf_counter() - start}, "meta", name)
+
+
+def best_within(records: list[dict], budget: int) -> int | None:
+  """The meta-step selection would pick among the validations up to `budget`."""
+  best, best_score = None, -np.inf
+  for v in records:
+    if v["iteration"] <= budget and not v["collapsed"] and v["score"] > best_score:
+      best, best_score = v["iteration"], v["score"]
+  return best
+
+
+def choose_coefficient(sweep: list[dict]) -> float | None:
+  """The swept coefficient with the best validation accuracy that did not collapse."""
+  alive = [c for c in sweep if not c["collapsed"]]
+  if not alive:
+    return None
+  return max(alive, key=lambda c: (c["best_validation_accuracy"], -c["coefficient"]))["coefficient"]
+
+
+def contender_identity(cell: dict) -> dict:
+  """What the tables keep of a meta-training cell that is meta-tested."""
+  return {"model": cell["model"], "regularizer": cell["regularizer"],
+          "coefficient": cell["coefficient"], "meta_seed": cell["meta_seed"],
+          "best_meta_step": cell["best_meta_step"], "collapsed_in_meta_training":
+          cell["collapsed"], "num_meta_iterations": cell["num_meta_iterations"]}
+
+
+def loader(cells: Cells, cell: dict) -> Callable[[], Any]:
+  """Builds a meta-training cell's exported optimizer when called."""
+  # meta-parameters as an argument: one compilation per architecture and optimizee
+  return lambda: evaluation.Learned(*checkpoints.load_learned(
+      os.path.join(cells.run_dir, cell["export"])))
+
+
+# ------------------------------------------------------------------- meta-testing
+
+
+def flatness_fn(s: Preset):
+  """`measure(task, params, key)`: loss, Hessian trace and top eigenvalue on the flatness batch."""
+  @jax.jit
+  def measure(task, params, key):
+    batch = task.fixed_batch(s.flatness_batch)
+    f = lambda p: task.loss(p, batch)
+    k1, k2 = jax.random.split(key)
+    return {"flatness_batch_loss": f(params),
+            "hessian_trace": flatness_lib.hessian_trace(f, params, k1,
+                                                        num_probes=s.trace_probes),
+            "top_eigenvalue": flatness_lib.lanczos(f, params, k2,
+                                                   num_iters=s.lanczos_iters).top_eigenvalue}
+  return measure
+
+
+def smoothed_losses(train_loss: np.ndarray, eval_steps, window: int) -> list[float]:
+  """Mean minibatch loss over the `window` steps before each evaluation step (NaN at 0)."""
+  return [float(train_loss[max(0, t - window):t].mean()) if t else float("nan")
+          for t in eval_steps]
+
+
+def flatness_key(seed: int) -> jax.Array:
+  """The key of a meta-test run's flatness measures (the same at the end and when matched)."""
+  return jax.random.fold_in(jax.random.key(seed), 0xF1A7)
+
+
+def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure,
+             snapshots: dict | None = None) -> dict:
+  """One meta-test run; with `snapshots`, fills it with `step -> params` at each evaluation."""
+  keep = ({*range(s.eval_every, num_steps + 1, s.eval_every), num_steps}
+          if snapshots is not None else ())
+  r = evaluation.train(task, tx, num_steps, jax.random.key(seed), eval_every=s.eval_every,
+                       keep_params_at=keep)
+  if snapshots is not None:
+    snapshots.update(jax.device_get(r.params_at))  # host memory: every contender's runs
+  curve = smoothed_losses(r.train_loss, r.eval_steps, s.eval_every)
+  flat = {k: float(v) for k, v in
+          measure(task, r.params, flatness_key(seed)).items()}
+  initial = float(r.train_loss[0])
+  final = curve[-1]
+  return {"test_seed": seed, "eval_steps": [int(t) for t in r.eval_steps],
+          "train_loss_curve": curve,
+          "test_accuracy_curve": [float(v) for v in r.metrics["test"]["accuracy"]],
+          "initial_train_loss": initial, "train_loss": final,
+          "test_accuracy": float(r.metrics["test"]["accuracy"][-1]),
+          "test_loss": float(r.metrics["test"]["loss"][-1]),
+          "collapsed": bool(not np.isfinite(final) or final > meta.trainer.COLLAPSE_RATIO * initial),
+          **flat, "wall_time_s": r.wall_time_s}
+
+
+def matched_run(task, tx, s: Preset, run: dict, level: float, measure,
+                snapshots: dict | None = None) -> dict:
+  """Flatness of one meta-test run at the first evaluation where its training loss <= level.
+
+  The parameters there come from the run's `snapshots` (`run_test`'s) when
+  given, else from training the same seed again to that step (the same
+  parameters: same initialisation and batches); either way the flatness key is
+  the run's own, so both give the same figures.
+  """
+  step = next((t for t, l in zip(run["eval_steps"], run["train_loss_curve"])
+               if t and l <= level), None)
+  if step is None:
+    return {"test_seed": run["test_seed"], "step": None}
+  if snapshots is None:
+    again = run_test(task, tx, s, run["test_seed"], step, measure)
+    train_loss = again["train_loss"]
+    flat = {k: again[k] for k in ("hessian_trace", "top_eigenvalue")}
+  else:
+    train_loss = run["train_loss_curve"][run["eval_steps"].index(step)]
+    flat = {k: float(v) for k, v in
+            measure(task, snapshots[step], flatness_key(run["test_seed"])).items()}
+  return {"test_seed": run["test_seed"], "step": step, "train_loss": train_loss,
+          "hessian_trace": flat["hessian_trace"], "top_eigenvalue": flat["top_eigenvalue"]}
+
+
+def tune(task, name: str, grid, s: Preset, should_stop) -> dict:
+  """The learning rate of `grid` with the best validation accuracy at `test_horizon`."""
+  scores = {}
+  for lr in grid:
+    if should_stop():
+      raise StudyInterrupted(f"tuning {name}")
+    tx = optimizers.get(name, learning_rate=lr)
+    accs = []
+    for i in range(s.tuning_seeds):
+      r = evaluation.train(task, tx, s.test_horizon, jax.random.key(TUNING_SEED_BASE + i),
+                           eval_every=s.test_horizon, eval_splits=("validation",))
+      accs.append(float(r.metrics["validation"]["accuracy"][-1]))
+    scores[lr] = float(np.mean(accs)) if np.all(np.isfinite(accs)) else -np.inf
+  best = max(grid, key=lambda lr: (scores[lr], -lr))
+  return {"optimizer": name, "validation_accuracy": {f"{k:g}": v for k, v in scores.items()},
+          "learning_rate": best}
+
+
+def optimizee_tasks(config: StudyConfig) -> dict[str, Callable[[], Any]]:
+  """The seen and unseen optimizees, built lazily (a dataset is loaded when first needed)."""
+  made = {}
+
+  def make(name, dataset):
+    def build():
+      if name not in made:
+        made[name] = tasks.get(name.split("@")[0], dataset, data_dir=config.data_dir)
+      return made[name]
+    return build
+
+  out = {n: make(n, config.dataset) for n in (SEEN,) + UNSEEN if n in config.optimizees}
+  if OTHER_DATA in config.optimizees:
+    out[OTHER_DATA] = make(OTHER_DATA, config.other_dataset)
+  return out
