@@ -5,6 +5,8 @@ docs/reliability.md lists the same cases with the messages they produce.
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -163,6 +165,24 @@ class CatalogueTest(parameterized.TestCase):
       with self.assertRaisesRegex(checkpoints.CheckpointError, message):
         _resume_with((run_dir, config, lopt))
     self.assertEqual(sorted(os.listdir(run_dir)), before)
+
+  def test_binary_refuses_an_export_of_an_unregistered_architecture(self):
+    # tests/user_lopt.py's architecture, which the binary's process never imports.
+    export = _edit_json(_export(), architecture="user_momentum")
+    folder = self.create_tempdir().full_path
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--optimizer={export}",
+         f"--out_dir={os.path.join(folder, 'out')}", "--num_steps=5", "--seeds=0"],
+        cwd=folder, capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root))
+    self.assertEqual(proc.returncode, 2, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    self.assertLen(lines, 1)
+    self.assertRegex(lines[0], r"holds architecture 'user_momentum' .* which is not registered "
+                     r"\(registered: l2o_dm, .*\); import the module that calls "
+                     r"flatl2o.optimizers.register\('user_momentum', ...\) first")
+    self.assertEqual(os.listdir(folder), [])  # nothing written, not even the out_dir
 
   def test_empty_pytree_is_fine(self):
     lopt = optimizers.MLPLOpt()
