@@ -15,6 +15,9 @@ from flatl2o.optimizers import base
 
 # Every registered architecture, at its defaults: a new one is covered by registering it.
 ARCHITECTURES = tuple((name, optimizers.learned(name)) for name in optimizers.learned_names())
+# Each architecture's setting that scales its steps (every registered one needs an entry).
+_STEP_SCALE = {"l2o_dm": "output_scale", "rnnprop": "output_scale",
+               "l2o_scale": "initial_learning_rate", "mlp_lopt": "step_size"}
 COORDINATEWISE = tuple((name, lopt) for name, lopt in ARCHITECTURES if lopt.coordinatewise)
 
 
@@ -100,11 +103,10 @@ class TransformTest(parameterized.TestCase):
                                 jax.tree.map(lambda *x: jnp.stack(x), *separate),
                                 rtol=1e-5, atol=1e-7)
 
-  @parameterized.named_parameters(("l2o_dm", "l2o_dm", "output_scale"),
-                                  ("rnnprop", "rnnprop", "output_scale"),
-                                  ("l2o_scale", "l2o_scale", "initial_learning_rate"),
-                                  ("mlp_lopt", "mlp_lopt", "step_size"))
-  def test_numeric_setting_can_be_injected_and_scheduled(self, name, field):
+  @parameterized.parameters(*optimizers.learned_names())
+  def test_numeric_setting_can_be_injected_and_scheduled(self, name):
+    self.assertIn(name, _STEP_SCALE, f"add {name}'s step-scaling setting to _STEP_SCALE")
+    field = _STEP_SCALE[name]
     lopt = optimizers.learned(name)
     meta_params = lopt.init(jax.random.key(0))
     value = getattr(lopt, field)

@@ -221,6 +221,18 @@ class RegisterTest(_PatchedRegistries):
                      ("l2o_dm", "rnnprop", "l2o_scale", "mlp_lopt", "user_momentum"))
 
 
+class PreferredMetaLossTest(absltest.TestCase):
+
+  def test_every_architecture_has_one_meta_train_accepts(self):
+    preferred = {name: optimizers.learned(name).preferred_meta_loss
+                 for name in optimizers.learned_names()}
+    for loss in preferred.values():
+      meta.MetaTrainConfig(meta_loss=loss)  # raises on an unknown meta-loss
+    # The protocol's default, but L2O-Scale's (Wichrowska et al. meta-train with it).
+    self.assertEqual({n: l for n, l in preferred.items() if l != "mean"},
+                     {"l2o_scale": "log_ratio"})
+
+
 class TaskRegistryTest(_PatchedRegistries):
 
   def test_a_user_task_is_built_by_get(self):
