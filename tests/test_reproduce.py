@@ -173,6 +173,14 @@ class RunDirectoryIdentityTest(absltest.TestCase):
     with open(os.path.join(run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), written)
 
+  def test_a_folder_of_something_else_is_refused_and_left_alone(self):
+    run_dir = self.create_tempdir()
+    run_dir.create_file("notes.txt", content="mine")
+    with self.assertRaisesRegex(ValueError, "is not empty and holds no readable protocol.json; "
+                                "pass an empty or new --run_dir"):
+      study.Cells(run_dir.full_path, study.StudyConfig(preset="smoke"))
+    self.assertEqual(os.listdir(run_dir.full_path), ["notes.txt"])
+
   def test_an_older_run_listing_the_other_dataset_without_one_continues(self):
     run_dir = self.create_tempdir().full_path
     identity = study.StudyConfig(preset="smoke").identity()
