@@ -1,7 +1,7 @@
 """Runs the small meta-training of `tests/test_scale.py` in its own process.
 
   python tests/sharded_run.py --mode=MODE --out=FILE.npz [--run_dir=DIR]
-      [--coordinator=HOST:PORT --process_id=I]
+      [--coordinator=HOST:PORT --process_id=I] [--estimator=truncated|pes|es]
 
 Modes: `one` (num_devices=1), `eight` (num_devices=8, interrupted after
 meta-step 5 and resumed from the run directory), `hosts` (two processes of four
@@ -30,6 +30,7 @@ def main():
   parser.add_argument("--run_dir")
   parser.add_argument("--coordinator")
   parser.add_argument("--process_id", type=int)
+  parser.add_argument("--estimator", default="truncated")
   args = parser.parse_args()
   if args.mode == "hosts":
     from experiments import _cli  # pylint: disable=g-import-not-at-top
@@ -38,16 +39,18 @@ def main():
   from flatl2o import meta, optimizers, tasks  # pylint: disable=g-import-not-at-top
   task = tasks.get("mlp_sigmoid", batch_size=32)
   lopt = optimizers.L2ODM()
+  estimator = {"estimator": args.estimator, "es_pairs": 2}
+  run_config = lambda devices: config(devices, **estimator)
   if args.mode == "one":
-    result = meta.meta_train(lopt, task, config(1))
+    result = meta.meta_train(lopt, task, run_config(1))
   elif args.mode == "eight":
     assert jax.device_count() == 8, jax.devices()
     try:
-      meta.meta_train(lopt, task, config(8), run_dir=args.run_dir, should_stop=lambda: True)
+      meta.meta_train(lopt, task, run_config(8), run_dir=args.run_dir, should_stop=lambda: True)
       sys.exit("should_stop did not stop the run")
     except meta.MetaTrainingInterrupted as e:
       assert e.iteration == 1, e.iteration
-    result = meta.meta_train(lopt, task, config(8), run_dir=args.run_dir)
+    result = meta.meta_train(lopt, task, run_config(8), run_dir=args.run_dir)
     assert result.resumed_from == 1, result.resumed_from
     try:  # 12 optimizees do not split over 8 devices
       meta.meta_train(lopt, task, meta.MetaTrainConfig(meta_batch_size=12, num_devices=8))
@@ -56,7 +59,7 @@ def main():
       print(e)
   else:
     assert jax.device_count() == 8 and jax.local_device_count() == 4, jax.devices()
-    result = meta.meta_train(lopt, task, config(None), run_dir=args.run_dir)
+    result = meta.meta_train(lopt, task, run_config(None), run_dir=args.run_dir)
   np.savez(args.out, *[np.asarray(x) for x in jax.tree.leaves(result.last_meta_params)])
   print("history", [round(h["meta_loss"], 6) for h in result.history],
         "collapsed", result.collapsed)

@@ -175,6 +175,18 @@ class ManyDevicesTest(absltest.TestCase):
     self.assertTrue(os.path.exists(os.path.join(hosts_dir, "optimizer", "optimizer.json")))
     self.assertEqual(sorted(os.listdir(os.path.join(hosts_dir, "checkpoints"))), ["10", "5"])
 
+  def test_pes_split_over_eight_devices_and_resumed_matches_one_device(self):
+    """PES's runs are split by device, its noise sums shared; both are checkpointed."""
+    tmp = self.create_tempdir().full_path
+    out = {m: os.path.join(tmp, f"{m}.npz") for m in ("one", "eight")}
+    one = self._start("one", 1, out["one"], "--estimator=pes")
+    self._finish(self._start("eight", 8, out["eight"], "--estimator=pes",
+                             f"--run_dir={os.path.join(tmp, 'eight')}"))
+    self._finish(one)
+    reference, got = np.load(out["one"]), np.load(out["eight"])
+    difference = max(float(np.max(np.abs(got[k] - reference[k]))) for k in reference.files)
+    self.assertLessEqual(difference, 1e-4)
+
 
 if __name__ == "__main__":
   absltest.main()

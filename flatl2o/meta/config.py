@@ -8,6 +8,7 @@ import math
 from flatl2o import _checks
 
 META_LOSSES = ("mean", "log_ratio")
+ESTIMATORS = ("truncated", "pes", "es")
 KINDS = ("none", "hessian", "entropy")
 HESSIAN_ESTIMATORS = ("trace", "eigenvalue", "lanczos")
 WHEN = ("always", "first_half", "second_half")
@@ -75,6 +76,12 @@ class RegularizerConfig:
 
 
 
+def _not_identity(default):
+  """A host field that changes how long a run goes or how often it reports, not what it
+  computes: a run directory may be resumed (or extended) with another value."""
+  return dataclasses.field(default=default, metadata={"identity": False})
+
+
 def suggest_remat_block_length(unroll_length: int) -> int:
   """The divisor k of `unroll_length` that minimises `unroll_length / k + k` (stored states)."""
   divisors = [k for k in range(1, unroll_length + 1) if unroll_length % k == 0]
@@ -135,12 +142,22 @@ class MetaTrainConfig:
       every process's devices in a multi-host run); `meta_batch_size` must be a
       multiple of it. None takes as many of the devices present as divide the
       meta-batch; 1 keeps everything on one device.
+    estimator: how the meta-gradient is estimated (`flatl2o.meta.estimators`):
+      'truncated' (backpropagation through each truncation), 'pes'
+      (Persistent Evolution Strategies: unbiased over the whole episode) or
+      'es' (antithetic evolution strategies over one truncation).
+    es_std: standard deviation of the Gaussian perturbations of 'pes' and 'es'.
+    es_pairs: antithetic pairs of perturbations per meta-step ('pes', 'es').
+
+  Fields marked `identity=False` in their metadata (budgets, checkpoint and log
+  intervals, the memory knob) may change when a run directory is resumed; the
+  ones `UnrollConfig` lists are all the compiled steps read.
   """
 
   unroll_length: int = 20
   num_inner_steps: int = 200
   meta_batch_size: int = 4
-  num_meta_iterations: int = 500
+  num_meta_iterations: int = _not_identity(500)
   meta_learning_rate: float = 1e-3
   meta_grad_clip: float = 1.0
   meta_loss: str = dataclasses.field(default="mean", metadata={"choices": META_LOSSES})
@@ -148,24 +165,27 @@ class MetaTrainConfig:
   validation_every: int = 50
   validation_horizon: int = 200
   validation_seeds: int = 4
-  checkpoint_every: int = 50
-  log_every: int = 10
+  checkpoint_every: int = _not_identity(50)
+  log_every: int = _not_identity(10)
   seed: int = 0
   regularizer: RegularizerConfig = RegularizerConfig()
-  max_consecutive_skipped: int = 20
+  max_consecutive_skipped: int = _not_identity(20)
   random_scaling: float = 0.0
   convex_term: float = 0.0
   curriculum: bool = False
   curriculum_horizons: tuple[int, ...] = (40, 100, 200)
   imitation_ratio: float = 0.0
-  remat_block_length: int = 1
+  remat_block_length: int = _not_identity(1)
   num_devices: int | None = None
+  estimator: str = dataclasses.field(default="truncated", metadata={"choices": ESTIMATORS})
+  es_std: float = 0.01
+  es_pairs: int = 8
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
                  "validation_every", "validation_horizon", "validation_seeds",
                  "checkpoint_every", "log_every", "max_consecutive_skipped",
-                 "remat_block_length"):
+                 "remat_block_length", "es_pairs"):
       _checks.positive_int(name, getattr(self, name))
     if self.num_devices is not None:
       _checks.positive_int("num_devices", self.num_devices)
@@ -178,8 +198,10 @@ class MetaTrainConfig:
     if self.num_inner_steps % self.unroll_length:
       raise ValueError(f"num_inner_steps ({self.num_inner_steps}) must be a multiple of "
                        f"unroll_length ({self.unroll_length})")
-    for name in ("meta_learning_rate", "meta_grad_clip"):
+    for name in ("meta_learning_rate", "meta_grad_clip", "es_std"):
       _checks.positive_number(name, getattr(self, name))
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
     if not isinstance(self.regularizer, RegularizerConfig):
       raise ValueError("regularizer must be a RegularizerConfig, got "
                        f"{type(self.regularizer).__name__}")
@@ -220,20 +242,63 @@ class MetaTrainConfig:
     """The episode lengths of the curriculum's stages (one stage without a curriculum)."""
     return self.curriculum_horizons if self.curriculum else (self.num_inner_steps,)
 
-  def for_compilation(self) -> "MetaTrainConfig":
-    """This configuration with the fields no compiled meta-step reads set to fixed values.
+  def unroll_config(self, num_inner_steps: int | None = None) -> "UnrollConfig":
+    """What the compiled steps read, with episodes of `num_inner_steps` (default: this
+    configuration's; a curriculum stage passes its horizon).
 
-    The jitted meta-step, initialisation and imitation step take the
-    configuration as a static argument; runs that differ only in their seed,
-    budget, validation or logging then share one compilation.
+    Runs that differ only in host settings (seed, budgets, validation, logging,
+    curriculum, imitation) get equal `UnrollConfig`s and so share compilations.
     """
-    return dataclasses.replace(
-        self, seed=0, num_meta_iterations=1, validation_every=1, validation_horizon=1,
-        validation_seeds=1, checkpoint_every=1, log_every=1, max_consecutive_skipped=1,
-        imitation_ratio=0.0)
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(UnrollConfig)}
+    if num_inner_steps is not None:
+      values["num_inner_steps"] = num_inner_steps
+    return UnrollConfig(**values)
 
-  def at_horizon(self, num_inner_steps: int) -> "MetaTrainConfig":
-    """This configuration with episodes of `num_inner_steps` (a curriculum stage)."""
-    if num_inner_steps == self.num_inner_steps:
+
+def identity_fields() -> tuple[str, ...]:
+  """The `MetaTrainConfig` fields that define a run (all but those marked identity=False)."""
+  return tuple(f.name for f in dataclasses.fields(MetaTrainConfig)
+               if f.metadata.get("identity", True))
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrollConfig:
+  """What a compiled meta-step, initialisation or imitation step reads, and nothing else.
+
+  `MetaTrainConfig.unroll_config()` makes one; the jitted steps take it as a
+  static argument, so it is their compilation key. A host setting (seed, budget,
+  validation, ...) is not a field here: compiled code cannot read one by mistake.
+  The fields mean what the `MetaTrainConfig` fields of the same names mean;
+  `num_inner_steps` is the current episode length (a curriculum stage's horizon).
+  """
+
+  unroll_length: int = 20
+  num_inner_steps: int = 200
+  meta_batch_size: int = 4
+  meta_learning_rate: float = 1e-3
+  meta_grad_clip: float = 1.0
+  meta_loss: str = "mean"
+  second_order: bool = False
+  regularizer: RegularizerConfig = RegularizerConfig()
+  random_scaling: float = 0.0
+  convex_term: float = 0.0
+  remat_block_length: int = 1
+  num_devices: int | None = None
+  estimator: str = "truncated"
+  es_std: float = 0.01
+  es_pairs: int = 8
+
+  @property
+  def truncations_per_episode(self) -> int:
+    return self.num_inner_steps // self.unroll_length
+
+  def unroll_config(self, num_inner_steps: int | None = None) -> "UnrollConfig":
+    """This configuration (with episodes of `num_inner_steps` when given)."""
+    if num_inner_steps is None or num_inner_steps == self.num_inner_steps:
       return self
-    return dataclasses.replace(self, num_inner_steps=num_inner_steps, curriculum=False)
+    return dataclasses.replace(self, num_inner_steps=num_inner_steps)
+
+
+def as_unroll_config(config: MetaTrainConfig | UnrollConfig) -> UnrollConfig:
+  """`config.unroll_config()`: the compiled steps accept either kind of configuration."""
+  return config.unroll_config()

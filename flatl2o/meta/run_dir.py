@@ -42,9 +42,10 @@ from flatl2o.meta.config import MetaTrainConfig
 from flatl2o.optimizers import base as lopt_base
 
 # Settings that change how long a run goes or how often it reports, not what it
-# computes: a run may be resumed (or extended) with other values of these.
-NOT_IDENTITY = ("num_meta_iterations", "checkpoint_every", "log_every",
-                "max_consecutive_skipped", "remat_block_length")
+# computes: a run may be resumed (or extended) with other values of these. The
+# fields say so themselves (metadata identity=False in `MetaTrainConfig`).
+NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(MetaTrainConfig)
+                     if not f.metadata.get("identity", True))
 
 
 def _is_primary() -> bool:

@@ -36,7 +36,7 @@ import functools
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +44,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from flatl2o.meta import imitation, inner, sharding
+from flatl2o.meta import estimators, imitation, inner, schedules, selection, sharding
 from flatl2o.meta import run_dir as run_dir_lib
-from flatl2o.meta.config import MetaTrainConfig
+from flatl2o.meta.config import MetaTrainConfig, UnrollConfig
 
 
 @dataclasses.dataclass
@@ -90,13 +90,13 @@ class MetaTrainResult:
     return self.last_meta_params
 
 
-def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
+def meta_optimizer(config: MetaTrainConfig | UnrollConfig) -> optax.GradientTransformation:
   """The optax optimizer of the meta-parameters: global-norm clip, then Adam."""
   return optax.chain(optax.clip_by_global_norm(config.meta_grad_clip),
                      optax.adam(config.meta_learning_rate))
 
 
-def num_devices(config: MetaTrainConfig) -> int:
+def num_devices(config: MetaTrainConfig | UnrollConfig) -> int:
   """Devices `config`'s meta-batch is split over here (`sharding.resolve_num_devices`)."""
   return sharding.resolve_num_devices(config.num_devices, config.meta_batch_size)
 
@@ -104,38 +104,31 @@ def num_devices(config: MetaTrainConfig) -> int:
 _P = PartitionSpec
 
 
-def _each_but_step(fn, states: inner.InnerState) -> inner.InnerState:
-  return states._replace(**{k: fn(v) for k, v in states._asdict().items() if k != "step"})
-
-
-def _state_specs(states: inner.InnerState) -> inner.InnerState:
-  # Every leaf is split by device along its leading (stacked) axis, but the
-  # episode step, which all devices share.
-  split = lambda tree: jax.tree.map(lambda _: _P(sharding.AXIS), tree)
-  return inner.InnerState(split(states.params), split(states.opt_state),
-                          _P(sharding.AXIS), _P(), split(states.scale), split(states.anchor))
-
-
 @functools.partial(jax.jit, static_argnames=("lopt", "config"))
-def init_meta_batch(lopt, config: MetaTrainConfig, task, meta_params, key) -> inner.InnerState:
-  """`config.meta_batch_size` fresh optimizees of `task` and the optimizer state for them.
+def init_meta_batch(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_params, key):
+  """A fresh episode of `config.meta_batch_size` optimizees: the estimator's `init` state.
 
-  Split over `num_devices(config)` devices when that is more than one: each
-  leaf but `step` then has a leading device axis (`flatl2o.meta.sharding`).
+  For the truncated estimator an `inner.InnerState`; for PES the + and - runs
+  and zero noise sums (`estimators.PESState`). Split over `num_devices(config)`
+  devices when that is more than one: each per-device leaf then has a leading
+  device axis (`flatl2o.meta.sharding`).
   """
-  keys = jax.random.split(key, config.meta_batch_size)
+  config = config.unroll_config()
   devices = num_devices(config)
   if devices == 1:
-    return inner.init_inner(lopt, task, meta_params, keys, config)
+    return estimators.get(config.estimator, lopt, task, config).init(meta_params, key)
+  local_batch = config.meta_batch_size // devices
 
-  def local(task, meta_params, keys):
-    return _each_but_step(sharding.stack,
-                          inner.init_inner(lopt, task, meta_params, keys, config))
+  def local(task, meta_params, key):
+    offset = jax.lax.axis_index(sharding.AXIS) * local_batch
+    estimator = estimators.get(config.estimator, lopt, task, config, offset)
+    return estimators.per_device(sharding.stack, estimator.init(meta_params, key))
 
-  shapes = jax.eval_shape(lambda: inner.init_inner(lopt, task, meta_params, keys[:1], config))
-  return jax.shard_map(local, mesh=sharding.mesh(devices),
-                       in_specs=(_P(), _P(), _P(sharding.AXIS)),
-                       out_specs=_state_specs(shapes))(task, meta_params, keys)
+  shapes = jax.eval_shape(lambda: estimators.get(
+      config.estimator, lopt, task, dataclasses.replace(config, meta_batch_size=1)).init(
+          meta_params, key))
+  return jax.shard_map(local, mesh=sharding.mesh(devices), in_specs=(_P(), _P(), _P()),
+                       out_specs=estimators.state_specs(shapes))(task, meta_params, key)
 
 
 def _apply_meta_gradient(config, loss, grads, meta_params, meta_opt_state):
@@ -150,63 +143,67 @@ def _apply_meta_gradient(config, loss, grads, meta_params, meta_opt_state):
 
 
 @functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4, 5))
-def meta_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, states, key):
-  """One truncation on the meta-batch and one meta-optimizer update (non-finite guarded).
+def meta_step(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_params, meta_opt_state,
+              states, key):
+  """One truncation on the meta-batch, estimated by `config.estimator`, and one
+  meta-optimizer update (non-finite guarded).
 
   Returns `(meta_params, meta_opt_state, states, metrics)`; when the meta-loss or
   meta-gradient is not finite the first two come back unchanged. With more than
   one device (`num_devices(config)`, states from `init_meta_batch`) each device
   unrolls its share under `shard_map` and the meta-loss is averaged across them.
   """
+  config = config.unroll_config()
   devices = num_devices(config)
   if devices == 1:
-    return _meta_step(lopt, config, task, meta_params, meta_opt_state, states, key)
+    return _meta_step(estimators.get(config.estimator, lopt, task, config), meta_params,
+                      meta_opt_state, states, key)
   local_batch = config.meta_batch_size // devices
 
   def local(task, meta_params, meta_opt_state, states, key):
     offset = jax.lax.axis_index(sharding.AXIS) * local_batch
+    estimator = estimators.get(config.estimator, lopt, task, config, offset)
     meta_params, meta_opt_state, states, metrics = _meta_step(
-        lopt, config, task, meta_params, meta_opt_state,
-        _each_but_step(sharding.unstack, states), key, offset)
-    return meta_params, meta_opt_state, _each_but_step(sharding.stack, states), metrics
+        estimator, meta_params, meta_opt_state, estimators.per_device(sharding.unstack, states),
+        key)
+    return meta_params, meta_opt_state, estimators.per_device(sharding.stack, states), metrics
 
-  specs = _state_specs(states)
+  specs = estimators.state_specs(states)
   return jax.shard_map(local, mesh=sharding.mesh(devices),
                        in_specs=(_P(), _P(), _P(), specs, _P()),
                        out_specs=(_P(), _P(), specs, _P()))(
                            task, meta_params, meta_opt_state, states, key)
 
 
-def _meta_step(lopt, config, task, meta_params, meta_opt_state, states, key, offset=None):
+def _meta_step(estimator, meta_params, meta_opt_state, states, key):
   """`meta_step` on the optimizees in `states`: all of them, or a device's share."""
-  average = (lambda x: x) if offset is None else (
-      lambda x: jax.lax.pmean(x, sharding.AXIS))
-
-  def loss_fn(p):
-    loss, aux = inner.unroll(lopt, task, config, p, states, key, offset)
-    return average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
-
-  (loss, (new_states, traces)), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta_params)
-  meta_params, meta_opt_state, metrics = _apply_meta_gradient(config, loss, grads, meta_params,
-                                                              meta_opt_state)
-  metrics.update(inner_loss_last=average(traces["losses"][-1].mean()),
-                 regularizer=average(traces["regularizer"].mean()),
-                 imitation=jnp.float32(0.0))
+  loss, grads, new_states, estimate_metrics = estimator.estimate(meta_params, states, key)
+  meta_params, meta_opt_state, metrics = _apply_meta_gradient(
+      estimator.config, loss, grads, meta_params, meta_opt_state)
+  metrics.update(estimate_metrics, imitation=jnp.float32(0.0))
   return meta_params, meta_opt_state, new_states, metrics
 
 
 @functools.partial(jax.jit, static_argnames=("lopt", "config"), donate_argnums=(4,))
-def imitation_step(lopt, config: MetaTrainConfig, task, meta_params, meta_opt_state, key):
+def imitation_step(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_params,
+                   meta_opt_state, key):
   """One meta-optimizer update on the imitation loss (`flatl2o.meta.imitation`).
 
   Returns `(meta_params, meta_opt_state, metrics)`, non-finite guarded like `meta_step`.
   """
+  config = config.unroll_config()
   loss, grads = jax.value_and_grad(
       lambda p: imitation.imitation_loss(lopt, task, config, p, key))(meta_params)
   meta_params, meta_opt_state, metrics = _apply_meta_gradient(config, loss, grads, meta_params,
                                                               meta_opt_state)
   metrics["imitation"] = jnp.float32(1.0)
   return meta_params, meta_opt_state, metrics
+
+
+# The selection rule's names, where they were before `flatl2o.meta.selection`.
+COLLAPSE_RATIO = selection.COLLAPSE_RATIO
+collapsed = selection.collapsed
+score_of = selection.score_of
 
 
 @jax.jit
@@ -246,47 +243,6 @@ def validate(lopt, task, meta_params, keys, horizon: int):
   return metrics
 
 
-# An optimizer whose validation runs end above this fraction of their starting
-# training loss has stopped optimizing (e.g. a too-large flatness coefficient
-# taught it to stay put, which is "flat" and useless); it is never selected.
-COLLAPSE_RATIO = 0.9
-
-
-def collapsed(metrics: dict[str, float]) -> bool:
-  final, initial = metrics["final_train_loss"], metrics["initial_train_loss"]
-  return not np.isfinite(final) or final > COLLAPSE_RATIO * initial
-
-
-def score_of(metrics: dict[str, float]) -> float:
-  """Higher is better: validation accuracy, or minus the validation loss."""
-  if "accuracy" in metrics:
-    value = metrics["accuracy"]
-  else:
-    value = -metrics["loss"]
-  return float(value) if np.isfinite(value) else -np.inf
-
-
-def _run_state(meta_params, meta_opt_state, states, best, iteration, num_skipped,
-               consecutive_skipped, num_resets, stage) -> dict[str, Any]:
-  """Everything a resumed run needs, as one pytree (what a checkpoint holds).
-
-  Counters are NumPy scalars: orbax cannot save a one-device array in a
-  multi-host run, and these are the same on every process anyway.
-  """
-  return {"meta_params": meta_params, "meta_opt_state": meta_opt_state, "states": states,
-          "best": best, "iteration": np.asarray(iteration, np.int32),
-          "num_skipped": np.asarray(num_skipped, np.int32),
-          "consecutive_skipped": np.asarray(consecutive_skipped, np.int32),
-          "num_resets": np.asarray(num_resets, np.int32),
-          "stage": {"index": np.asarray(stage["index"], np.int32),
-                    "best_score": np.asarray(stage["best_score"], np.float32)}}
-
-
-def _copy(tree):
-  # The meta-step donates the meta-optimizer state: a kept copy needs its own buffers.
-  return jax.tree.map(jnp.copy, tree)
-
-
 def _any_process(flag: bool) -> bool:
   """True when `flag` is True in any process: they must all stop at the same meta-step."""
   if jax.process_count() == 1:
@@ -316,6 +272,176 @@ def progress_printer(total: int, emit: Callable[[str], None]) -> Callable[[dict[
       line += f"  skipped {record['num_skipped']}"
     emit(line)
   return show
+
+
+class MetaTrainState(NamedTuple):
+  """Everything a resumed run needs: what a checkpoint holds.
+
+  Attributes:
+    meta_params: the learned optimizer's weights now.
+    meta_opt_state: the meta-optimizer's state.
+    states: the estimator's state (`flatl2o.meta.estimators`): the meta-batch's
+      optimizees in training, and PES's noise sums.
+    best: the `selection.Selector`'s best (meta-parameters, score, meta-step).
+    iteration: meta-steps done.
+    num_skipped: meta-steps skipped as non-finite in all.
+    consecutive_skipped: ... and in a row, up to now.
+    num_resets: meta-batches restarted because an optimizee blew up.
+    stage: the curriculum's stage (`schedules.Curriculum`).
+  """
+
+  meta_params: Any
+  meta_opt_state: Any
+  states: Any
+  best: dict[str, Any]
+  iteration: int
+  num_skipped: int
+  consecutive_skipped: int
+  num_resets: int
+  stage: dict[str, Any]
+
+  def to_checkpoint(self) -> dict[str, Any]:
+    """As one pytree. Counters are NumPy scalars: orbax cannot save a one-device
+    array in a multi-host run, and these are the same on every process anyway."""
+    counters = {k: np.asarray(getattr(self, k), np.int32)
+                for k in ("iteration", "num_skipped", "consecutive_skipped", "num_resets")}
+    return {**self._asdict(), **counters,
+            "stage": {"index": np.asarray(self.stage["index"], np.int32),
+                      "best_score": np.asarray(self.stage["best_score"], np.float32)}}
+
+  @classmethod
+  def from_checkpoint(cls, tree: dict[str, Any], place) -> "MetaTrainState":
+    best = {**tree["best"], "meta_params": place(tree["best"]["meta_params"])}
+    if "meta_opt_state" in best:
+      best["meta_opt_state"] = place(best["meta_opt_state"])
+    return cls(place(tree["meta_params"]), place(tree["meta_opt_state"]), tree["states"], best,
+               *(int(tree[k]) for k in ("iteration", "num_skipped", "consecutive_skipped",
+                                        "num_resets")),
+               {"index": int(tree["stage"]["index"]),
+                "best_score": float(tree["stage"]["best_score"])})
+
+
+class _Parts:
+  """What one `meta_train` call computes with: compiled steps, keys, the hooks, the run dir."""
+
+  def __init__(self, lopt, task, config: MetaTrainConfig, run_dir: str | None):
+    self.lopt, self.task, self.config = lopt, task, config
+    self.unroll = config.unroll_config()  # all the compiled steps see: shared compilations
+    if config.num_devices > 1:
+      mesh = sharding.mesh(config.num_devices)
+      self.place, self.local = (lambda tree: sharding.replicate(tree, mesh)), sharding.local_copy
+    else:
+      self.place = self.local = lambda tree: tree
+    self.base_key = jax.random.key(config.seed)
+    self.validation_keys = jax.random.split(jax.random.fold_in(self.base_key, 0x7A11D),
+                                            config.validation_seeds)
+    self.selector = selection.Selector(keep_opt_state=config.curriculum)
+    self.curriculum = schedules.Curriculum.of(config)
+    self.imitation = schedules.Imitation(config.imitation_ratio)
+    self.run = None if run_dir is None else run_dir_lib.RunDirectory(
+        run_dir, run_dir_lib.describe(lopt, task, config))
+    self.episode_step = 0  # inner steps of the current episode, on the host (== states.step)
+
+  def fresh_episode(self, meta_params, key):
+    self.episode_step = 0
+    return init_meta_batch(self.lopt, self.unroll, self.task, meta_params, key)
+
+  def start(self) -> tuple[MetaTrainState, int | None]:
+    """A new run's state, or the one restored from the run directory (and where from)."""
+    meta_params = self.place(self.lopt.init(jax.random.fold_in(self.base_key, 0x7E7A)))
+    meta_opt_state = self.place(meta_optimizer(self.config).init(meta_params))
+    state = MetaTrainState(meta_params, meta_opt_state, None,
+                           self.selector.initial(meta_params, meta_opt_state), 0, 0, 0, 0,
+                           self.curriculum.initial())
+    resumed_from = None
+    if self.run is not None and self.run.latest_step() is not None:
+      template = state._replace(states=self.fresh_episode(meta_params, self.base_key))
+      state = MetaTrainState.from_checkpoint(self.run.restore(template.to_checkpoint()),
+                                             self.place)
+      self.episode_step = int(state.states.step)
+      resumed_from = state.iteration
+    if self.run is not None:
+      self.run.open_metrics(keep_through=state.iteration)
+    return state, resumed_from
+
+  def step(self, state: MetaTrainState, iteration_key) -> tuple[MetaTrainState, dict]:
+    """One meta-step: a new episode when due, then an imitation step or an estimate."""
+    init_key, step_key = jax.random.split(iteration_key)
+    horizon = self.curriculum.horizon(state.stage)
+    stage_config = self.unroll.unroll_config(horizon)
+    states, num_resets = state.states, state.num_resets
+    if states is None or self.episode_step >= horizon:
+      states = self.fresh_episode(state.meta_params, init_key)
+    if self.imitation.wants(iteration_key):
+      # An imitation meta-step: its own Adam trajectory; the episode waits.
+      meta_params, meta_opt_state, metrics = imitation_step(
+          self.lopt, stage_config, self.task, state.meta_params, state.meta_opt_state, step_key)
+    else:
+      if not bool(all_finite(states.params)):
+        # An optimizee blew up in the last truncation (that meta-step was skipped):
+        # restart the meta-batch here rather than let it poison the episode.
+        states = self.fresh_episode(state.meta_params, init_key)
+        num_resets += 1
+      meta_params, meta_opt_state, states, metrics = meta_step(
+          self.lopt, stage_config, self.task, state.meta_params, state.meta_opt_state, states,
+          step_key)
+      self.episode_step += self.config.unroll_length
+    return state._replace(meta_params=meta_params, meta_opt_state=meta_opt_state,
+                          states=states, num_resets=num_resets), metrics
+
+  def guard(self, state: MetaTrainState, finite: bool, done: int) -> MetaTrainState:
+    """Counts a non-finite meta-step; too many in a row stop the run."""
+    if finite:
+      return state._replace(consecutive_skipped=0)
+    state = state._replace(num_skipped=state.num_skipped + 1,
+                           consecutive_skipped=state.consecutive_skipped + 1)
+    if state.consecutive_skipped >= self.config.max_consecutive_skipped:
+      where = ""
+      if self.run is not None:
+        self.run.close()
+        if self.run.latest_step() is not None:
+          where = (f"; the last good checkpoint (meta-step {self.run.latest_step()}) is in "
+                   f"{self.run.checkpoint_directory}")
+      raise MetaTrainingDivergedError(
+          f"meta-training diverged: {state.consecutive_skipped} consecutive meta-steps (up to "
+          f"meta-step {done}) had a non-finite meta-loss or meta-gradient and were skipped"
+          f"{where}; lower the meta learning rate or the flatness coefficients")
+    return state
+
+  def validate(self, state: MetaTrainState, record: dict, iteration_key) -> MetaTrainState:
+    """Scores the meta-parameters on validation; the selector and the curriculum react."""
+    val = {k: float(v) for k, v in validate(self.lopt, self.task, self.local(state.meta_params),
+                                            self.validation_keys,
+                                            self.config.validation_horizon).items()}
+    record.update({f"validation_{k}": v for k, v in val.items()})
+    best, fields = self.selector.observe(state.best, val, state.meta_params,
+                                         state.meta_opt_state, state.iteration)
+    record.update(fields)
+    stage, restart = self.curriculum.after_validation(state.stage, fields["validation_score"],
+                                                      fields["collapsed"])
+    state = state._replace(best=best, stage=stage)
+    if restart:  # the horizon advances; training restarts from the best state so far
+      if self.selector.found(best):
+        state = state._replace(meta_params=best["meta_params"],
+                               meta_opt_state=selection._copy(best["meta_opt_state"]))  # pylint: disable=protected-access
+      state = state._replace(states=self.fresh_episode(
+          state.meta_params, jax.random.fold_in(iteration_key, 0xC0)))
+    if self.config.curriculum:
+      record["horizon"] = self.curriculum.horizon(stage)
+    return state
+
+  def finish(self, state: MetaTrainState, history, resumed_from) -> MetaTrainResult:
+    found = self.selector.found(state.best)
+    selected = self.local(self.selector.selected(state.best, state.meta_params))
+    if self.run is not None:
+      self.run.close()
+      if found:
+        self.run.export(self.lopt, selected)
+    return MetaTrainResult(meta_params=selected, last_meta_params=self.local(state.meta_params),
+                           best_score=float(state.best["score"]),
+                           best_iteration=int(state.best["iteration"]), history=history,
+                           num_skipped=state.num_skipped, resumed_from=resumed_from,
+                           collapsed=not found)
 
 
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
@@ -354,153 +480,34 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   # The device count is part of the run's identity: the checkpointed inner
   # state is laid out per device.
   config = dataclasses.replace(config, num_devices=num_devices(config))
-  compiled = config.for_compilation()
-  if config.num_devices > 1:
-    mesh = sharding.mesh(config.num_devices)
-    place, local = (lambda tree: sharding.replicate(tree, mesh)), sharding.local_copy
-  else:
-    place = local = lambda tree: tree
-  base_key = jax.random.key(config.seed)
-  meta_params = place(lopt.init(jax.random.fold_in(base_key, 0x7E7A)))
-  meta_opt_state = place(meta_optimizer(config).init(meta_params))
-  validation_keys = jax.random.split(jax.random.fold_in(base_key, 0x7A11D), config.validation_seeds)
-  states = None
-  episode_step = 0  # inner steps of the current episode, kept on the host (== states.step)
-  best = {"meta_params": meta_params, "score": np.asarray(-np.inf, np.float32),
-          "iteration": np.asarray(-1, np.int32)}
-  if config.curriculum:  # a stage advance restarts from the best meta-optimizer state too
-    best["meta_opt_state"] = _copy(meta_opt_state)
-  stage = {"index": 0, "best_score": -np.inf}
-  num_skipped = consecutive_skipped = num_resets = 0
-  start = 0
-  history: list[dict[str, Any]] = []
-
-  run = None
-  resumed_from = None
-  if run_dir is not None:
-    run = run_dir_lib.RunDirectory(run_dir, run_dir_lib.describe(lopt, task, config))
-    if run.latest_step() is not None:
-      template = _run_state(meta_params, meta_opt_state,
-                            init_meta_batch(lopt, compiled, task, meta_params, base_key), best,
-                            0, 0, 0, 0, stage)
-      restored = run.restore(template)
-      meta_params, meta_opt_state, states = (place(restored["meta_params"]),
-                                             place(restored["meta_opt_state"]),
-                                             restored["states"])
-      episode_step = int(states.step)
-      best = {**restored["best"], "meta_params": place(restored["best"]["meta_params"])}
-      if "meta_opt_state" in best:
-        best["meta_opt_state"] = place(best["meta_opt_state"])
-      num_skipped = int(restored["num_skipped"])
-      consecutive_skipped = int(restored["consecutive_skipped"])
-      num_resets = int(restored["num_resets"])
-      stage = {"index": int(restored["stage"]["index"]),
-               "best_score": float(restored["stage"]["best_score"])}
-      start = resumed_from = int(restored["iteration"])
-    run.open_metrics(keep_through=start)
-
-  last_collapsed = None
+  parts = _Parts(lopt, task, config, run_dir)
+  state, resumed_from = parts.start()
+  start, total, history = state.iteration, config.num_meta_iterations, []
   tic = time.perf_counter()
-  for iteration in range(start, config.num_meta_iterations):
-    iteration_key = jax.random.fold_in(base_key, iteration + 1)
-    init_key, step_key = jax.random.split(iteration_key)
-    horizon = config.horizons[stage["index"]]
-    stage_config = compiled.at_horizon(horizon)
-    if states is None or episode_step >= horizon:
-      states = init_meta_batch(lopt, compiled, task, meta_params, init_key)
-      episode_step = 0
-    if config.imitation_ratio > 0 and float(jax.random.uniform(
-        jax.random.fold_in(iteration_key, 0x1317))) < config.imitation_ratio:
-      # An imitation meta-step: its own Adam trajectory; the episode waits.
-      meta_params, meta_opt_state, metrics = imitation_step(
-          lopt, stage_config, task, meta_params, meta_opt_state, step_key)
-    else:
-      if not bool(all_finite(states.params)):
-        # An optimizee blew up in the last truncation (that meta-step was skipped):
-        # restart the meta-batch here rather than let it poison the episode.
-        states = init_meta_batch(lopt, compiled, task, meta_params, init_key)
-        episode_step = 0
-        num_resets += 1
-      meta_params, meta_opt_state, states, metrics = meta_step(
-          lopt, stage_config, task, meta_params, meta_opt_state, states, step_key)
-      episode_step += config.unroll_length
+  for iteration in range(start, total):
+    iteration_key = jax.random.fold_in(parts.base_key, iteration + 1)
+    state, metrics = parts.step(state, iteration_key)
     done = iteration + 1
-    log_now = done % config.log_every == 0 or done == config.num_meta_iterations
-    validate_now = done % config.validation_every == 0 or done == config.num_meta_iterations
-    if bool(metrics["finite"]):
-      consecutive_skipped = 0
-    else:
-      num_skipped += 1
-      consecutive_skipped += 1
-      if consecutive_skipped >= config.max_consecutive_skipped:
-        where = ""
-        if run is not None:
-          run.close()
-          if run.latest_step() is not None:
-            where = (f"; the last good checkpoint (meta-step {run.latest_step()}) is in "
-                     f"{run.checkpoint_directory}")
-        raise MetaTrainingDivergedError(
-            f"meta-training diverged: {consecutive_skipped} consecutive meta-steps (up to "
-            f"meta-step {done}) had a non-finite meta-loss or meta-gradient and were skipped"
-            f"{where}; lower the meta learning rate or the flatness coefficients")
-    if log_now or validate_now:
+    state = parts.guard(state._replace(iteration=done), bool(metrics["finite"]), done)
+    validate_now = done % config.validation_every == 0 or done == total
+    if validate_now or done % config.log_every == 0 or done == total:
       record = {"iteration": done, **{k: float(v) for k, v in metrics.items()},
-                "num_skipped": num_skipped, "num_resets": num_resets,
+                "num_skipped": state.num_skipped, "num_resets": state.num_resets,
                 "meta_steps_per_second": (done - start) / (time.perf_counter() - tic)}
       if validate_now:
-        val = {k: float(v) for k, v in
-               validate(lopt, task, local(meta_params), validation_keys,
-                        config.validation_horizon).items()}
-        score = score_of(val)
-        record.update({f"validation_{k}": v for k, v in val.items()})
-        record["validation_score"] = score
-        record["collapsed"] = collapsed(val)
-        if record["collapsed"]:
-          last_collapsed = meta_params
-        elif score > float(best["score"]):
-          best = {"meta_params": meta_params, "score": np.asarray(score, np.float32),
-                  "iteration": np.asarray(done, np.int32)}
-          if config.curriculum:
-            best["meta_opt_state"] = _copy(meta_opt_state)
-        record["best_validation_score"] = float(best["score"])
-        if config.curriculum:
-          improved = not record["collapsed"] and score > stage["best_score"]
-          if improved:
-            stage["best_score"] = score
-          elif stage["index"] + 1 < len(config.horizons):
-            # The horizon advances; training restarts from the best state so far.
-            stage = {"index": stage["index"] + 1, "best_score": -np.inf}
-            if int(best["iteration"]) >= 0:
-              meta_params, meta_opt_state = best["meta_params"], _copy(best["meta_opt_state"])
-            states = init_meta_batch(lopt, compiled, task, meta_params,
-                                     jax.random.fold_in(iteration_key, 0xC0))
-            episode_step = 0
-          record["horizon"] = config.horizons[stage["index"]]
+        state = parts.validate(state, record, iteration_key)
       history.append(record)
-      if run is not None:
-        run.write_metrics(record)
+      if parts.run is not None:
+        parts.run.write_metrics(record)
       if callback is not None:
         callback(record)
-    stopping = (should_stop is not None and done < config.num_meta_iterations
-                and _any_process(should_stop()))
-    if run is not None and (done % config.checkpoint_every == 0 or stopping
-                            or done == config.num_meta_iterations):
-      run.save(done, _run_state(meta_params, meta_opt_state, states, best, done,
-                                num_skipped, consecutive_skipped, num_resets, stage))
+    stopping = should_stop is not None and done < total and _any_process(should_stop())
+    if parts.run is not None and (done % config.checkpoint_every == 0 or stopping
+                                  or done == total):
+      parts.run.save(done, state.to_checkpoint())
     if stopping:
-      if run is not None:
-        run.close()
-      raise MetaTrainingInterrupted(done, run.checkpoint_directory if run is not None else None)
-
-  is_collapsed = int(best["iteration"]) < 0
-  selected = best["meta_params"] if not is_collapsed else (
-      last_collapsed if last_collapsed is not None else meta_params)
-  if run is not None:
-    run.close()
-    if not is_collapsed:
-      run.export(lopt, local(selected))
-  return MetaTrainResult(meta_params=local(selected), last_meta_params=local(meta_params),
-                         best_score=float(best["score"]),
-                         best_iteration=int(best["iteration"]), history=history,
-                         num_skipped=num_skipped, resumed_from=resumed_from,
-                         collapsed=is_collapsed)
+      if parts.run is not None:
+        parts.run.close()
+      raise MetaTrainingInterrupted(done, parts.run.checkpoint_directory
+                                    if parts.run is not None else None)
+  return parts.finish(state, history, resumed_from)

@@ -1,0 +1,274 @@
+"""Meta-gradient estimators: truncated backpropagation, PES and antithetic ES.
+
+An estimator turns the meta-parameters and the state of the optimizees in
+training into a meta-loss and an estimate of its gradient, one truncation of
+`unroll_length` inner steps at a time:
+
+  state = estimator.init(meta_params, key)          # a fresh episode
+  meta_loss, meta_grad, state, metrics = estimator.estimate(meta_params, state, key)
+
+`meta_train` chooses one with `MetaTrainConfig.estimator`; the meta-optimizer
+update, the non-finite guard, episode resets and sharding are the trainer's.
+
+- **truncated**: `jax.grad` through the `lax.scan` of one truncation
+  (`inner.unroll`: remat blocks, second order, every regularizer). Cheap and low
+  variance, biased toward short horizons: a step's effect on later truncations
+  is never seen.
+- **es** (antithetic evolution strategies over one truncation): draw
+  `eps_i ~ N(0, sigma^2 I)` for `i = 1..N` (`es_pairs`), unroll the truncation
+  from the same state and keys with `theta + eps_i` and `theta - eps_i`, and
+  estimate `g = 1/(2 N sigma^2) sum_i eps_i (L(theta + eps_i) - L(theta - eps_i))`,
+  an unbiased estimate of the gradient of the Gaussian-smoothed truncation loss
+  `E[L(theta + eps)]`. The carried state is advanced with `theta` itself (one
+  more unroll in the same vmap), and the reported meta-loss is `L(theta)`.
+- **pes** (Persistent Evolution Strategies; Vicol, Metz and Sohl-Dickstein,
+  "Unbiased Gradient Estimation in Unrolled Computation Graphs with Persistent
+  Evolution Strategies", ICML 2021): each pair keeps two inner states across
+  truncations, the + run (always `theta + eps`) and the - run, and the running
+  sum `xi_i` of the perturbations it has used in this episode (zero at `init`).
+  Per truncation: draw `eps_i`, advance the + state with `theta + eps_i` and the
+  - state with `theta - eps_i`, `xi_i += eps_i`, and estimate
+  `g = 1/(2 N sigma^2) sum_i xi_i (L+_i - L-_i)`. Its mean over the truncations of
+  an episode is unbiased for the gradient of the whole episode's smoothed
+  meta-loss, however short the truncations. `xi` is part of the state, so of
+  every checkpoint.
+
+ES and PES need no backward pass (neither `second_order` nor
+`remat_block_length` changes them) and take the regularized meta-loss as it is.
+All pairs share the unroll's minibatch keys and, with the meta-batch, its
+optimizee initialisations (common random numbers: only the perturbation differs
+between the two runs of a pair).
+
+An estimator is a `flax.struct` dataclass: the task is a pytree field and the
+architecture and `UnrollConfig` are static, so it is an argument of jitted
+functions and equal configurations share one compilation. On a device mesh each
+device estimates on its share of the meta-batch (`meta_batch_offset`) and the
+losses are averaged across devices (`flatl2o.meta.sharding`).
+
+Example:
+  >>> est = estimators.get("pes", lopt, task, config.unroll_config())
+  >>> state = est.init(meta_params, jax.random.key(0))
+  >>> loss, grad, state, metrics = est.estimate(meta_params, state, jax.random.key(1))
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from flatl2o.meta import inner, sharding
+from flatl2o.meta.config import ESTIMATORS, MetaTrainConfig, UnrollConfig
+
+
+class Estimator(Protocol):
+  """What `meta_train` needs of a meta-gradient estimator."""
+
+  def init(self, meta_params: Any, key: jax.Array) -> Any:
+    """The state of a fresh episode of the meta-batch (optimizees and any noise sums)."""
+    ...
+
+  def estimate(self, meta_params: Any, state: Any, key: jax.Array
+               ) -> tuple[jax.Array, Any, Any, dict[str, jax.Array]]:
+    """One truncation: `(meta_loss, meta_grad, new_state, metrics)`.
+
+    `metrics` holds `inner_loss_last` and `regularizer` (means over the meta-batch).
+    """
+    ...
+
+
+class PESState(NamedTuple):
+  """The state of PES (and, without `noise_sum`, the runs of ES).
+
+  Attributes:
+    particles: the inner states of the `2N` runs, + runs first then - runs; every
+      leaf but `step` has a leading axis of `2N`.
+    noise_sum: `xi`, per pair the sum of the perturbations used in this episode
+      (a pytree like the meta-parameters with a leading axis of `N`).
+  """
+
+  particles: inner.InnerState
+  noise_sum: Any
+
+  @property
+  def params(self) -> Any:
+    """The optimizees' parameters of every run (what the non-finite check looks at)."""
+    return self.particles.params
+
+  @property
+  def step(self) -> jax.Array:
+    """Inner steps taken in this episode (shared by every run)."""
+    return self.particles.step
+
+
+def _axes(state: inner.InnerState, axis: int | None = 0) -> inner.InnerState:
+  """vmap axes of a stack of inner states: every leaf but the shared episode `step`."""
+  return inner.InnerState(axis, axis, axis, None, axis, axis)
+
+
+def _broadcast(state: inner.InnerState, copies: int) -> inner.InnerState:
+  tile = lambda x: jnp.broadcast_to(x, (copies,) + jnp.shape(x))
+  return state._replace(**{k: jax.tree.map(tile, v) for k, v in state._asdict().items()
+                           if k != "step"})
+
+
+def _perturbations(meta_params, key: jax.Array, pairs: int, std: float):
+  """`eps` of `pairs` draws, a pytree like `meta_params` with a leading axis of `pairs`."""
+  leaves, treedef = jax.tree.flatten(meta_params)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  eps = [std * jax.random.normal(k, (pairs,) + jnp.shape(x), jnp.float32).astype(x.dtype)
+         for k, x in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, eps)
+
+
+def _weighted_sum(weights: jax.Array, stacked):
+  """`sum_i weights_i * stacked_i` over the leading axis of every leaf."""
+  return jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1), stacked)
+
+
+@struct.dataclass
+class _Base:
+  """Fields every estimator has.
+
+  Attributes:
+    task: the optimizee (a pytree: its data are arguments, not constants).
+    lopt: the learned-optimizer architecture (static).
+    config: what the compiled steps read (static).
+    meta_batch_offset: with a device mesh, the first row of this device's share of
+      the meta-batch (a traced scalar); None on one device.
+  """
+
+  task: Any
+  lopt: Any = struct.field(pytree_node=False)
+  config: UnrollConfig = struct.field(pytree_node=False)
+  meta_batch_offset: Any = None
+
+  @property
+  def sharded(self) -> bool:
+    return self.meta_batch_offset is not None
+
+  def _average(self, x):
+    """Across devices: each holds the mean over its share of the meta-batch."""
+    return jax.lax.pmean(x, sharding.AXIS) if self.sharded else x
+
+  def _fresh(self, meta_params, key: jax.Array) -> inner.InnerState:
+    keys = jax.random.split(key, self.config.meta_batch_size)
+    if self.sharded:
+      local = self.config.meta_batch_size // sharding.resolve_num_devices(
+          self.config.num_devices, self.config.meta_batch_size)
+      keys = jax.lax.dynamic_slice_in_dim(keys, self.meta_batch_offset, local)
+    return inner.init_inner(self.lopt, self.task, meta_params, keys, self.config)
+
+  def _unroll(self, meta_params, state: inner.InnerState, key: jax.Array):
+    return inner.unroll(self.lopt, self.task, self.config, meta_params, state, key,
+                        self.meta_batch_offset)
+
+  def _metrics(self, traces) -> dict[str, jax.Array]:
+    return {"inner_loss_last": self._average(traces["losses"][..., -1, :].mean()),
+            "regularizer": self._average(traces["regularizer"].mean())}
+
+
+@struct.dataclass
+class Truncated(_Base):
+  """Backpropagation through one truncation (the default estimator)."""
+
+  def init(self, meta_params, key: jax.Array) -> inner.InnerState:
+    return self._fresh(meta_params, key)
+
+  def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
+    def loss_fn(p):
+      loss, aux = self._unroll(p, state, key)
+      return self._average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
+
+    (loss, (new_state, traces)), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta_params)
+    return loss, grads, new_state, self._metrics(traces)
+
+
+def _unroll_many(estimator: _Base, stacked_params, states: inner.InnerState, key: jax.Array):
+  """`inner.unroll` of each run (leading axis) with its own meta-parameters and state."""
+  def one(p, s):
+    loss, (new_state, traces) = estimator._unroll(p, s, key)  # pylint: disable=protected-access
+    return loss, new_state, traces
+
+  axes = _axes(states)
+  return jax.vmap(one, in_axes=(0, axes), out_axes=(0, axes, 0))(stacked_params, states)
+
+
+@struct.dataclass
+class ES(_Base):
+  """Antithetic evolution strategies over one truncation, from the carried state."""
+
+  def init(self, meta_params, key: jax.Array) -> inner.InnerState:
+    return self._fresh(meta_params, key)
+
+  def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
+    pairs, std = self.config.es_pairs, self.config.es_std
+    eps = _perturbations(meta_params, jax.random.fold_in(key, 0xE5), pairs, std)
+    stacked = jax.tree.map(lambda p, e: jnp.concatenate([p[None], p + e, p - e]),
+                           meta_params, eps)
+    losses, new_states, traces = _unroll_many(self, stacked, _broadcast(state, 2 * pairs + 1),
+                                              key)
+    losses = self._average(losses)
+    weights = (losses[1:pairs + 1] - losses[pairs + 1:]) / (2 * pairs * std ** 2)
+    grads = _weighted_sum(weights, eps)
+    new_state = per_device(lambda tree: jax.tree.map(lambda x: x[0], tree), new_states)
+    return losses[0], grads, new_state, self._metrics(jax.tree.map(lambda x: x[0], traces))
+
+
+@struct.dataclass
+class PES(_Base):
+  """Persistent evolution strategies: + and - runs kept across truncations, `xi` summed."""
+
+  def init(self, meta_params, key: jax.Array) -> PESState:
+    pairs = self.config.es_pairs
+    noise_sum = jax.tree.map(lambda x: jnp.zeros((pairs,) + jnp.shape(x), x.dtype), meta_params)
+    return PESState(_broadcast(self._fresh(meta_params, key), 2 * pairs), noise_sum)
+
+  def estimate(self, meta_params, state: PESState, key: jax.Array):
+    pairs, std = self.config.es_pairs, self.config.es_std
+    eps = _perturbations(meta_params, jax.random.fold_in(key, 0xE5), pairs, std)
+    noise_sum = jax.tree.map(jnp.add, state.noise_sum, eps)
+    stacked = jax.tree.map(lambda p, e: jnp.concatenate([p + e, p - e]), meta_params, eps)
+    losses, particles, traces = _unroll_many(self, stacked, state.particles, key)
+    losses = self._average(losses)
+    weights = (losses[:pairs] - losses[pairs:]) / (2 * pairs * std ** 2)
+    grads = _weighted_sum(weights, noise_sum)
+    metrics = self._metrics(jax.tree.map(lambda x: x.mean(0), traces))
+    return losses.mean(), grads, PESState(particles, noise_sum), metrics
+
+
+_BY_NAME = {"truncated": Truncated, "pes": PES, "es": ES}
+assert tuple(_BY_NAME) == ESTIMATORS
+
+
+def get(name: str, lopt, task, config: MetaTrainConfig | UnrollConfig,
+        meta_batch_offset: Any = None) -> Truncated | PES | ES:
+  """The estimator `name` ('truncated', 'pes' or 'es') of `lopt` on `task` under `config`."""
+  if name not in _BY_NAME:
+    raise ValueError(f"unknown estimator {name!r}; accepted: {', '.join(_BY_NAME)}")
+  return _BY_NAME[name](task=task, lopt=lopt, config=config.unroll_config(),
+                        meta_batch_offset=meta_batch_offset)
+
+
+def state_specs(state) -> Any:
+  """Partition specs of an estimator state on the mesh (`flatl2o.meta.sharding`).
+
+  Every leaf of the optimizees' states is split by device along its leading
+  (stacked) axis, but the episode step, which all devices share; PES's noise
+  sums are the same on every device.
+  """
+  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+  split = lambda tree: jax.tree.map(lambda _: P(sharding.AXIS), tree)
+  if isinstance(state, PESState):
+    return PESState(state_specs(state.particles), jax.tree.map(lambda _: P(), state.noise_sum))
+  return inner.InnerState(split(state.params), split(state.opt_state), P(sharding.AXIS), P(),
+                          split(state.scale), split(state.anchor))
+
+
+def per_device(fn, state):
+  """`fn` applied to the per-device leaves of an estimator state (all but `step`, noise sums)."""
+  if isinstance(state, PESState):
+    return PESState(per_device(fn, state.particles), state.noise_sum)
+  return state._replace(**{k: fn(v) for k, v in state._asdict().items() if k != "step"})
