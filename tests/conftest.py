@@ -11,6 +11,10 @@ README's command):
   collection order (xdist's loadscope without reordering: a class is never
   split over workers, so its `setUpClass` runs once), and the slowest classes
   are collected first, so they start at once instead of trailing at the end.
+
+The integration-level classes carry `@pytest.mark.slow` (registered in
+setup.cfg): `pytest -q -m "not slow" -n 2 tests` is the fast lane for work in
+progress; CI runs everything.
 """
 
 import os
@@ -38,6 +42,9 @@ SLOW_FIRST = (
     "tests/test_cli.py::MetaTrainBinaryTest",
     "tests/test_scale.py",
     "tests/test_meta.py",
+    # Then the slowest of the fast lane (-m "not slow", 2026-12-06).
+    "tests/test_objective.py",
+    "tests/test_known_answers.py",
 )
 
 

@@ -21,6 +21,7 @@ def run_binary(module, *args, cwd=ROOT, timeout=300):
 
 class EvaluateBinaryTest(parameterized.TestCase):
 
+  @pytest.mark.slow  # the evaluate binary trained end to end
   def test_runs_and_writes_outputs(self):
     out = self.create_tempdir().full_path
     proc = run_binary("experiments.evaluate", "--task=mlp_sigmoid", "--optimizer=adam",
@@ -69,6 +70,7 @@ TINY_META = ["--num_meta_iterations=4", "--unroll_length=5", "--num_inner_steps=
              "--validation_seeds=1", "--checkpoint_every=2", "--batch_size=16"]
 
 
+@pytest.mark.slow  # the evaluate binary, several runs
 class EvaluateFoldersTest(absltest.TestCase):
 
   def test_each_configuration_gets_its_folder_and_none_is_overwritten(self):
@@ -233,6 +235,7 @@ class BenchmarkSmokeTest(parameterized.TestCase):
       ("benchmarks.memory", ["--unrolls=4", "--meta_batch_size=2", "--time_meta_batch_size=0"],
        "temp_ratio", 1),
   )
+  @pytest.mark.slow  # each runs a benchmark binary
   def test_prints_json_lines(self, module, args, key, num_lines):
     proc = run_binary(module, *args)
     self.assertEqual(proc.returncode, 0, proc.stderr)

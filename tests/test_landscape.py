@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 from jax.flatten_util import ravel_pytree
 
@@ -339,6 +340,7 @@ class SlqDensityTest(absltest.TestCase):
 
 
 
+@pytest.mark.slow  # the evaluate binary, twice
 class EvaluateLandscapeBinaryTest(absltest.TestCase):
 
   def test_landscape_flag_writes_slices_centred_on_the_final_loss(self):

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from flatl2o import checkpoints, meta, optimizers, tasks
@@ -35,6 +36,7 @@ class MetaTrainTest(parameterized.TestCase):
       ("l2o_dm_log_ratio", optimizers.L2ODM(), "log_ratio"),
       ("mlp_lopt_mean", optimizers.MLPLOpt(), "mean"),
   )
+  @pytest.mark.slow  # 40 meta-steps, then validation, per case
   def test_learns(self, lopt, meta_loss):
     config = meta.MetaTrainConfig(num_meta_iterations=40, meta_learning_rate=1e-2,
                                   meta_loss=meta_loss, **SMALL)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import absltest, parameterized
 
 import flatl2o
@@ -229,6 +230,7 @@ class AddTest(absltest.TestCase):
 
 class EvaluateBinaryTest(absltest.TestCase):
 
+  @pytest.mark.slow  # the evaluate binary trained end to end
   def test_pretrained_name(self):
     cwd = self.create_tempdir().full_path
     proc = run(["-m", "experiments.evaluate", "--optimizer=pretrained:rnnprop", "--num_steps=20",

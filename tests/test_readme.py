@@ -11,6 +11,7 @@ import os
 import re
 from unittest import mock
 
+import pytest
 from absl.testing import absltest
 
 import flatl2o
@@ -22,6 +23,7 @@ def python_snippets(text: str) -> list[str]:
   return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
+@pytest.mark.slow  # meta-trains and evaluates as the README does
 class ReadmeTest(absltest.TestCase):
 
   def test_snippets_run_in_order(self):

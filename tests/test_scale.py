@@ -82,6 +82,7 @@ class RematBlockTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, message):
       meta.MetaTrainConfig(**kwargs)
 
+  @pytest.mark.slow  # meta-trains into a run directory twice
   def test_block_length_is_not_part_of_the_run_identity(self):
     run_dir = self.create_tempdir().full_path
     small = dict(unroll_length=4, num_inner_steps=8, meta_batch_size=1, num_meta_iterations=2,
