@@ -57,25 +57,19 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host run: this pro
 # --config.FIELD override, both derived from the dataclass and its docstring.
 _CONFIG = _config_flags.define(meta.MetaTrainConfig, renames=_config_flags.META_TRAIN_RENAMES)
 
-# Settings that only mean something for one kind of regularizer.
-_OWNED_BY = {
-    "hessian": ("hessian_estimator", "alpha", "hessian_probes", "power_iters"),
-    "entropy": ("beta", "entropy_gamma", "entropy_chains", "entropy_steps",
-                "entropy_step_size", "entropy_noise"),
-}
-
-
 def config_from_flags() -> meta.MetaTrainConfig:
   """The MetaTrainConfig of the command line; ValueError on values that do not fit."""
   config, given = _config_flags.build(_CONFIG)
   kind = config.regularizer.kind
   spelled = lambda field: "--" + _CONFIG.flag_names[f"regularizer.{field}"]
-  for owner, fields in _OWNED_BY.items():
-    for field in fields:
+  # Settings that only mean something for one kind of regularizer (field metadata).
+  owned = meta.config.owned_fields()
+  for owner in ("hessian", "entropy"):
+    for field in owned[owner]:
       if f"regularizer.{field}" in given and kind != owner:
         raise ValueError(f"{spelled(field)} belongs to --regularizer={owner}, but "
                          f"--regularizer={kind}")
-  for field in ("when", "add_to_inner_loss"):
+  for field in owned["any"]:
     if f"regularizer.{field}" in given and kind == "none":
       raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
   if "curriculum_horizons" in given and not config.curriculum:

@@ -14,9 +14,95 @@ HESSIAN_ESTIMATORS = ("trace", "eigenvalue", "lanczos")
 WHEN = ("always", "first_half", "second_half")
 
 
+def _check_choice(name: str, value, accepted) -> None:
+  if value not in accepted:
+    raise ValueError(f"unknown regularizer {name} {value!r}; accepted: {', '.join(accepted)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianTerm:
+  """`alpha * R_hessian(x_t)` in the meta-objective (`flatl2o.meta.objective`).
+
+  Attributes:
+    alpha: the coefficient.
+    estimator: 'trace' (Hutchinson, divided by the number of coordinates),
+      'eigenvalue' (power iteration) or 'lanczos' (top Ritz value).
+    probes: Rademacher probes per trace estimate.
+    power_iters: Hessian-vector products per eigenvalue estimate.
+    when: 'always', 'first_half' or 'second_half' of each episode.
+    add_to_inner_loss: also regularize the loss the learned optimizer sees.
+  """
+
+  alpha: float = 1.0
+  estimator: str = "trace"
+  probes: int = 4
+  power_iters: int = 10
+  when: str = "always"
+  add_to_inner_loss: bool = False
+
+  def __post_init__(self):
+    _check_choice("estimator", self.estimator, HESSIAN_ESTIMATORS)
+    _check_choice("when", self.when, WHEN)
+    _checks.positive_number("alpha", self.alpha)
+    _checks.positive_int("probes", self.probes)
+    _checks.positive_int("power_iters", self.power_iters)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyTerm:
+  """`beta * R_entropy(x_t)`: the local-entropy surrogate from Langevin chains.
+
+  Attributes:
+    beta: the coefficient.
+    gamma: the inverse width of the local region.
+    chains: K, Langevin chains (vmapped).
+    steps: L, Langevin steps per chain.
+    step_size: Langevin step size.
+    noise: Langevin noise scale (1 samples the local Gibbs measure).
+    when: 'always', 'first_half' or 'second_half' of each episode.
+    add_to_inner_loss: also regularize the loss the learned optimizer sees.
+  """
+
+  beta: float = 1.0
+  gamma: float = 1.0
+  chains: int = 4
+  steps: int = 5
+  step_size: float = 0.1
+  noise: float = 0.01
+  when: str = "always"
+  add_to_inner_loss: bool = False
+
+  def __post_init__(self):
+    _check_choice("when", self.when, WHEN)
+    for name in ("beta", "gamma", "step_size"):
+      _checks.positive_number(name, getattr(self, name))
+    _checks.positive_int("chains", self.chains)
+    _checks.positive_int("steps", self.steps)
+    if not isinstance(self.noise, (int, float)) or not 0 <= self.noise < math.inf:
+      raise ValueError(f"noise must be a non-negative number, got {self.noise!r}")
+
+
+# The flatness term of a meta-objective: one of these, or None for none.
+FlatnessTerm = HessianTerm | EntropyTerm
+_TERMS = {"hessian": HessianTerm, "entropy": EntropyTerm}
+
+
+def _owned(owner: str, default, term_field: str | None = None):
+  """A `RegularizerConfig` field that belongs to one kind of term ('any': to both),
+  spelled `term_field` in that term (default: the same name)."""
+  return dataclasses.field(default=default, metadata={"owner": owner,
+                                                      "term_field": term_field})
+
+
 @dataclasses.dataclass(frozen=True)
 class RegularizerConfig:
-  """Which flatness term the meta-objective adds, and its estimator's settings.
+  """Which flatness term the meta-objective adds, as one flat record of settings.
+
+  This is how the flags spell a term (`--regularizer=hessian --alpha=...`); the
+  compiled steps see only `term()`, a `HessianTerm`, an `EntropyTerm` or None,
+  which carries the settings of its own kind and nothing else. Each field's
+  metadata names the kind that owns it (`owner`). `MetaTrainConfig` also takes
+  a `HessianTerm` or `EntropyTerm` directly (`RegularizerConfig.of`).
 
   Attributes:
     kind: 'none', 'hessian' or 'entropy'.
@@ -40,19 +126,21 @@ class RegularizerConfig:
   """
 
   kind: str = dataclasses.field(default="none", metadata={"choices": KINDS})
-  hessian_estimator: str = dataclasses.field(default="trace",
-                                              metadata={"choices": HESSIAN_ESTIMATORS})
-  alpha: float | None = None
-  hessian_probes: int = 4
-  power_iters: int = 10
-  beta: float = 1.0
-  entropy_gamma: float = 1.0
-  entropy_chains: int = 4
-  entropy_steps: int = 5
-  entropy_step_size: float = 0.1
-  entropy_noise: float = 0.01
-  when: str = dataclasses.field(default="always", metadata={"choices": WHEN})
-  add_to_inner_loss: bool = False
+  hessian_estimator: str = dataclasses.field(
+      default="trace", metadata={"choices": HESSIAN_ESTIMATORS, "owner": "hessian",
+                                 "term_field": "estimator"})
+  alpha: float | None = _owned("hessian", None)
+  hessian_probes: int = _owned("hessian", 4, "probes")
+  power_iters: int = _owned("hessian", 10)
+  beta: float = _owned("entropy", 1.0)
+  entropy_gamma: float = _owned("entropy", 1.0, "gamma")
+  entropy_chains: int = _owned("entropy", 4, "chains")
+  entropy_steps: int = _owned("entropy", 5, "steps")
+  entropy_step_size: float = _owned("entropy", 0.1, "step_size")
+  entropy_noise: float = _owned("entropy", 0.01, "noise")
+  when: str = dataclasses.field(default="always",
+                                metadata={"choices": WHEN, "owner": "any"})
+  add_to_inner_loss: bool = _owned("any", False)
 
   def __post_init__(self):
     if self.alpha is None:
@@ -73,7 +161,33 @@ class RegularizerConfig:
   def active(self) -> bool:
     return self.kind != "none"
 
+  def term(self) -> FlatnessTerm | None:
+    """The term this record spells: its own kind's settings only, or None."""
+    if not self.active:
+      return None
+    return _TERMS[self.kind](**{
+        f.metadata.get("term_field") or f.name: getattr(self, f.name)
+        for f in dataclasses.fields(self) if f.metadata.get("owner") in (self.kind, "any")})
 
+  @classmethod
+  def of(cls, term: FlatnessTerm | None) -> "RegularizerConfig":
+    """The flat record of `term` (None: no term); `of(t).term() == t`."""
+    if term is None:
+      return cls()
+    kind = next(k for k, t in _TERMS.items() if isinstance(term, t))
+    return cls(kind=kind, **{
+        f.name: getattr(term, f.metadata.get("term_field") or f.name)
+        for f in dataclasses.fields(cls) if f.metadata.get("owner") in (kind, "any")})
+
+
+def owned_fields() -> dict[str, tuple[str, ...]]:
+  """`kind -> the RegularizerConfig fields only that kind reads` (from field metadata)."""
+  owners: dict[str, tuple[str, ...]] = {}
+  for f in dataclasses.fields(RegularizerConfig):
+    owner = f.metadata.get("owner")
+    if owner is not None:
+      owners[owner] = owners.get(owner, ()) + (f.name,)
+  return owners
 
 
 def _not_identity(default):
@@ -202,9 +316,11 @@ class MetaTrainConfig:
       _checks.positive_number(name, getattr(self, name))
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
+    if self.regularizer is None or isinstance(self.regularizer, (HessianTerm, EntropyTerm)):
+      object.__setattr__(self, "regularizer", RegularizerConfig.of(self.regularizer))
     if not isinstance(self.regularizer, RegularizerConfig):
-      raise ValueError("regularizer must be a RegularizerConfig, got "
-                       f"{type(self.regularizer).__name__}")
+      raise ValueError("regularizer must be a RegularizerConfig, HessianTerm, EntropyTerm or "
+                       f"None, got {type(self.regularizer).__name__}")
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
     for name in ("random_scaling", "convex_term"):
@@ -250,6 +366,7 @@ class MetaTrainConfig:
     curriculum, imitation) get equal `UnrollConfig`s and so share compilations.
     """
     values = {f.name: getattr(self, f.name) for f in dataclasses.fields(UnrollConfig)}
+    values["regularizer"] = self.regularizer.term()
     if num_inner_steps is not None:
       values["num_inner_steps"] = num_inner_steps
     return UnrollConfig(**values)
@@ -269,7 +386,8 @@ class UnrollConfig:
   static argument, so it is their compilation key. A host setting (seed, budget,
   validation, ...) is not a field here: compiled code cannot read one by mistake.
   The fields mean what the `MetaTrainConfig` fields of the same names mean;
-  `num_inner_steps` is the current episode length (a curriculum stage's horizon).
+  `num_inner_steps` is the current episode length (a curriculum stage's horizon)
+  and `regularizer` is the flatness term itself (`RegularizerConfig.term()`).
   """
 
   unroll_length: int = 20
@@ -279,7 +397,7 @@ class UnrollConfig:
   meta_grad_clip: float = 1.0
   meta_loss: str = "mean"
   second_order: bool = False
-  regularizer: RegularizerConfig = RegularizerConfig()
+  regularizer: HessianTerm | EntropyTerm | None = None
   random_scaling: float = 0.0
   convex_term: float = 0.0
   remat_block_length: int = 1

@@ -29,7 +29,7 @@ import optax
 
 from flatl2o import flatness
 from flatl2o.meta import objective
-from flatl2o.meta.config import MetaTrainConfig, RegularizerConfig
+from flatl2o.meta.config import FlatnessTerm, MetaTrainConfig, UnrollConfig
 
 
 class InnerState(NamedTuple):
@@ -85,7 +85,7 @@ def batched_transform(lopt, meta_params) -> optax.GradientTransformation:
 
 
 def init_inner(lopt, task, meta_params, keys: jax.Array,
-               config: MetaTrainConfig | None = None) -> InnerState:
+               config: MetaTrainConfig | UnrollConfig | None = None) -> InnerState:
   """Fresh optimizees, one per key, and the optimizer state for them.
 
   With `config.random_scaling` or `config.convex_term` on, each optimizee also
@@ -118,7 +118,7 @@ def init_inner(lopt, task, meta_params, keys: jax.Array,
 
 
 def _step_fn(task, tx, differentiate_gradients: bool,
-             regularizer: RegularizerConfig | None = None,
+             regularizer: FlatnessTerm | None = None,
              reg_weight: jax.Array | float = 0.0, scale=None, anchor=None,
              convex_term: float = 0.0, meta_batch_slice=None):
   """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
@@ -131,7 +131,7 @@ def _step_fn(task, tx, differentiate_gradients: bool,
   (one device's share, `flatl2o.meta.sharding`): they then draw the minibatches
   those rows would draw in the whole meta-batch.
   """
-  regularizing = regularizer is not None and regularizer.active
+  regularizing = regularizer is not None
   objective_fn = _episode_objective(task, convex_term)
 
   def one(params, scale, anchor, key):
@@ -171,7 +171,7 @@ def _step_fn(task, tx, differentiate_gradients: bool,
   return step
 
 
-def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
+def unroll(lopt, task, config: MetaTrainConfig | UnrollConfig, meta_params, state: InnerState,
            key: jax.Array, meta_batch_offset: jax.Array | None = None,
            ) -> tuple[jax.Array, tuple[InnerState, dict[str, jax.Array]]]:
   """Runs one truncation; returns `(meta_loss, (new_state, {'losses', 'regularizer'}))`.
@@ -181,6 +181,7 @@ def unroll(lopt, task, config: MetaTrainConfig, meta_params, state: InnerState,
   rows `offset:offset+B` of a meta-batch of `config.meta_batch_size` (a device's
   share) and they train as they would in the whole meta-batch.
   """
+  config = config.unroll_config()  # what a compiled step reads: the term, not the flat record
   tx = batched_transform(lopt, meta_params)
   reg_weight = objective.weight(config.regularizer, state.step, config.num_inner_steps)
   step = jax.checkpoint(

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flatl2o import flatness
-from flatl2o.meta.config import RegularizerConfig
+from flatl2o.meta.config import EntropyTerm, FlatnessTerm, HessianTerm, RegularizerConfig
 from flatl2o.optimizers import base
 
 # The name under which the Langevin mean is saved by the rematerialised scan
@@ -35,30 +35,33 @@ from flatl2o.optimizers import base
 ENTROPY_MEAN = "flatl2o_entropy_mean"
 
 
-def term(config: RegularizerConfig, loss_fn, params, key: jax.Array) -> jax.Array:
+def term(config: FlatnessTerm | RegularizerConfig | None, loss_fn, params,
+         key: jax.Array) -> jax.Array:
   """coefficient * R(params) for one optimizee's minibatch loss `loss_fn`."""
-  if config.kind == "hessian":
-    if config.hessian_estimator == "trace":
-      value = (flatness.hessian_trace(loss_fn, params, key, config.hessian_probes)
+  if isinstance(config, RegularizerConfig):
+    config = config.term()
+  if isinstance(config, HessianTerm):
+    if config.estimator == "trace":
+      value = (flatness.hessian_trace(loss_fn, params, key, config.probes)
                / base.num_coordinates(params))
-    elif config.hessian_estimator == "eigenvalue":
+    elif config.estimator == "eigenvalue":
       value = flatness.top_hessian_eigenvalue(loss_fn, params, key, config.power_iters)
     else:
       value = flatness.lanczos_top_eigenvalue(loss_fn, params, key, config.power_iters)
     return config.alpha * value
-  if config.kind == "entropy":
+  if isinstance(config, EntropyTerm):
     mu = flatness.langevin_mean(
-        loss_fn, params, key, gamma=config.entropy_gamma, num_chains=config.entropy_chains,
-        num_steps=config.entropy_steps, step_size=config.entropy_step_size,
-        noise=config.entropy_noise)
+        loss_fn, params, key, gamma=config.gamma, num_chains=config.chains,
+        num_steps=config.steps, step_size=config.step_size, noise=config.noise)
     mu = checkpoint_name(jax.lax.stop_gradient(mu), ENTROPY_MEAN)
-    return config.beta * flatness.local_entropy_surrogate(params, mu, config.entropy_gamma)
+    return config.beta * flatness.local_entropy_surrogate(params, mu, config.gamma)
   return jnp.zeros((), jnp.float32)
 
 
-def weight(config: RegularizerConfig, episode_step: jax.Array, num_inner_steps: int) -> jax.Array:
+def weight(config: FlatnessTerm | RegularizerConfig | None, episode_step: jax.Array,
+           num_inner_steps: int) -> jax.Array:
   """1.0 where the terms are on at this point of the episode, else 0.0."""
-  if config.when == "always":
+  if config is None or config.when == "always":
     return jnp.float32(1.0)
   first_half = episode_step < num_inner_steps // 2
   on = first_half if config.when == "first_half" else jnp.logical_not(first_half)
