@@ -183,6 +183,18 @@ class RegisterTest(_PatchedRegistries):
     with self.assertRaisesRegex(optimizers.OptimizerError, "learning_rate must be a positive"):
       optimizers.get("user_sgd", learning_rate=-1.0)
 
+  def test_as_a_decorator(self):
+    @optimizers.register("user_sgd_decorated")
+    def user_sgd(learning_rate=0.5):
+      return optax.sgd(learning_rate)
+
+    self.assertTrue(callable(user_sgd))  # the decorator returns the factory itself
+    tx = optimizers.get("user_sgd_decorated")
+    update, _ = tx.update(GRADS, tx.init(GRADS))
+    np.testing.assert_allclose(update["b"], [-0.25])
+    with self.assertRaisesRegex(optimizers.OptimizerError, "already registered"):
+      optimizers.register("user_sgd_decorated")(user_sgd)
+
   def test_what_does_not_fit_is_one_line(self):
     user = _import_user_module()
 
@@ -251,6 +263,17 @@ class TaskRegistryTest(_PatchedRegistries):
     self.assertEqual(seen, [("digits", 16)])
     params = task.init(jax.random.key(0))
     self.assertEqual(params["Dense_0"]["kernel"].shape, (64, 3))
+
+  def test_as_a_decorator(self):
+    made = tasks.QuadraticTask.create(batch_size=4)
+
+    @tasks.register("decorated_quadratic", uses_data=False)
+    def build(batch_size):
+      del batch_size
+      return made
+
+    self.assertTrue(callable(build))
+    self.assertIs(tasks.get("decorated_quadratic"), made)
 
   def test_a_task_that_makes_its_own_data(self):
     made = tasks.QuadraticTask.create(batch_size=4)

@@ -117,8 +117,10 @@ _PROTOCOL_MEMBERS = ("name", "coordinatewise", "preferred_meta_loss", "init", "i
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False):
+def register(name: str, factory: Callable[..., Any] | None = None, *, overwrite: bool = False):
   """Adds an optimizer to the registry under `name`; returns `factory`.
+
+  Also a class decorator: `@register("my_lopt")` above the class definition.
 
   Args:
     name: letters, digits, '_', '.' or '-' (names become flags and folder names).
@@ -133,12 +135,14 @@ def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False)
     overwrite: replace an optimizer already registered under `name`.
 
   Returns:
-    `factory`, unchanged.
+    `factory`, unchanged (without `factory`: a decorator that registers it).
 
   Raises:
     OptimizerError: a bad name, a name already registered (without
       `overwrite`), or a factory that does not fit.
   """
+  if factory is None:
+    return lambda f: register(name, f, overwrite=overwrite)
   if not isinstance(name, str) or not _NAME.fullmatch(name):
     raise OptimizerError(f"cannot register optimizer name {name!r}: use letters, digits, "
                          "'_', '.' or '-'")

@@ -39,14 +39,13 @@ def meta_config(model: str, kind: str, coefficient: float | None, seed: int, s: 
     if len(horizons) > 1:
       extra.update(curriculum=True, curriculum_horizons=tuple(horizons))
   lopt = architecture(model)
+  settings = s.meta_train_settings()
+  if num_meta_iterations:
+    settings["num_meta_iterations"] = num_meta_iterations
   return meta.MetaTrainConfig(
-      unroll_length=s.unroll_length, num_inner_steps=s.num_inner_steps,
-      meta_batch_size=s.meta_batch_size,
-      num_meta_iterations=num_meta_iterations or s.num_meta_iterations,
-      validation_every=s.validation_every, validation_horizon=s.num_inner_steps,
-      validation_seeds=s.validation_seeds, checkpoint_every=s.validation_every,
+      **settings, validation_horizon=s.num_inner_steps, checkpoint_every=s.validation_every,
       log_every=s.validation_every, seed=seed, regularizer=reg, num_devices=1,
-      meta_loss=getattr(lopt, "preferred_meta_loss", "mean"), **extra)
+      meta_loss=lopt.preferred_meta_loss, **extra)
 
 
 def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: float | None,

@@ -23,6 +23,11 @@ TUNING_SEED_BASE = 2000
 TEST_SEED_BASE = 1000
 
 
+def _meta_train_field():
+  """A preset field that is the `MetaTrainConfig` field of the same name, for every cell."""
+  return dataclasses.field(metadata={"meta_train": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
   """Budgets of one reproduction.
@@ -43,12 +48,12 @@ class Preset:
   """
 
   meta_seeds: tuple[int, ...]
-  num_meta_iterations: int
-  unroll_length: int
-  num_inner_steps: int
-  meta_batch_size: int
-  validation_every: int
-  validation_seeds: int
+  num_meta_iterations: int = _meta_train_field()
+  unroll_length: int = _meta_train_field()
+  num_inner_steps: int = _meta_train_field()
+  meta_batch_size: int = _meta_train_field()
+  validation_every: int = _meta_train_field()
+  validation_seeds: int = _meta_train_field()
   alphas: tuple[float, ...]
   betas: tuple[float, ...]
   adam_grid: tuple[float, ...]
@@ -60,6 +65,11 @@ class Preset:
   flatness_batch: int
   trace_probes: int
   lanczos_iters: int
+
+  def meta_train_settings(self) -> dict[str, Any]:
+    """The `MetaTrainConfig` fields this preset sets (marked in the field metadata)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.metadata.get("meta_train")}
 
 
 PRESETS = {

@@ -53,9 +53,11 @@ _REGISTRY: dict[str, _Entry] = {}
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def register(name: str, builder: Callable[..., Task], *, uses_data: bool = True,
+def register(name: str, builder: Callable[..., Task] | None = None, *, uses_data: bool = True,
              overwrite: bool = False) -> Callable[..., Task]:
   """Adds an optimizee to the registry under `name`; returns `builder`.
+
+  Also a decorator: `@register("my_task")` above the builder's definition.
 
   Args:
     name: letters, digits, '_', '.' or '-'.
@@ -75,6 +77,8 @@ def register(name: str, builder: Callable[..., Task], *, uses_data: bool = True,
     TaskError: a bad name, a name already registered (without `overwrite`), or
       a builder that is not callable.
   """
+  if builder is None:
+    return lambda b: register(name, b, uses_data=uses_data, overwrite=overwrite)
   if not isinstance(name, str) or not _NAME.fullmatch(name):
     raise TaskError(f"cannot register task name {name!r}: use letters, digits, '_', '.' or '-'")
   if name in _REGISTRY and not overwrite:
