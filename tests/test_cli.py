@@ -234,6 +234,8 @@ class BenchmarkSmokeTest(parameterized.TestCase):
        "ms_per_meta_step", 1),
       ("benchmarks.memory", ["--unrolls=4", "--meta_batch_size=2", "--time_meta_batch_size=0"],
        "temp_ratio", 1),
+      ("benchmarks.estimator_cost", ["--steps=1", "--unroll_length=2", "--es_pairs=1",
+                                     "--meta_batch_size=1"], "es_pairs", 1),
   )
   @pytest.mark.slow  # each runs a benchmark binary
   def test_prints_json_lines(self, module, args, key, num_lines):
