@@ -7,13 +7,24 @@ resume); a folder holding another identity, or anything without one, is
 refused before a byte is written. `claim_folder` is that rule;
 `FolderClaimError` says which case refused and carries both identities, so a
 caller can word the one-line message its users know.
+
+`lock_folder` gives a folder one writer at a time: an OS-level lock
+(`fcntl.flock`) on the folder's `.lock` file, which names its holder (host and
+PID). The kernel drops the lock when the holding process dies, so a killed run
+leaves nothing to clean up. A second process is refused at once with
+`FolderLockedError` naming the holder; inside one process the lock is shared,
+so a folder reopened by the process that holds it is not refused.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
+import socket
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -115,9 +126,111 @@ def claim_folder(path: str, identity: dict[str, Any], *, filename: str = "identi
           f"folder {path} belongs to another configuration ({first_difference(found, wanted)}); "
           "use another folder or the original settings", path, "other", found, wanted)
     return False
-  if os.path.isdir(path) and os.listdir(path):
+  if os.path.isdir(path) and [n for n in os.listdir(path) if n != LOCK_FILE]:
     raise FolderClaimError(f"folder {path} is not empty and holds no {filename}; use an empty "
                            "or new folder", path, "foreign", identity=wanted)
   if write and key is None:
     report.write_json(file, wanted)
   return True
+
+
+LOCK_FILE = ".lock"
+
+# The folders this process holds: realpath -> [file descriptor, holders].
+_held: dict[str, list[int]] = {}
+_held_guard = threading.Lock()
+
+
+class FolderLockedError(ValueError):
+  """Another process holds the folder (its lock file names it: `holder`)."""
+
+  def __init__(self, message: str, path: str, holder: str):
+    super().__init__(message)
+    self.path, self.holder = path, holder
+
+
+class FolderLock:
+  """A held folder; `release()` (or `with`, or process exit) lets it go."""
+
+  def __init__(self, path: str, key: str | None):
+    self.path, self._key = path, key
+
+  @property
+  def held(self) -> bool:
+    return self._key is not None
+
+  def release(self) -> None:
+    """Lets the folder go (when no other holder in this process keeps it)."""
+    key, self._key = self._key, None
+    if key is None:
+      return
+    with _held_guard:
+      entry = _held.get(key)
+      if entry is None:
+        return
+      entry[1] -= 1
+      if entry[1] == 0:
+        del _held[key]
+        os.close(entry[0])  # closing the descriptor drops the flock
+
+  def __enter__(self) -> "FolderLock":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def __del__(self):
+    try:
+      self.release()
+    except Exception:  # pylint: disable=broad-except  (interpreter shutdown)
+      pass
+
+
+def holder_of(path: str) -> str:
+  """Who the lock file of `path` names ('PID N on host H'), or 'another process'."""
+  try:
+    with open(os.path.join(path, LOCK_FILE)) as f:
+      found = json.load(f)
+    return f"PID {int(found['pid'])} on host {found['host']}"
+  except (OSError, ValueError, KeyError, TypeError):
+    return "another process"
+
+
+def lock_folder(path: str, what: str = "folder") -> FolderLock:
+  """Holds `path` for this process (creating it), or refuses at once.
+
+  Args:
+    path: the folder; its `.lock` file carries the lock and names the holder.
+    what: how the one-line error names the folder ("run directory", ...).
+
+  Returns:
+    A `FolderLock`, held until `release()`, garbage collection or process exit.
+
+  Raises:
+    FolderLockedError: another process holds it; nothing was written.
+  """
+  key = os.path.realpath(path)
+  with _held_guard:
+    if key in _held:
+      _held[key][1] += 1
+      return FolderLock(path, key)
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 report.umask_mode())
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise
+      holder = holder_of(path)
+      raise FolderLockedError(f"{what} {path} is in use by {holder}; wait for it or use "
+                              f"another {what}", path, holder) from None
+    try:
+      note = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n"
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, note, 0)
+    except OSError:
+      pass  # a full disk: the lock holds all the same, the note names nobody
+    _held[key] = [fd, 1]
+    return FolderLock(path, key)

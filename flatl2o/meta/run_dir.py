@@ -5,9 +5,12 @@
                     run must match it (except the settings in `NOT_IDENTITY`)
     versions.json   package versions and platform at the latest (re)start
     checkpoints/    orbax steps of the whole run state, the last few kept
+    damaged_checkpoints/  steps that could not be restored, moved aside at resume
     metrics.jsonl   one JSON object per logged meta-step
     tensorboard/    the same scalars (tensorboardX: no TensorFlow needed)
     optimizer/      the exported learned optimizer, at the end (`flatl2o.checkpoints`)
+    .lock           held by the process writing the folder (`folders.lock_folder`):
+                    a second one is refused at once, naming the holder's PID and host
 
 `RunDirectory(path, describe(lopt, task, config))` claims a folder: it writes
 `run.json` into a new or empty one, accepts one holding the same description,
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -46,6 +51,11 @@ from flatl2o.optimizers import base as lopt_base
 # fields say so themselves (metadata identity=False in `MetaTrainConfig`).
 NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(MetaTrainConfig)
                      if not f.metadata.get("identity", True))
+
+# Where a checkpoint that cannot be restored is moved (outside orbax's view).
+DAMAGED_DIR = "damaged_checkpoints"
+
+_log = logging.getLogger(__name__)
 
 
 def _is_primary() -> bool:
@@ -117,6 +127,20 @@ class RunCheckpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def move_aside(self, step: int, to: str) -> str:
+    """Moves step `step`'s folder to `to/STEP-TIMESTAMP` (kept, not deleted); returns it."""
+    os.makedirs(to, exist_ok=True)
+    target = os.path.join(to, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(os.path.join(self.directory, str(step)), target)
+    return target
+
+  def reload(self) -> None:
+    """Rereads the steps on disk (after one was moved aside)."""
+    self._manager.reload()
+
   def save(self, step: int, state: Any) -> None:
     self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
@@ -180,6 +204,10 @@ class RunDirectory:
 
   def __init__(self, path: str, description: dict[str, Any]):
     self.primary = _is_primary()
+    claim(path, description, write=False)  # a foreign folder is refused before the lock
+    # One writer per run directory (process 0 of a multi-host run holds it); the
+    # lock lasts while this object lives (`release()`, or the process ending).
+    self._lock = folders.lock_folder(path, "run directory") if self.primary else None
     claim(path, description, write=self.primary)
     self.path = path
     if self.primary:
@@ -195,9 +223,47 @@ class RunDirectory:
     return self._checkpointer.latest_step()
 
   def restore(self, template: Any) -> Any | None:
-    """The latest checkpoint shaped like `template`, or None when there is none."""
-    step = self.latest_step()
-    return None if step is None else self._checkpointer.restore(step, template)
+    """The newest restorable checkpoint shaped like `template`, or None when there is none.
+
+    A newer checkpoint that cannot be restored (a missing or truncated file, a
+    half-written step) is moved to `RUN_DIR/damaged_checkpoints/STEP-TIME`, with
+    a one-line warning naming it and the step resumed from; `restored_step` says
+    which step was restored.
+
+    Raises:
+      CheckpointError: no checkpoint can be restored (nothing is moved then: a
+        run whose every step fails is another configuration's, or all are lost).
+    """
+    self.restored_step = None
+    steps = self._checkpointer.all_steps()[::-1]
+    damaged = []
+    for step in steps:
+      try:
+        tree = self._checkpointer.restore(step, template)
+        break
+      except CheckpointError as e:
+        damaged.append((step, e))
+    else:
+      if not steps:
+        return None
+      newest, error = damaged[0]
+      reason = str(error).split(" cannot be restored ", 1)[-1].split("; ", 1)[0]
+      raise CheckpointError(
+          f"no checkpoint in {self.checkpoint_directory} can be restored (steps "
+          f"{', '.join(str(s) for s, _ in damaged)}; the newest, {newest}: {reason}); they "
+          "belong to another configuration or are damaged: use another run directory")
+    for bad, error in damaged:
+      reason = str(error).split(" cannot be restored ", 1)[-1].split("; ", 1)[0]
+      where = "left in place"
+      if self.primary:
+        where = "moved to " + self._checkpointer.move_aside(
+            bad, os.path.join(self.path, DAMAGED_DIR))
+      _log.warning("checkpoint %d in %s is damaged %s; resuming from checkpoint %d (%s)",
+                   bad, self.checkpoint_directory, reason, step, where)
+    if damaged:
+      self._checkpointer.reload()
+    self.restored_step = step
+    return tree
 
   def save(self, step: int, state: Any) -> None:
     self._checkpointer.save(step, state)
@@ -215,6 +281,11 @@ class RunDirectory:
     self._checkpointer.close()
     if self._writer is not None:
       self._writer.close()
+
+  def release(self) -> None:
+    """Lets another process take the run directory (after `close()` and `export()`)."""
+    if self._lock is not None:
+      self._lock.release()
 
   def export(self, lopt, meta_params) -> str:
     """Exports the learned optimizer to `RUN_DIR/optimizer`; returns that path."""

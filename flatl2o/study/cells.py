@@ -1,7 +1,9 @@
 """A study's results as JSON cells under `run_dir/cells/`, and the folder's identity.
 
 Each stage's result is one cell (`cells/meta/NAME.json`, `cells/test/OPTIMIZEE/NAME.json`,
-...), written atomically, so an interrupted study continues where it stopped.
+...), written atomically, so an interrupted study continues where it stopped; a
+cell that cannot be read back (damaged by hand or a failing disk) is recomputed,
+with a warning. One process at a time holds the folder (`folders.lock_folder`).
 `run_dir/protocol.json` pins the configuration (`folders.claim_folder`): a
 folder of another configuration is refused before anything is written.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 
 from flatl2o import folders, report
@@ -17,12 +20,19 @@ from flatl2o.study.config import StudyConfig, upgrade_identity
 
 IDENTITY_FILE = "protocol.json"
 
+_log = logging.getLogger(__name__)
 
-def claim(run_dir: str, config: StudyConfig) -> None:
+
+def check(run_dir: str, config: StudyConfig) -> None:
+  """`claim` without writing: refuses a folder of another configuration (ValueError)."""
+  claim(run_dir, config, write=False)
+
+
+def claim(run_dir: str, config: StudyConfig, write: bool = True) -> None:
   """Pins `config` to `run_dir` (protocol.json), or refuses the folder (ValueError).
 
   An older protocol.json is read as this version writes it (`upgrade_identity`),
-  and a field it lacks counts as its default.
+  and a field it lacks counts as its default. With `write=False` it only checks.
   """
   def normalize(found: dict, wanted: dict) -> dict:
     del wanted
@@ -33,7 +43,7 @@ def claim(run_dir: str, config: StudyConfig) -> None:
 
   try:
     folders.claim_folder(run_dir, config.identity(), filename=IDENTITY_FILE,
-                         normalize=normalize)
+                         normalize=normalize, write=write)
   except folders.FolderClaimError as e:
     if e.reason != "other":
       raise ValueError(f"run directory {run_dir} is not empty and holds no readable "
@@ -49,17 +59,33 @@ class Cells:
 
   def __init__(self, run_dir: str, config: StudyConfig):
     self.run_dir = run_dir
+    check(run_dir, config)  # another configuration's folder is refused before the lock
+    # One study per folder: held while this object lives (`release()`, process exit).
+    self._lock = folders.lock_folder(run_dir, "run directory")
     claim(run_dir, config)
+
+  def release(self) -> None:
+    """Lets another process take the study folder."""
+    self._lock.release()
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.run_dir, "cells", *parts[:-1], parts[-1] + ".json")
 
   def get(self, *parts: str) -> dict | None:
+    """The cell, or None when it is missing or unreadable (then it is recomputed)."""
     path = self.path(*parts)
     if not os.path.exists(path):
       return None
-    with open(path) as f:
-      return json.load(f)
+    try:
+      with open(path) as f:
+        value = json.load(f)
+      if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+      return value
+    except (OSError, ValueError) as e:
+      _log.warning("study cell %s is unreadable (%s); recomputing it",
+                   path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+      return None
 
   def put(self, value: dict, *parts: str) -> dict:
     report.write_json(self.path(*parts), value)

@@ -138,6 +138,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
     config = dataclasses.replace(config, out_dir=default_out_dir(config, task.dataset_name))
   wanted = identity(config)
   claim(config.out_dir, wanted)
+  lock = folders.lock_folder(config.out_dir, "--out_dir")  # one writer; released at the end
 
   results = []
   for i, seed in enumerate(config.seeds, start=1):
@@ -179,4 +180,5 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
   report.plot_curves(os.path.join(config.out_dir, "curves.png"), {summary["label"]: results},
                      title=f"{config.task} on {summary['dataset_name']}")
+  lock.release()
   return summary
