@@ -15,7 +15,7 @@ from flatl2o import data
 
 
 def _write_idx(path, array, compress):
-  codes = {np.dtype(np.uint8): 0x08, np.dtype(">f4"): 0x0D}
+  codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">f4"): 0x0D}
   header = bytes([0, 0, codes[array.dtype], array.ndim])
   header += np.asarray(array.shape, ">u4").tobytes()
   opener = gzip.open if compress else open
@@ -163,6 +163,65 @@ class IdxTest(parameterized.TestCase):
       f.write(b"hello world")
     with self.assertRaisesRegex(data.DataError, "not an IDX file"):
       data.load("idx:" + folder)
+
+  def _write(self, folder, name, array):
+    _write_idx(os.path.join(folder, name), array, compress=False)
+    return os.path.join(folder, name)
+
+  @parameterized.named_parameters(
+      ("magic", "magic", "train-images-idx3-ubyte",
+       r"/train-images-idx3-ubyte is not an IDX file \(bad magic number 0x00001503; expected"),
+      ("count", "count", "train-labels-idx1-ubyte",
+       r"/train-labels-idx1-ubyte holds 49 labels but train-images-idx3-ubyte holds 50 "
+       "images; the counts must agree"),
+      ("negative_label", "negative_label", "train-labels-idx1-ubyte",
+       r"/train-labels-idx1-ubyte: label -1 is outside the classes"),
+      ("test_label", "test_label", "t10k-labels-idx1-ubyte",
+       r"/t10k-labels-idx1-ubyte: label 12 is outside the 10 classes of the training labels "
+       r"\(.*/train-labels-idx1-ubyte: 0..9\)"),
+      ("float_labels", "float_labels", "train-labels-idx1-ubyte",
+       r"/train-labels-idx1-ubyte: labels must be integers"),
+      ("nan", "nan", "train-images-idx3-ubyte",
+       r"/train-images-idx3-ubyte: 2 pixels are NaN or infinite \(the first in image 3\)"),
+      ("header", "header", "train-images-idx3-ubyte", r"/train-images-idx3-ubyte is truncated: its header"),
+      ("body", "body", "t10k-images-idx3-ubyte",
+       r"/t10k-images-idx3-ubyte is truncated or corrupt: header says \(50, 6, 5\)"),
+  )
+  def test_bad_file_is_one_line_naming_it(self, kind, name, pattern):
+    folder = self._folder(["train", "t10k"], compress=False)
+    path = os.path.join(folder, name)
+    labels = np.arange(50, dtype=np.uint8) % 10
+    if kind == "magic":
+      with open(path, "r+b") as f:
+        f.write(bytes([0, 0, 0x15, 3]))
+    elif kind == "count":
+      self._write(folder, name, labels[:49])
+    elif kind == "negative_label":
+      self._write(folder, name, np.where(labels == 3, -1, labels).astype(np.int8))
+    elif kind == "test_label":
+      self._write(folder, name, np.where(labels == 3, 12, labels).astype(np.uint8))
+    elif kind == "float_labels":
+      self._write(folder, name, labels.astype(">f4"))
+    elif kind == "nan":
+      images = np.random.default_rng(0).random((50, 6, 5)).astype(">f4")
+      images[3, 1, 1], images[7, 0, 0] = np.nan, np.inf
+      self._write(folder, name, images)
+    elif kind == "header":
+      with open(path, "r+b") as f:
+        f.truncate(9)
+    else:
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1)
+    with self.assertRaisesRegex(data.DataError, pattern) as e:
+      data.load("idx:" + folder)
+    self.assertNotIn("\n", str(e.exception))
+    self.assertIsInstance(e.exception, ValueError)  # the binaries: one line, exit 2
+
+  def test_float_images_load(self):
+    folder = self._folder(["train"], compress=False)
+    self._write(folder, "train-images-idx3-ubyte",
+                np.random.default_rng(0).random((50, 6, 5)).astype(">f4"))
+    self.assertEqual(data.load("idx:" + folder).input_shape, (6, 5, 1))
 
   def test_missing_folder_and_empty_folder(self):
     with self.assertRaisesRegex(data.DataError, "no such folder"):

@@ -86,9 +86,13 @@ def read_idx(path: str) -> np.ndarray:
   except (OSError, EOFError) as e:
     raise DataError(f"cannot read IDX file {path}: {e}") from None
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-    raise DataError(f"{path} is not an IDX file (bad magic number)")
+    raise DataError(f"{path} is not an IDX file (bad magic number 0x{raw[:4].hex():0>8}; "
+                    "expected 0x0000TTNN with type TT in 08 09 0B 0C 0D 0E)")
   ndim = raw[3]
   header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise DataError(f"{path} is truncated: its header promises {ndim} dimensions, the file "
+                    f"ends after {len(raw)} bytes")
   dims = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4"))
   dtype = np.dtype(_IDX_DTYPES[raw[2]])
   expected = int(np.prod(dims)) * dtype.itemsize
@@ -96,6 +100,36 @@ def read_idx(path: str) -> np.ndarray:
     raise DataError(f"{path} is truncated or corrupt: header says {dims} "
                     f"({expected} bytes), file holds {len(raw) - header}")
   return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_pair(files: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+  """An images file and its labels file, checked: one line naming the file at fault."""
+  images, labels = read_idx(files["images"]), read_idx(files["labels"])
+  if images.ndim not in (3, 4) or images.shape[0] == 0:
+    raise DataError(f"{files['images']}: images must be [n, rows, cols] or "
+                    f"[n, rows, cols, channels] with n > 0, the file holds {images.shape}")
+  if labels.ndim != 1:
+    raise DataError(f"{files['labels']}: labels must be one-dimensional [n], the file holds "
+                    f"{labels.shape}")
+  if labels.shape[0] != images.shape[0]:
+    raise DataError(f"{files['labels']} holds {labels.shape[0]} labels but "
+                    f"{os.path.basename(files['images'])} holds {images.shape[0]} images; "
+                    "the counts must agree")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f"{files['labels']}: labels must be integers (IDX type 0x08, 0x09, 0x0B or "
+                    f"0x0C), the file holds {labels.dtype}")
+  if labels.min() < 0:
+    raise DataError(f"{files['labels']}: label {int(labels.min())} is outside the classes "
+                    "(labels are 0..K-1)")
+  if np.issubdtype(images.dtype, np.floating):
+    bad = ~np.isfinite(images)
+    if bad.any():
+      first = int(np.argmax(bad.reshape(len(images), -1).any(axis=1)))
+      raise DataError(f"{files['images']}: {int(bad.sum())} pixels are NaN or infinite (the "
+                      f"first in image {first}); pixels must be finite")
+  if images.ndim == 3:  # [n, rows, cols] -> one channel
+    images = images[..., None]
+  return images, labels.astype(np.int64)
 
 
 def load_idx(path: str) -> Dataset:
@@ -112,17 +146,18 @@ def load_idx(path: str) -> Dataset:
     raise DataError(f"idx:{path}: no pair of *-images-idx3-ubyte[.gz] and "
                     "*-labels-idx1-ubyte[.gz] files found")
 
-  def read_pair(files):
-    images, labels = read_idx(files["images"]), read_idx(files["labels"])
-    if images.ndim == 3:  # [n, rows, cols] -> one channel
-      images = images[..., None]
-    return images, labels.astype(np.int64)
-
   name = f"idx:{path}"
   test_key = next((s for s in pairs if s.lower() in _TEST_PREFIXES), None)
   train_keys = [s for s in pairs if s != test_key]
   if test_key is not None and train_keys:
-    return from_arrays(name, read_pair(pairs[train_keys[0]]), read_pair(pairs[test_key]))
+    train = read_pair(pairs[train_keys[0]])
+    test = read_pair(pairs[test_key])
+    classes = int(train[1].max()) + 1
+    if int(test[1].max()) >= classes:
+      raise DataError(f"{pairs[test_key]['labels']}: label {int(test[1].max())} is outside "
+                      f"the {classes} classes of the training labels "
+                      f"({pairs[train_keys[0]]['labels']}: 0..{classes - 1})")
+    return from_arrays(name, train, test)
   if len(pairs) == 1:
     return from_arrays(name, read_pair(next(iter(pairs.values()))))
   raise DataError(f"idx:{path}: cannot tell train from test among prefixes "
