@@ -16,10 +16,20 @@ Every field of `flatl2o.meta.MetaTrainConfig` is a flag of the same name
 
 --regularizer=hessian|entropy adds the flatness term of Yang et al. (2023) to
 the meta-objective (see flatl2o/meta/objective.py). --optimizer=l2o_scale
-meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did. A run whose optimizer
-collapsed (stopped lowering the training loss at every validation) exports
-nothing and exits with code 3. SIGINT (Ctrl-C) or SIGTERM stops after the
-current meta-step with a checkpoint of it, one line, and exit code 130 / 143.
+meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did.
+
+A run always exports the best-validated meta-parameters. When no validation
+lowered the training loss (below 0.9x its start), the best-scoring one is
+exported anyway, marked in optimizer.json ("metadata": {"status": ...}), and
+one line says so on stderr:
+  exit 0  undertrained: no --regularizer; the optimizer has not learned yet
+          (meta-train longer).
+  exit 3  collapsed: with --regularizer, the flatness term taught it to stand
+          still (lower --alpha or --beta).
+A meta-training that diverged (too many non-finite meta-steps in a row) exports
+nothing and exits with code 3; bad flags exit with code 2, before anything is
+written. SIGINT (Ctrl-C) or SIGTERM stops after the current meta-step with a
+checkpoint of it, one line, and exit code 130 / 143.
 
 The meta-batch is split over --num_devices devices (default: as many as are
 present and divide --meta_batch_size). A multi-host run starts the same command
@@ -102,15 +112,23 @@ def main(argv):
               "rerun the same command to resume")
   if result.resumed_from is not None:
     print(f"resumed from meta-step {result.resumed_from}")
-  if result.collapsed:
+  export = os.path.join(run_dir, "optimizer")
+  if result.status == "undertrained":
+    sys.stderr.write(
+        "meta_train: the learned optimizer did not yet lower the training loss at any "
+        f"validation (undertrained): exported anyway to {export}; meta-train longer "
+        "(--num_meta_iterations)\n")
+    return
+  if result.status == "collapsed":
+    flag = "--alpha" if config.regularizer.kind == "hessian" else "--beta"
     sys.stderr.write(
         "meta_train: the learned optimizer collapsed: at every validation it no longer lowered "
-        "the training loss, so nothing was exported; lower --alpha or --beta, or train "
-        "without --regularizer\n")
+        f"the training loss (--regularizer={config.regularizer.kind} taught it to stand "
+        f"still): exported anyway to {export}, marked collapsed; lower {flag}\n")
     sys.exit(3)
   print(f"best validation score {result.best_score:.4f} at meta-step {result.best_iteration}; "
         f"{result.num_skipped} meta-steps skipped as non-finite")
-  print(f"exported {os.path.join(run_dir, 'optimizer')}")
+  print(f"exported {export}")
 
 
 if __name__ == "__main__":

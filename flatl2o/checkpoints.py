@@ -49,8 +49,24 @@ def _leaves_by_path(tree) -> dict[str, np.ndarray]:
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def save_optimizer(path: str, lopt, meta_params) -> None:
-  """Exports a learned optimizer (architecture, hyper-parameters, meta-parameters)."""
+# What `status` in an export's metadata can say; an export without it is "trained".
+STATUSES = ("trained", "collapsed", "undertrained")
+
+
+def save_optimizer(path: str, lopt, meta_params, metadata: dict[str, Any] | None = None) -> None:
+  """Exports a learned optimizer (architecture, hyper-parameters, meta-parameters).
+
+  Args:
+    path: the export's folder (created, or an earlier export replaced).
+    lopt: the learned-optimizer architecture.
+    meta_params: its meta-parameters.
+    metadata: optional JSON-able facts kept in optimizer.json under "metadata"
+      (meta-training writes {"status": "collapsed" | "undertrained", ...} for an
+      optimizer that never lowered the validation training loss; `status` reads it).
+  """
+  if metadata is not None and metadata.get("status", "trained") not in STATUSES:
+    raise ValueError(f"unknown export status {metadata['status']!r}; accepted: "
+                     f"{', '.join(STATUSES)}")
   arrays = _leaves_by_path(meta_params)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
@@ -64,6 +80,8 @@ def save_optimizer(path: str, lopt, meta_params) -> None:
       "sha256": hashlib.sha256(payload).hexdigest(),
       "written_by": f"flatl2o {_package_version()}",
   }
+  if metadata is not None:  # absent otherwise: an export's bytes stay what they were
+    meta["metadata"] = metadata
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isfile(os.path.join(path, _META_FILE)):
     raise CheckpointError(f"{path} exists and is not an exported optimizer; "
@@ -141,6 +159,35 @@ def load_learned(path: str):
   meta_params = jax.tree.unflatten(jax.tree.structure(template), [jax.numpy.asarray(a)
                                                                  for a in leaves])
   return lopt, meta_params
+
+
+def metadata(path: str) -> dict[str, Any]:
+  """The "metadata" of an export's optimizer.json ({} when it has none, as older ones)."""
+  try:
+    with open(os.path.join(path, _META_FILE)) as f:
+      value = json.load(f).get("metadata", {})
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    return {}  # load_learned reports what is wrong with it
+  return value if isinstance(value, dict) else {}
+
+
+def status(path: str) -> str:
+  """"trained", or "collapsed" / "undertrained" for an export marked so at meta-training."""
+  value = metadata(path).get("status", "trained")
+  return value if value in STATUSES else "trained"
+
+
+def status_warning(path: str) -> str | None:
+  """One line warning about an export marked collapsed or undertrained, else None."""
+  value = status(path)
+  if value == "collapsed":
+    return (f"warning: {path} is marked collapsed: at every validation of its meta-training "
+            "it no longer lowered the training loss (its flatness term taught it to stand "
+            "still)")
+  if value == "undertrained":
+    return (f"warning: {path} is marked undertrained: its meta-training ended before it "
+            "lowered the training loss at any validation")
+  return None
 
 
 def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:

@@ -7,7 +7,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from flatl2o import data as flatl2o_data
-from flatl2o import meta, optimizers, tasks
+from flatl2o import checkpoints, meta, optimizers, tasks
 from flatl2o.meta import objective
 
 TINY = dict(unroll_length=3, num_inner_steps=6, meta_batch_size=2)
@@ -127,7 +127,7 @@ class ObjectiveGradientTest(parameterized.TestCase):
 
 class CollapseTest(absltest.TestCase):
 
-  def test_too_large_a_coefficient_is_detected_and_not_exported(self):
+  def test_too_large_a_coefficient_is_detected_and_exported_marked_collapsed(self):
     task = tasks.get("mlp_sigmoid", batch_size=32)
     run_dir = self.create_tempdir().full_path
     config = meta.MetaTrainConfig(
@@ -138,7 +138,10 @@ class CollapseTest(absltest.TestCase):
     result = meta.meta_train(optimizers.L2ODM(), task, config, run_dir=run_dir)
     self.assertTrue(result.collapsed)
     self.assertTrue(all(h["collapsed"] for h in result.history if "collapsed" in h))
-    self.assertFalse(any(name == "optimizer" for name in __import__("os").listdir(run_dir)))
+    self.assertEqual(result.status, "collapsed")
+    # Exported anyway (its best-scoring validation), marked so evaluate warns about it.
+    export = __import__("os").path.join(run_dir, "optimizer")
+    self.assertEqual(checkpoints.status(export), "collapsed")
 
   def test_collapsed_rule(self):
     self.assertTrue(meta.trainer.collapsed({"initial_train_loss": 2.3, "final_train_loss": 2.2}))

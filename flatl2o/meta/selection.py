@@ -6,7 +6,10 @@ or minus the loss for tasks without accuracy). `Selector` keeps the
 best-scoring meta-parameters, skipping any that collapsed: an optimizer whose
 validation runs end above `COLLAPSE_RATIO` of their starting training loss has
 stopped optimizing (a too-large flatness coefficient can teach it to stand
-still, which is "flat" and useless). A new selection rule is a new `Selector`.
+still, which is "flat" and useless; without a flatness term it has simply not
+learned yet). Only while every validation collapsed does it hold the
+best-scoring collapsed one, which a run then exports marked as such
+(`status`). A new selection rule is a new `Selector`.
 """
 
 from __future__ import annotations
@@ -47,16 +50,16 @@ class Selector:
 
   Its checkpointed part is the `best` dict (`meta_params`, `score`, `iteration`,
   and `meta_opt_state` with `keep_opt_state`, which a curriculum restarts
-  from); the last collapsed meta-parameters are kept on the host only (what a
-  run in which everything collapsed returns).
+  from). While every validation collapsed, `best` holds the best-scoring
+  collapsed validation with `iteration` encoded as `-2 - meta_step` (so the
+  checkpoint keeps its layout and a resumed run still knows it); -1 means no
+  validation yet. Any validation that did not collapse replaces it.
 
   Attributes:
     keep_opt_state: also keep the meta-optimizer state of the best.
-    last_collapsed: the meta-parameters of the latest collapsed validation.
   """
 
   keep_opt_state: bool = False
-  last_collapsed: Any = None
 
   def initial(self, meta_params, meta_opt_state) -> dict[str, Any]:
     best = {"meta_params": meta_params, "score": np.asarray(-np.inf, np.float32),
@@ -70,23 +73,47 @@ class Selector:
     """The best after a validation at meta-step `iteration`, and the fields for its record."""
     score = score_of(validation)
     is_collapsed = collapsed(validation)
+    found = self.found(best)
     if is_collapsed:
-      self.last_collapsed = meta_params
-    elif score > float(best["score"]):
+      # Held only until a validation does not collapse: what an all-collapsed run exports.
+      take = not found and (int(best["iteration"]) == -1 or score > float(best["score"]))
+      kept_iteration = -2 - iteration
+    else:
+      take = score > (float(best["score"]) if found else -np.inf)
+      kept_iteration = iteration
+    if take:
       best = {"meta_params": meta_params, "score": np.asarray(score, np.float32),
-              "iteration": np.asarray(iteration, np.int32)}
+              "iteration": np.asarray(kept_iteration, np.int32)}
       if self.keep_opt_state:
         best["meta_opt_state"] = _copy(meta_opt_state)
     return best, {"validation_score": score, "collapsed": is_collapsed,
-                  "best_validation_score": float(best["score"])}
+                  "best_validation_score": self.best_score(best)}
 
   @staticmethod
   def found(best: dict[str, Any]) -> bool:
     """False while every validation collapsed."""
     return int(best["iteration"]) >= 0
 
+  @classmethod
+  def best_score(cls, best: dict[str, Any]) -> float:
+    """The best score among validations that did not collapse (-inf while none)."""
+    return float(best["score"]) if cls.found(best) else float("-inf")
+
+  @classmethod
+  def best_iteration(cls, best: dict[str, Any]) -> int:
+    """The meta-step of that best (-1 while none)."""
+    return int(best["iteration"]) if cls.found(best) else -1
+
+  @staticmethod
+  def selected_at(best: dict[str, Any]) -> tuple[int, float]:
+    """Meta-step and score of what `selected` returns, collapsed or not ((-1, -inf): none)."""
+    iteration = int(best["iteration"])
+    if iteration == -1:
+      return -1, float("-inf")
+    return (iteration if iteration >= 0 else -2 - iteration), float(best["score"])
+
   def selected(self, best: dict[str, Any], meta_params):
-    """What the run returns: the best, or (all collapsed) the last collapsed / last ones."""
-    if self.found(best):
-      return best["meta_params"]
-    return self.last_collapsed if self.last_collapsed is not None else meta_params
+    """What the run returns: the best; all collapsed, the best collapsed; none, `meta_params`."""
+    if int(best["iteration"]) == -1:
+      return meta_params
+    return best["meta_params"]

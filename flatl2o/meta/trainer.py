@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 import warnings
@@ -44,6 +45,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from flatl2o import checkpoints
 from flatl2o.meta import estimators, imitation, inner, schedules, selection, sharding
 from flatl2o.meta import run_dir as run_dir_lib
 from flatl2o.meta.config import MetaTrainConfig, UnrollConfig
@@ -63,7 +65,13 @@ class MetaTrainResult:
     resumed_from: meta-step a run directory was resumed from, or None.
     collapsed: True when every validation found the optimizer no longer
       lowering the training loss (`COLLAPSE_RATIO`); `meta_params` is then the
-      last validated meta-parameters and nothing is exported.
+      best-scoring of those validated meta-parameters (still exported, marked
+      with `status`), and `best_score` / `best_iteration` are -inf / -1.
+    status: "trained"; or, when `collapsed`, "collapsed" with a flatness term
+      (it taught the optimizer to stand still) and "undertrained" without one
+      (it has not learned yet). The export's optimizer.json records it.
+    selected_iteration: meta-step at which `meta_params` was validated,
+      collapsed or not (-1: no validation).
   """
 
   meta_params: Any
@@ -74,6 +82,8 @@ class MetaTrainResult:
   num_skipped: int
   resumed_from: int | None = None
   collapsed: bool = False
+  status: str = "trained"
+  selected_iteration: int = -1
 
   @property
   def theta(self) -> Any:
@@ -433,15 +443,27 @@ class _Parts:
   def finish(self, state: MetaTrainState, history, resumed_from) -> MetaTrainResult:
     found = self.selector.found(state.best)
     selected = self.local(self.selector.selected(state.best, state.meta_params))
+    selected_iteration, selected_score = self.selector.selected_at(state.best)
+    if found:
+      status = "trained"
+    else:
+      status = "undertrained" if self.config.regularizer.kind == "none" else "collapsed"
     if self.run is not None:
       self.run.close()
+      # Always exported; one that never validated well says so in its optimizer.json.
+      metadata = None if found else {"status": status, "meta_step": selected_iteration,
+                                     "validation_score": selected_score}
       if found:
         self.run.export(self.lopt, selected)
+      elif self.run.primary:  # what RunDirectory.export writes, marked with its status
+        checkpoints.save_optimizer(os.path.join(self.run.path, "optimizer"), self.lopt,
+                                   selected, metadata=metadata)
     return MetaTrainResult(meta_params=selected, last_meta_params=self.local(state.meta_params),
-                           best_score=float(state.best["score"]),
-                           best_iteration=int(state.best["iteration"]), history=history,
-                           num_skipped=state.num_skipped, resumed_from=resumed_from,
-                           collapsed=not found)
+                           best_score=self.selector.best_score(state.best),
+                           best_iteration=self.selector.best_iteration(state.best),
+                           history=history, num_skipped=state.num_skipped,
+                           resumed_from=resumed_from, collapsed=not found, status=status,
+                           selected_iteration=selected_iteration)
 
 
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,

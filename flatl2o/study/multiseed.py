@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import jax
 
-from flatl2o import evaluation, folders, optimizers, report, tasks
-from flatl2o.optimizers.resolve import export_description, is_hand_designed, pretrained_name
+from flatl2o import checkpoints, evaluation, folders, optimizers, report, tasks
+from flatl2o.optimizers.resolve import (export_description, export_path, is_hand_designed,
+                                        pretrained_name)
 
 LANDSCAPE_FILES = ("landscape_1d.png", "landscape_2d.png")
 
@@ -132,6 +133,10 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
   """Runs every seed, writes the outputs, returns the summary (its "config" has the folder)."""
   # Everything that can be wrong with the input fails here, before compiling.
   tx = optimizers.resolve(config.optimizer, config.learning_rate)
+  if not is_hand_designed(config.optimizer):
+    warning = checkpoints.status_warning(export_path(config.optimizer))
+    if warning is not None:  # a collapsed or undertrained export: evaluated, with one line
+      log(warning)
   task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
                    batch_size=config.batch_size)
   if config.out_dir is None:
