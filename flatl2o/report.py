@@ -1,7 +1,9 @@
 """Summaries, tables, JSON lines and figures of training runs; files written atomically.
 
 Every file is written to a temporary name in its folder and renamed into place,
-so an interrupted run never leaves a half-written file behind.
+so an interrupted run never leaves a half-written file behind; a write that
+fails (a full disk) raises `WriteError` in one line and leaves the previous file
+or folder as it was.
 """
 
 from __future__ import annotations
@@ -65,24 +67,53 @@ def umask_mode(base: int = 0o666) -> int:
   return base & ~mask
 
 
+class WriteError(OSError, ValueError):
+  """A write that failed (a full disk, a read-only folder); what was there is intact.
+
+  An `OSError` (its `errno` is the cause's) and a `ValueError`, so the binaries
+  print its one line and exit with a non-zero code.
+  """
+
+
+def write_failed(path: str, error: OSError, kept: str = "nothing there was replaced") -> WriteError:
+  """`error` (raised writing `path`) as a one-line `WriteError`; `kept` says what is intact."""
+  if isinstance(error, WriteError):
+    return error
+  reason = error.strerror or (str(error).splitlines()[0] if str(error) else type(error).__name__)
+  out = WriteError(f"cannot write {path}: {reason}; {kept}: free space (or fix the folder) and "
+                   "rerun")
+  out.errno = error.errno
+  return out
+
+
 def _atomic_write(path: str, write) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+  tmp = None
   try:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     with os.fdopen(fd, "wb") as f:
       write(f)
     os.chmod(tmp, umask_mode())
     os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
+    if isinstance(e, OSError):
+      raise write_failed(path, e) from None
     raise
 
 
 def write_folder(path: str, fill) -> None:
   """Writes the folder `path` whole or not at all: `fill(tmp)` fills a folder beside it,
   which then replaces `path` (a previous `path` is put back if the swap fails)."""
-  path = os.path.abspath(path)
+  try:
+    _write_folder(os.path.abspath(path), fill)
+  except OSError as e:
+    raise write_failed(path, e, "any previous folder there is intact") from None
+
+
+def _write_folder(path: str, fill) -> None:
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
@@ -91,12 +122,13 @@ def write_folder(path: str, fill) -> None:
     fill(tmp)
     if os.path.exists(path):
       old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-      os.replace(path, os.path.join(old, "previous"))
       try:
-        os.replace(tmp, path)
-      except BaseException:
-        os.replace(os.path.join(old, "previous"), path)
-        raise
+        os.replace(path, os.path.join(old, "previous"))
+        try:
+          os.replace(tmp, path)
+        except BaseException:
+          os.replace(os.path.join(old, "previous"), path)
+          raise
       finally:
         shutil.rmtree(old, ignore_errors=True)
     else:

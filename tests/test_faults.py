@@ -12,11 +12,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from unittest import mock
 
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
+from orbax.checkpoint._src.path import atomicity
 
 from flatl2o import checkpoints, folders, optimizers, report
 from flatl2o.checkpoints import CheckpointError
@@ -229,6 +234,212 @@ class CellTest(absltest.TestCase):
     cells.put({"x": 2}, "test", "a")
     self.assertEqual(cells.get("test", "a"), {"x": 2})
     cells.release()
+
+
+
+def _enospc(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FailOn:
+  """A stand-in for `os.replace` that raises ENOSPC on call number `n` (1-based)."""
+
+  def __init__(self, n):
+    self.n, self.calls, self.real = n, 0, os.replace
+
+  def __call__(self, *args, **kwargs):
+    self.calls += 1
+    if self.calls == self.n:
+      _enospc()
+    return self.real(*args, **kwargs)
+
+
+class FullDiskTest(parameterized.TestCase):
+  """ENOSPC while writing: one line, a non-zero exit (ValueError), the previous file intact."""
+
+  def _check(self, error, path):
+    self.assertIsInstance(error, report.WriteError)
+    self.assertIsInstance(error, OSError)
+    self.assertIsInstance(error, ValueError)  # the binaries: one line, exit 2
+    self.assertEqual(error.errno, errno.ENOSPC)
+    self.assertNotIn("\n", str(error))
+    self.assertStartsWith(str(error), f"cannot write {path}: No space left on device; ")
+
+  def test_json_write_keeps_the_previous_file(self):
+    folder = self.create_tempdir().full_path
+    path = os.path.join(folder, "summary.json")
+    report.write_json(path, {"a": 1})
+    with mock.patch("os.replace", FailOn(1)), self.assertRaises(report.WriteError) as e:
+      report.write_json(path, {"a": 2})
+    self._check(e.exception, path)
+    with open(path) as f:
+      self.assertEqual(json.load(f), {"a": 1})
+    self.assertEqual(os.listdir(folder), ["summary.json"])  # no temporary file left
+
+  @parameterized.parameters(1, 2)  # moving the old export aside; moving the new one in
+  def test_export_keeps_the_previous_export(self, failing_call):
+    path = os.path.join(self.create_tempdir().full_path, "optimizer")
+    lopt = optimizers.L2ODM()
+    old = lopt.init(jax.random.key(0))
+    checkpoints.save_optimizer(path, lopt, old)
+    new = jax.tree_util.tree_map(lambda x: x + 1.0, old)
+    with mock.patch("os.replace", FailOn(failing_call)), \
+         self.assertRaises(report.WriteError) as e:
+      checkpoints.save_optimizer(path, lopt, new)
+    self._check(e.exception, path)
+    self.assertIn("any previous folder there is intact", str(e.exception))
+    _, loaded = checkpoints.load_learned(path)
+    chex.assert_trees_all_equal(loaded, old)
+    self.assertEqual(os.listdir(os.path.dirname(path)), ["optimizer"])
+
+  def test_study_cell_keeps_the_previous_cell(self):
+    path = os.path.join(self.create_tempdir().full_path, "study")
+    cells = cells_lib.Cells(path, StudyConfig(preset="smoke"))
+    cells.put({"x": 1}, "test", "a")
+    with mock.patch("os.replace", FailOn(1)), self.assertRaises(report.WriteError) as e:
+      cells.put({"x": 2}, "test", "a")
+    self._check(e.exception, cells.path("test", "a"))
+    self.assertEqual(cells.get("test", "a"), {"x": 1})
+    cells.release()
+
+  def test_checkpoint_keeps_the_previous_one_and_a_rerun_resumes(self):
+    path = os.path.join(self.create_tempdir().full_path, "run")
+    run = run_dir_lib.RunDirectory(path, DESCRIPTION)
+    run.save(1, _state(1))
+    run.save(2, _state(2))
+    with mock.patch.object(atomicity.AtomicRenameTemporaryPath, "finalize",
+                           mock.AsyncMock(side_effect=_enospc)), \
+         self.assertRaises(report.WriteError) as e:
+      run.save(3, _state(3))
+    self._check(e.exception, os.path.join(run.checkpoint_directory, "3"))
+    self.assertIn("the checkpoint of meta-step 2 is intact", str(e.exception))
+    run.close()
+    run.release()
+    rerun = run_dir_lib.RunDirectory(path, DESCRIPTION)  # space freed: resume from step 2
+    self.assertEqual(rerun.latest_step(), 2)
+    self.assertEqual(int(rerun.restore(_template())["step"]), 2)
+    rerun.save(3, _state(3))
+    self.assertEqual(rerun.latest_step(), 3)
+    rerun.close()
+    rerun.release()
+
+  def test_metrics_line_fails_in_one_line_and_a_resume_drops_the_cut_line(self):
+    path = os.path.join(self.create_tempdir().full_path, "run")
+    run = run_dir_lib.RunDirectory(path, DESCRIPTION)
+    run.open_metrics(keep_through=0)
+    run.write_metrics({"iteration": 1, "loss": 1.0})
+    metrics = os.path.join(path, "metrics.jsonl")
+    real_write = run._writer._file.write  # pylint: disable=protected-access
+
+    def cut(text):
+      real_write(text[:5])  # a partial line, then the disk is full
+      _enospc()
+
+    with mock.patch.object(run._writer._file, "write", cut), \
+         self.assertRaises(report.WriteError) as e:  # pylint: disable=protected-access
+      run.write_metrics({"iteration": 2, "loss": 0.5})
+    self._check(e.exception, metrics)
+    run.close()
+    run.release()
+    rerun = run_dir_lib.RunDirectory(path, DESCRIPTION)
+    rerun.open_metrics(keep_through=1)
+    rerun.close()
+    with open(metrics) as f:
+      self.assertEqual([json.loads(line)["iteration"] for line in f], [1])
+    rerun.release()
+
+
+META_ARGS = ["--num_meta_iterations=14", "--unroll_length=5", "--num_inner_steps=10",
+             "--meta_batch_size=2", "--validation_every=4", "--validation_horizon=10",
+             "--validation_seeds=1", "--checkpoint_every=2", "--log_every=1", "--batch_size=16"]
+
+# experiments.meta_train with a disk that fills up when checkpoint `sys.argv[1]` is written.
+_FULL_DISK_AT = """
+import errno, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+full_at = int(sys.argv.pop(1))
+real = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self, *args, **kwargs):
+  if str(self._final_path).rstrip("/").endswith(f"/{full_at}"):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return await real(self, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+sys.argv[0] = "meta_train.py"
+runpy.run_module("experiments.meta_train", run_name="__main__")
+"""
+
+
+def _meta_train(run_dir, full_at=None, wait=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  head = ([sys.executable, "-c", _FULL_DISK_AT, str(full_at)] if full_at is not None
+          else [sys.executable, "-m", "experiments.meta_train"])
+  proc = subprocess.Popen([*head, *META_ARGS, f"--run_dir={run_dir}"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if not wait:
+    return proc
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err.splitlines()
+
+
+def _exported(run_dir):
+  with np.load(os.path.join(run_dir, "optimizer", "meta_params.npz")) as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+def _iterations(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line)["iteration"] for line in f]
+
+
+@pytest.mark.slow
+class BinaryFaultsTest(absltest.TestCase):
+  """experiments.meta_train end to end (about 20 s a run on 2 CPU cores)."""
+
+  def test_second_writer_is_refused_at_once_and_the_first_is_unharmed(self):
+    path = os.path.join(self.create_tempdir().full_path, "run")
+    first = _meta_train(path, wait=False)
+    for line in first.stderr:
+      if "meta-step 1/" in line:
+        break
+    first.send_signal(signal.SIGSTOP)  # held mid-run, however fast the rest would go
+    tic = time.monotonic()
+    code, err = _meta_train(path)
+    took = time.monotonic() - tic
+    first.send_signal(signal.SIGCONT)
+    self.assertEqual(code, 2, err)
+    self.assertEqual(err[-1], f"meta_train.py: error: run directory {path} is in use by PID "
+                              f"{first.pid} on host {os.uname().nodename}; wait for it or use "
+                              "another run directory")
+    self.assertLess(took, 30)  # refused before anything compiles
+    first.stderr.read()
+    self.assertEqual(first.wait(timeout=600), 0)
+    self.assertEqual(_iterations(path), list(range(1, 15)))
+    self.assertNotEmpty(_exported(path))
+    code, err = _meta_train(path)  # finished and released: a rerun takes the folder
+    self.assertEqual(code, 0, err)
+
+  def test_full_disk_then_damaged_checkpoint_then_resume_equals_uninterrupted(self):
+    reference = os.path.join(self.create_tempdir().full_path, "reference")
+    self.assertEqual(_meta_train(reference)[0], 0)
+    path = os.path.join(self.create_tempdir().full_path, "run")
+    code, err = _meta_train(path, full_at=8)
+    self.assertNotEqual(code, 0)
+    self.assertRegex(err[-1], rf"^meta_train.py: error: cannot write {path}/checkpoints/8: No "
+                              r"space left on device; the checkpoint of meta-step 6 is intact")
+    self.assertNotIn("Traceback", "\n".join(err))
+    # Then the newest checkpoint is damaged too: the rerun resumes from meta-step 4.
+    os.remove(os.path.join(path, "checkpoints", "6", "default", "manifest.ocdbt"))
+    code, err = _meta_train(path)
+    self.assertEqual(code, 0, err)
+    warning = [line for line in err if "is damaged" in line]
+    self.assertLen(warning, 1, err)
+    self.assertRegex(warning[0], r"checkpoint 6 in .* is damaged .*; resuming from checkpoint 4 "
+                                 r"\(moved to .*damaged_checkpoints/6-")
+    expected, got = _exported(reference), _exported(path)
+    self.assertEqual(expected.keys(), got.keys())
+    for k in expected:
+      np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+    self.assertEqual(_iterations(path), list(range(1, 15)))
 
 
 if __name__ == "__main__":

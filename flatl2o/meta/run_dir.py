@@ -142,8 +142,24 @@ class RunCheckpointer:
     self._manager.reload()
 
   def save(self, step: int, state: Any) -> None:
-    self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
+    """Writes step `step`; a failed write (a full disk) raises `report.WriteError`.
+
+    orbax writes a step into a temporary folder and renames it when complete,
+    so a failed save leaves the steps before it as they were.
+    """
+    try:
+      self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # orbax wraps the OSError of a full disk in several types.
+      cause = e
+      while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+      previous = [s for s in self._manager.all_steps() if s < step]
+      kept = (f"the checkpoint of meta-step {max(previous)} is intact" if previous
+              else "no earlier checkpoint exists")
+      if cause is None:
+        cause = OSError(None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+      raise report.write_failed(os.path.join(self.directory, str(step)), cause, kept) from None
 
   def restore(self, step: int, template: Any) -> Any:
     try:
@@ -186,8 +202,11 @@ class MetricsWriter:
       self._tb = None
 
   def write(self, record: dict[str, Any]) -> None:
-    self._file.write(json.dumps(record, sort_keys=True) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record, sort_keys=True) + "\n")
+      self._file.flush()
+    except OSError as e:  # a line cut here is dropped at the next resume
+      raise report.write_failed(self.path, e, "the lines before it are intact") from None
     if self._tb is not None:
       for k, v in record.items():
         if k != "iteration" and isinstance(v, (int, float)) and np.isfinite(v):
