@@ -231,6 +231,7 @@ class MetaTrainWithEstimatorTest(parameterized.TestCase):
     cls.task = tasks.get("quadratic", batch_size=8)
 
   @parameterized.parameters("pes", "es")
+  @pytest.mark.slow  # meta-trains three times (whole, interrupted, resumed)
   def test_interrupted_run_resumes_to_the_same_meta_parameters(self, name):
     """PES's noise sums and runs are in the checkpoint: a resume repeats the run exactly."""
     lopt = optimizers.MLPLOpt(hidden_size=4)

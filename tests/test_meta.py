@@ -181,6 +181,7 @@ class ProgressTest(absltest.TestCase):
 
 class RunDirectoryTest(absltest.TestCase):
 
+  @pytest.mark.slow  # meta-trains three times (whole, interrupted, resumed)
   def test_interrupted_and_resumed_run_equals_uninterrupted(self):
     task = tasks.get("mlp_sigmoid", batch_size=32)
     lopt = optimizers.L2ODM()

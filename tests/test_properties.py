@@ -13,6 +13,7 @@ import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
@@ -108,6 +109,7 @@ def _assert_like(test, updates, grads):
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow  # hypothesis searches many random trees per architecture (~1-2 minutes)
 class PropertyTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*ARCHITECTURES)
