@@ -83,8 +83,8 @@ def define(cls, *, renames: dict[str, str] | None = None,
     elif tp is str:
       flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
     elif tp == tuple[int, ...]:
-      flags.DEFINE_list(name, [str(v) for v in default], help_text + "; comma-separated",
-                        flag_values=flag_values)
+      flags.DEFINE_list(name, None if default is None else [str(v) for v in default],
+                        help_text + "; comma-separated", flag_values=flag_values)
     else:
       raise TypeError(f"{cls.__name__}.{path}: no flag type for {tp}")
     flag_names[path] = name

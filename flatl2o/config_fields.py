@@ -59,11 +59,28 @@ META_TRAIN_RENAMES = {
 }
 
 
+def _resolved_default(config, path: str):
+  """The value `path` takes in `config` when its None default is left to __post_init__."""
+  holder_path, _, name = path.rpartition(".")
+  holders = [config]
+  for part in filter(None, holder_path.split(".")):
+    holders.append(getattr(holders[-1], part))
+  value = dataclasses.replace(holders[-1], **{name: None})
+  for holder, part in zip(reversed(holders[:-1]), reversed(holder_path.split(".")
+                                                           if holder_path else [])):
+    value = dataclasses.replace(holder, **{part: value})
+  for part in path.split("."):
+    value = getattr(value, part)
+  return value
+
+
 def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
   """The plain flags (`--NAME=VALUE`) that `_config_flags.define` + `build` read back as `config`.
 
   Only fields that differ from the dataclass's defaults are listed, each under
-  the flag name `define` gives it (a rename, else the leaf field's name).
+  the flag name `define` gives it (a rename, else the leaf field's name). A
+  field marked `metadata["resolved"]` whose None default __post_init__ resolves
+  (curriculum_horizons) is listed only when it differs from that resolution.
   """
   renames = renames or {}
   args = []
@@ -75,6 +92,8 @@ def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
     # (the regularizer's alpha) is listed whenever it differs from that.
     if value == field.default:
       continue
+    if field.metadata.get("resolved") and value == _resolved_default(config, path):
+      continue  # what the field's None resolves to here (curriculum_horizons)
     name = renames.get(path, path.rsplit(".", 1)[-1])
     if unoptional(tp) is bool:
       args.append(f"--{name}" if value else f"--no{name}")

@@ -78,6 +78,10 @@ class ConfigFlagsTest(parameterized.TestCase):
       # alpha = 1.0 is the trace estimator's resolved default, not the eigenvalue's
       ("resolved_default", meta.MetaTrainConfig(regularizer=meta.RegularizerConfig(
           kind="hessian", hessian_estimator="eigenvalue", alpha=1.0)), ["--alpha=1.0"]),
+      # the horizons that follow num_inner_steps are not listed (and parse back)
+      ("curriculum_default", meta.MetaTrainConfig(
+          unroll_length=5, num_inner_steps=20, curriculum=True),
+       ["--unroll_length=5", "--num_inner_steps=20", "--curriculum"]),
   )
   def test_command_args_parse_back_to_the_config(self, config, some_args):
     args = _config_flags.command_args(config, renames=RENAMES)
@@ -86,6 +90,8 @@ class ConfigFlagsTest(parameterized.TestCase):
     _, _, (parsed, given) = _parse(*args)
     self.assertEqual(parsed, config)
     self.assertLen(given, len(args))  # only the fields that differ from the defaults
+    self.assertEmpty([a for a in args if a.startswith("--curriculum_horizons")
+                      and not config.curriculum])
 
   def test_the_same_field_twice_is_refused(self):
     with self.assertRaisesRegex(ValueError, "--alpha and --config.regularizer.alpha set the "

@@ -2,10 +2,12 @@
 tagged union, and identity / ownership from field metadata (flatl2o.meta.config)."""
 
 import dataclasses
+import json
+import os
 
 from absl.testing import absltest, parameterized
 
-from flatl2o import meta
+from flatl2o import checkpoints, meta, optimizers, tasks
 from flatl2o.meta import config as config_lib
 from flatl2o.meta import run_dir
 
@@ -111,3 +113,45 @@ class FieldMetadataTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class CurriculumDefaultTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (200, 20, (40, 100, 200)), (20, 5, (10, 20)), (20, 4, (4, 8, 20)), (90, 30, (30, 90)),
+      (5, 5, (5,)))
+  def test_default_horizons_follow_num_inner_steps(self, num_inner_steps, unroll_length,
+                                                   expected):
+    config = meta.MetaTrainConfig(num_inner_steps=num_inner_steps, unroll_length=unroll_length,
+                                  curriculum=True)
+    self.assertEqual(config.curriculum_horizons, expected)
+
+  def test_explicit_horizons_are_kept_and_checked(self):
+    config = meta.MetaTrainConfig(num_inner_steps=20, unroll_length=5, curriculum=True,
+                                  curriculum_horizons=(5, 20))
+    self.assertEqual(config.curriculum_horizons, (5, 20))
+    with self.assertRaisesRegex(ValueError, r"curriculum_horizons \[40, 100, 200\] must end at "
+                                r"num_inner_steps \(20\)"):
+      meta.MetaTrainConfig(num_inner_steps=20, unroll_length=5, curriculum=True,
+                           curriculum_horizons=(40, 100, 200))
+
+  @parameterized.parameters(
+      ({}, None), ({"num_inner_steps": 20, "unroll_length": 5}, None),
+      ({"curriculum": True}, None),
+      # a curriculum over the former default at another num_inner_steps never existed
+      ({"curriculum": True, "num_inner_steps": 100}, "curriculum_horizons"))
+  def test_an_older_run_json_with_the_former_default_still_resumes(self, kwargs, refused):
+    """run.json of a version whose default horizons were (40, 100, 200) for every run."""
+    new = meta.MetaTrainConfig(**kwargs)
+    old = run_dir.describe(optimizers.L2ODM(), tasks.get("quadratic", batch_size=8), new)
+    old["config"]["curriculum_horizons"] = [40, 100, 200]
+    path = self.create_tempdir().full_path
+    with open(os.path.join(path, "run.json"), "w") as f:
+      json.dump(old, f)
+    claim = lambda: run_dir.claim(path, run_dir.describe(
+        optimizers.L2ODM(), tasks.get("quadratic", batch_size=8), new))
+    if refused is None:
+      claim()
+    else:
+      with self.assertRaisesRegex(checkpoints.CheckpointError, refused):
+        claim()

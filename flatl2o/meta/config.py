@@ -241,7 +241,10 @@ class MetaTrainConfig:
       beat the current stage's best, and training restarts from the best
       meta-parameters and meta-optimizer state found so far.
     curriculum_horizons: increasing multiples of `unroll_length`, the last one
-      `num_inner_steps`; used with `curriculum`.
+      `num_inner_steps`; used with `curriculum`. None follows `num_inner_steps`
+      (`default_horizons`: about a fifth, a half and all of it); without
+      `curriculum` None stands for (40, 100, 200), the value older versions
+      recorded, so their run directories resume.
     imitation_ratio: probability that a meta-step fits the learned optimizer's
       updates to Adam's along an Adam trajectory instead of unrolling it
       (Chen et al. 2020); 0 turns imitation off.
@@ -287,7 +290,8 @@ class MetaTrainConfig:
   random_scaling: float = 0.0
   convex_term: float = 0.0
   curriculum: bool = False
-  curriculum_horizons: tuple[int, ...] = (40, 100, 200)
+  curriculum_horizons: tuple[int, ...] | None = dataclasses.field(
+      default=None, metadata={"resolved": True})
   imitation_ratio: float = 0.0
   remat_block_length: int = _not_identity(1)
   num_devices: int | None = None
@@ -330,6 +334,10 @@ class MetaTrainConfig:
     ratio = self.imitation_ratio
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
       raise ValueError(f"imitation_ratio must be a probability in [0, 1], got {ratio!r}")
+    if self.curriculum_horizons is None:  # resolved here: run.json records the value used
+      horizons = (default_horizons(self.num_inner_steps, self.unroll_length) if self.curriculum
+                  else _UNUSED_HORIZONS)
+      object.__setattr__(self, "curriculum_horizons", horizons)
     object.__setattr__(self, "curriculum_horizons", tuple(self.curriculum_horizons))
     if self.curriculum:
       self._check_curriculum()
@@ -376,6 +384,25 @@ def identity_fields() -> tuple[str, ...]:
   """The `MetaTrainConfig` fields that define a run (all but those marked identity=False)."""
   return tuple(f.name for f in dataclasses.fields(MetaTrainConfig)
                if f.metadata.get("identity", True))
+
+
+def default_horizons(num_inner_steps: int, unroll_length: int) -> tuple[int, ...]:
+  """The curriculum's default stages: about `num_inner_steps` / 5, / 2 and all of it.
+
+  Each is rounded down to a multiple of `unroll_length`; zeros and repeats are
+  dropped (`num_inner_steps` = 200, `unroll_length` = 20: (40, 100, 200)).
+  """
+  horizons = []
+  for h in (num_inner_steps // 5, num_inner_steps // 2, num_inner_steps):
+    h = h // unroll_length * unroll_length if h != num_inner_steps else h
+    if h > 0 and h not in horizons:
+      horizons.append(h)
+  return tuple(horizons)
+
+
+# What curriculum_horizons was before it followed num_inner_steps; a run without a
+# curriculum records it (unused), as older run.json files do.
+_UNUSED_HORIZONS = (40, 100, 200)
 
 
 @dataclasses.dataclass(frozen=True)
