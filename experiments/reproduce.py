@@ -1,7 +1,8 @@
 r"""The main job: the paper's protocol, every learned optimizer and regularizer.
 
-  python -m experiments.reproduce                      # --preset=cpu on digits
-  python -m experiments.reproduce --preset=smoke       # every cell, tiny budgets
+  python -m experiments.reproduce                      # --preset=cpu: runs/reproduce-cpu
+  python -m experiments.reproduce --preset=smoke       # every cell, tiny budgets:
+                                                       # runs/reproduce-smoke
   python -m experiments.reproduce --dataset=idx:PATH --other_dataset=digits
 
 Meta-trains L2O-DM, RNNProp, L2O-Scale, MLPLOpt and the enhanced L2O-DM recipe
@@ -14,11 +15,13 @@ another dataset) for longer than the meta-training horizon. The study is
 library code, `flatl2o.study` (its `driver` lists every step; a notebook runs
 `study.run(study.StudyConfig(...), run_dir)`); this binary parses the flags.
 
-Writes RUN_DIR/results.json (every cell), results.md (the tables) and PNG
-figures (training-loss curves, test accuracy, Hessian trace against training
-loss, the coefficient sweep). Every cell is cached in RUN_DIR/cells: rerunning
+Writes to RUN_DIR (default runs/reproduce-PRESET, one folder per preset)
+results.json (every cell), results.md (the tables) and PNG figures
+(training-loss curves, test accuracy, Hessian trace against training loss,
+the coefficient sweep). Every cell is cached in RUN_DIR/cells: rerunning
 the same command continues an interrupted run; a folder holding another
-configuration is refused (exit code 2).
+configuration is refused (exit code 2). A smoke run's results.md, printed
+tables and figure titles begin by saying that its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +53,14 @@ _OPTIMIZEES = flags.DEFINE_list(
     f"Meta-test optimizees, of {', '.join((study.SEEN,) + study.UNSEEN)} and "
     f"{study.OTHER_DATA} (the seen MLP on --other_dataset); default: all of them, "
     f"{study.OTHER_DATA} only with --other_dataset. conv on 28x28 images is slow on a CPU.")
-_RUN_DIR = flags.DEFINE_string("run_dir", "runs/reproduce", "Output folder (cells cached here).")
+_RUN_DIR = flags.DEFINE_string(
+    "run_dir", None, "Output folder (cells cached here); default runs/reproduce-PRESET, one "
+    "per preset, so a smoke run never holds the folder of a real one.")
+
+
+def default_run_dir(preset: str) -> str:
+  """The folder of a preset's run when --run_dir is not given."""
+  return os.path.join("runs", f"reproduce-{preset}")
 
 
 def main(argv):
@@ -60,17 +70,18 @@ def main(argv):
       data_dir=_DATA_DIR.value, models=tuple(_MODELS.value),
       regularizers=tuple(_REGULARIZERS.value),
       optimizees=tuple(_OPTIMIZEES.value) if _OPTIMIZEES.value else None)
+  run_dir = _RUN_DIR.value or default_run_dir(config.preset)
   stop = _cli.StopRequests()
   start = time.perf_counter()
   try:
-    results = study.run(config, _RUN_DIR.value, should_stop=stop.requested, log=logging.info)
+    results = study.run(config, run_dir, should_stop=stop.requested, log=logging.info)
   except study.StudyInterrupted as e:
-    stop.exit(f"interrupted while {e}; finished cells are kept in {_RUN_DIR.value}; rerun "
+    stop.exit(f"interrupted while {e}; finished cells are kept in {run_dir}; rerun "
               "the same command to continue")
   results["wall_time_s"] = time.perf_counter() - start
-  table = study.write_outputs(results, _RUN_DIR.value)
+  table = study.write_outputs(results, run_dir)
   print(study.markdown(results, table))
-  print(f"wrote {os.path.join(_RUN_DIR.value, 'results.json')}, results.md and figures "
+  print(f"wrote {os.path.join(run_dir, 'results.json')}, results.md and figures "
         f"({results['wall_time_s']:.0f} s)")
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest, parameterized
@@ -210,6 +211,63 @@ class RunDirectoryIdentityTest(absltest.TestCase):
     study.Cells(run_dir, study.StudyConfig(preset="smoke"))
     with self.assertRaisesRegex(ValueError, "differs in optimizees"):
       study.Cells(run_dir, study.StudyConfig(preset="smoke", optimizees=("mlp_sigmoid",)))
+
+
+def _tiny_results(preset):
+  """A hand-made study result: Adam on the seen optimizee, two test seeds."""
+  cells = [{"contender": "adam", "optimizee": study.SEEN, "model": "adam", "regularizer": None,
+            "coefficient": None, "meta_seed": None, "learning_rate": 0.01, "test_seed": seed,
+            "train_loss": 0.5, "test_accuracy": 0.8 + 0.01 * seed, "hessian_trace": 1.0,
+            "top_eigenvalue": 0.5, "collapsed": False, "eval_steps": [0, 10, 20],
+            "train_loss_curve": [2.3, 1.0, 0.5],
+            "matched": {"step": 10, "train_loss": 1.0, "hessian_trace": 1.0,
+                        "top_eigenvalue": 0.5}}
+           for seed in (0, 1)]
+  return {"config": {"preset": preset}, "coefficients": {}, "meta_training": {},
+          "tuning": {}, "contenders": {"adam": {"model": "adam", "regularizer": None,
+                                                "coefficient": None, "meta_seed": None}},
+          "same_budget": {}, "cells": cells, "matched_levels": {study.SEEN: 1.0},
+          "test_seeds": [0, 1]}
+
+
+class SmokeBannerTest(parameterized.TestCase):
+
+  @parameterized.parameters(("smoke", True), ("cpu", False))
+  def test_results_md_and_figures_of_a_smoke_run_say_so_first(self, preset, marked):
+    """Catches: a smoke run's outputs that read as results."""
+    from matplotlib import figure  # pylint: disable=g-import-not-at-top
+    results = _tiny_results(preset)
+    out = self.create_tempdir().full_path
+    titles = []
+    save = figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+      titles.append(fig._suptitle.get_text() if fig._suptitle else "")  # pylint: disable=protected-access
+      return save(fig, *args, **kwargs)
+
+    with mock.patch.object(figure.Figure, "savefig", savefig):
+      table = study.write_outputs(results, out)
+    with open(os.path.join(out, "results.md")) as f:
+      first = f.readline()
+    self.assertEqual(first.startswith("**SMOKE RUN (--preset=smoke): its numbers mean nothing"),
+                     marked)
+    self.assertEqual(study.markdown(results, table).startswith("**SMOKE RUN"), marked)
+    self.assertLen(titles, 4)
+    for title in titles:
+      self.assertEqual("SMOKE RUN" in title, marked, title)
+
+
+class DefaultRunDirTest(absltest.TestCase):
+
+  def test_each_preset_has_its_own_default_folder(self):
+    """Catches: presets sharing runs/reproduce (the smoke run then blocks the real one)."""
+    cwd = self.create_tempdir()
+    cwd.create_file(os.path.join("runs", "reproduce-smoke", "notes.txt"), content="mine")
+    proc = run_binary("experiments.reproduce", "--preset=smoke", cwd=cwd.full_path)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertIn("runs/reproduce-smoke", proc.stderr)  # refused: the folder is not a study's
+    self.assertEqual(os.listdir(cwd.full_path), ["runs"])
+    self.assertEqual(os.listdir(os.path.join(cwd.full_path, "runs")), ["reproduce-smoke"])
 
 
 @__import__("pytest").mark.slow

@@ -14,7 +14,7 @@ import numpy as np
 
 from flatl2o import report
 from flatl2o.study.config import SEEN
-from flatl2o.study.tables import by_seed, group_label, units
+from flatl2o.study.tables import banner, by_seed, group_label, units
 
 
 def figures(results: dict, table: dict, out_dir: str) -> list[str]:
@@ -29,7 +29,13 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
   optimizees = list(table)
   main = {n for n, c in results["contenders"].items() if not c.get("seen_only")}
 
+  note = banner(results)
+
   def save(fig, name):
+    if note is not None:  # a smoke run's figures say so first
+      fig.suptitle("SMOKE RUN (--preset=smoke): these numbers mean nothing", fontsize=9,
+                   color="tab:red")
+      fig.tight_layout()
     path = os.path.join(out_dir, name)
     report._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))  # pylint: disable=protected-access
     plt.close(fig)

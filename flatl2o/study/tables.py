@@ -98,9 +98,24 @@ def _fmt(s: dict | None, digits: int = 3) -> str:
   return f"{s['mean']:.{digits}g}" + (f" ± {ci:.2g}" if np.isfinite(ci) else "")
 
 
+SMOKE_BANNER = ("**SMOKE RUN (--preset=smoke): its numbers mean nothing.** Tiny budgets that "
+                "only check every code path run; low accuracies, collapses and -inf scores "
+                "are expected. Run --preset=cpu for results.")
+
+
+def banner(results: dict) -> str | None:
+  """The line that heads every output of a smoke run (None for other presets)."""
+  return SMOKE_BANNER if results.get("config", {}).get("preset") == "smoke" else None
+
+
 def markdown(results: dict, table: dict) -> str:
-  """results.md: the main table per optimizee, then the coefficient sweep."""
+  """results.md: the main table per optimizee, then the coefficient sweep.
+
+  A smoke run's begins with `SMOKE_BANNER`.
+  """
   lines = []
+  if banner(results) is not None:
+    lines += [banner(results), ""]
   coeffs = ", ".join(f"{k} {v:g}" for k, v in results["coefficients"].items())
   lines.append(f"Coefficients chosen on validation (L2O-DM sweep): {coeffs or 'none'}.")
   lines.append("")
