@@ -236,6 +236,8 @@ class BenchmarkSmokeTest(parameterized.TestCase):
        "temp_ratio", 1),
       ("benchmarks.estimator_cost", ["--steps=1", "--unroll_length=2", "--es_pairs=1",
                                      "--meta_batch_size=1"], "es_pairs", 1),
+      ("benchmarks.population", ["--population=2", "--steps=1", "--unroll_length=2",
+                                 "--meta_batch_size=1"], "sequential_over_population", 1),
   )
   @pytest.mark.slow  # each runs a benchmark binary
   def test_prints_json_lines(self, module, args, key, num_lines):
