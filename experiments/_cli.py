@@ -77,9 +77,10 @@ def run(main: Callable[[list[str]], None]) -> None:
 class StopRequests:
   """SIGINT / SIGTERM as a flag the trainer polls between meta-steps.
 
-  The first signal is recorded (`requested()` turns True; the run checkpoints
-  and stops after the current meta-step); a second SIGINT raises
-  KeyboardInterrupt as usual, for whoever cannot wait for that step.
+  The first signal is recorded, silently (`requested()` turns True; the run
+  checkpoints and stops after the current meta-step, and `exit` prints the one
+  line a Ctrl-C gives); a second SIGINT raises KeyboardInterrupt as usual, for
+  whoever cannot wait for that step.
   """
 
   def __init__(self):
@@ -92,8 +93,6 @@ class StopRequests:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
-    absl_logging.warning("%s received: stopping after this meta-step (checkpoint saved); "
-                         "press Ctrl-C again to abort at once", signal.Signals(signum).name)
 
   def requested(self) -> bool:
     return self.signum is not None
