@@ -170,6 +170,36 @@ class MetaTrainExportTest(absltest.TestCase):
     self.assertEqual(checkpoints.metadata(export), {})
 
 
+class StudyCellTest(absltest.TestCase):
+
+  def test_a_collapsed_cell_is_exported_marked_and_counted_collapsed(self):
+    """Catches: a study export of a collapsed cell that evaluate would not warn about."""
+    from flatl2o import study  # pylint: disable=g-import-not-at-top
+    from flatl2o.study import stages  # pylint: disable=g-import-not-at-top
+    lopt = optimizers.L2ODM()
+    root = self.create_tempdir().full_path
+    config = study.StudyConfig(preset="smoke")
+    cells = study.Cells(root, config)
+
+    def fake_meta_train(lopt_, task, mconfig, run_dir, **kwargs):
+      del lopt_, task, mconfig, kwargs
+      os.makedirs(run_dir)
+      with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"iteration": 2, "validation_score": 0.1, "collapsed": True}) + "\n")
+      return meta.MetaTrainResult(
+          meta_params=lopt.init(jax.random.key(0)), last_meta_params=None,
+          best_score=float("-inf"), best_iteration=-1, history=[], num_skipped=0,
+          collapsed=True, status="collapsed", selected_iteration=2)
+
+    with mock.patch.object(meta, "meta_train", fake_meta_train):
+      cell = stages.meta_train_cell(cells, config, None, "l2o_dm", "hessian", 10.0, 0,
+                                    lambda: False, log=lambda line: None)
+    self.assertTrue(cell["collapsed"])
+    self.assertIsNone(stages.choose_coefficient([cell]))
+    export = os.path.join(root, cell["export"])
+    self.assertEqual(checkpoints.metadata(export), {"status": "collapsed", "meta_step": 2})
+
+
 def run_binary(module, *args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,

@@ -76,7 +76,9 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
         "diverged": True, "validations": validations(run_dir), "export": None,
         "wall_time_s": time.perf_counter() - start}, "meta", name)
   export = os.path.join(cells.run_dir, "optimizers", name)
-  save_optimizer(export, lopt, result.meta_params)
+  # A collapsed cell's export says so (evaluate warns); the sweep never chooses it.
+  save_optimizer(export, lopt, result.meta_params, metadata=None if not result.collapsed else
+                 {"status": result.status, "meta_step": result.selected_iteration})
   return cells.put({
       "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
       "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
