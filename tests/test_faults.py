@@ -442,5 +442,45 @@ class BinaryFaultsTest(absltest.TestCase):
     self.assertEqual(_iterations(path), list(range(1, 15)))
 
 
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import chaos  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class ChaosCompareTest(absltest.TestCase):
+  """scripts/chaos.py's comparison: timing left out, anything else a difference."""
+
+  def test_timing_and_folder_are_left_out_and_other_changes_are_found(self):
+    a = {"cells": [{"wall_time_s": 1.0, "test_accuracy": 0.5, "export": "/a/run/x"}],
+         "meta": {"history": [{"meta_steps_per_second": 3.0, "loss": float("nan")}]}}
+    b = {"cells": [{"wall_time_s": 2.0, "test_accuracy": 0.5, "export": "/b/run/x"}],
+         "meta": {"history": [{"meta_steps_per_second": 4.0, "loss": float("nan")}]}}
+    clean = lambda v, folder: chaos.without_timing(v, folder)
+    self.assertIsNone(chaos.first_difference(clean(a, "/a/run"), clean(b, "/b/run")))
+    b["cells"][0]["test_accuracy"] = 0.5000001
+    self.assertEqual(chaos.first_difference(clean(a, "/a/run"), clean(b, "/b/run")),
+                     "cells[0].test_accuracy: 0.5 != 0.5000001")
+    self.assertEqual(chaos.first_difference([1], [1, 2]), ": 1 items != 2 items")
+
+
+@pytest.mark.slow
+class ChaosRunTest(absltest.TestCase):
+  """The smoke preset (one model, two regularizers, one optimizee) killed three times."""
+
+  def test_three_kills_give_the_uninterrupted_results(self):
+    # About 4 minutes on 2 shared CPU cores: 80 s reference, 140 s with the kills.
+    work = self.create_tempdir().full_path
+    report_path = os.path.join(work, "outcome.json")
+    code = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "chaos.py"), f"--work_dir={work}",
+         "--kills=3", "--seed=0", "--min_delay_s=4", f"--report={report_path}",
+         "--study_flags=--models=l2o_dm --regularizers=none,hessian --optimizees=mlp_sigmoid"],
+        cwd=ROOT, timeout=1800, check=False).returncode
+    with open(report_path) as f:
+      outcome = json.load(f)
+    self.assertEqual(code, 0, outcome)
+    self.assertTrue(outcome["identical"], outcome)
+    self.assertLen(outcome["kills"], 3)
+
+
 if __name__ == "__main__":
   absltest.main()
