@@ -138,7 +138,7 @@ LOCK_FILE = ".lock"
 
 # The folders this process holds: realpath -> [file descriptor, holders].
 _held: dict[str, list[int]] = {}
-_held_guard = threading.Lock()
+_held_guard = threading.RLock()  # re-entrant: a FolderLock collected inside it releases
 
 
 class FolderLockedError(ValueError):
