@@ -38,21 +38,21 @@ import re
 
 from absl import flags, logging
 
-import flatl2o
 from experiments import _cli
-from flatl2o import optimizers, report, tasks
-from flatl2o.study import multiseed
-from flatl2o.study.multiseed import EvaluateConfig
+from flatl2o import builtin_names
 
-_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", tasks.names(), "Optimizee.")
+# Only light modules above: the flags are checked before JAX and the rest are
+# imported (in main), so a bad flag fails at once.
+_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", builtin_names.TASKS, "Optimizee.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Dataset: digits (default; embedded), mnist, fashion_mnist, cifar10 "
     "(TFDS, prepared), or idx:PATH. The quadratic task takes none.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _OPTIMIZER = flags.DEFINE_string(
-    "optimizer", "adam", f"Optimizer name ({', '.join(optimizers.names())}), the path of "
-    "an exported learned optimizer (e.g. RUN_DIR/optimizer), or pretrained:NAME, a learned "
-    f"optimizer shipped with flatl2o ({', '.join(flatl2o.pretrained.names()) or 'none'}).")
+    "optimizer", "adam", f"Optimizer name ({', '.join(builtin_names.HAND_DESIGNED)}), the "
+    "path of an exported learned optimizer (e.g. RUN_DIR/optimizer), or pretrained:NAME, a "
+    "learned optimizer shipped with flatl2o "
+    f"({', '.join(builtin_names.pretrained()) or 'none'}).")
 _LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", None, "Learning rate; default: the optimizer's documented default.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Training steps.", lower_bound=1)
@@ -81,8 +81,10 @@ flags.register_validator("learning_rate", lambda v: v is None or v > 0,
                          "--learning_rate must be positive")
 
 
-def config_from_flags() -> EvaluateConfig:
-  return EvaluateConfig(
+def config_from_flags():
+  """The `multiseed.EvaluateConfig` of the command line."""
+  from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top  (imports JAX)
+  return multiseed.EvaluateConfig(
       task=_TASK.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
       num_steps=_NUM_STEPS.value, batch_size=_BATCH_SIZE.value,
@@ -93,6 +95,8 @@ def config_from_flags() -> EvaluateConfig:
 def main(argv):
   del argv
   config = config_from_flags()
+  from flatl2o import report  # pylint: disable=g-import-not-at-top
+  from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top
   summary = multiseed.evaluate(config, log=logging.info)
   shown = [m for m in ("train_loss", "test_accuracy", "test_loss", "validation_accuracy",
                        "test_distance_to_optimum", "hessian_trace", "top_eigenvalue",

@@ -46,11 +46,14 @@ import sys
 from absl import flags
 
 from experiments import _cli, _config_flags
-from flatl2o import meta, optimizers, tasks
+from flatl2o import builtin_names
+from flatl2o.meta import config as meta_config
 
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "l2o_dm", optimizers.learned_names(),
+# Only light modules above: the flags are checked before JAX and the rest are
+# imported (in main), so a bad flag fails at once.
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "l2o_dm", builtin_names.LEARNED,
                                "Learned optimizer architecture.")
-_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", tasks.names(), "Optimizee.")
+_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", builtin_names.TASKS, "Optimizee.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset (default digits; see evaluate).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Inner minibatch size.")
@@ -65,15 +68,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host run: this pro
 
 # Every MetaTrainConfig field is a flag (--unroll_length, --alpha, ...) and a
 # --config.FIELD override, both derived from the dataclass and its docstring.
-_CONFIG = _config_flags.define(meta.MetaTrainConfig, renames=_config_flags.META_TRAIN_RENAMES)
+_CONFIG = _config_flags.define(meta_config.MetaTrainConfig,
+                               renames=_config_flags.META_TRAIN_RENAMES)
 
-def config_from_flags() -> meta.MetaTrainConfig:
+
+def config_from_flags() -> meta_config.MetaTrainConfig:
   """The MetaTrainConfig of the command line; ValueError on values that do not fit."""
   config, given = _config_flags.build(_CONFIG)
   kind = config.regularizer.kind
   spelled = lambda field: "--" + _CONFIG.flag_names[f"regularizer.{field}"]
   # Settings that only mean something for one kind of regularizer (field metadata).
-  owned = meta.config.owned_fields()
+  owned = meta_config.owned_fields()
   for owner in ("hessian", "entropy"):
     for field in owned[owner]:
       if f"regularizer.{field}" in given and kind != owner:
@@ -84,6 +89,7 @@ def config_from_flags() -> meta.MetaTrainConfig:
       raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
   if "curriculum_horizons" in given and not config.curriculum:
     raise ValueError("--curriculum_horizons needs --curriculum")
+  from flatl2o import optimizers  # pylint: disable=g-import-not-at-top  (imports JAX)
   preferred = optimizers.registry.LEARNED[_OPTIMIZER.value].preferred_meta_loss
   if preferred is not None and "meta_loss" not in given:
     config = dataclasses.replace(config, meta_loss=preferred)  # L2O-Scale: log-ratio
@@ -94,6 +100,7 @@ def main(argv):
   del argv
   config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
   _cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from flatl2o import meta, optimizers, tasks  # pylint: disable=g-import-not-at-top
   lopt = optimizers.learned(_OPTIMIZER.value)
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value,
                    batch_size=_BATCH_SIZE.value)

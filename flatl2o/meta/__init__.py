@@ -9,15 +9,35 @@ rule), `schedules` (curriculum, imitation), `trainer` (the jitted steps and the
 `sharding` (the meta-batch over a device mesh).
 """
 
-from flatl2o.meta import (config, estimators, imitation, run_dir, schedules, selection,
-                          sharding)
+import importlib
+
+from flatl2o.meta import config
 from flatl2o.meta.config import (ESTIMATORS, META_LOSSES, EntropyTerm, FlatnessTerm,
                                  HessianTerm, MetaTrainConfig, RegularizerConfig, UnrollConfig)
-from flatl2o.meta.inner import InnerState, init_inner, rollout, unroll
-from flatl2o.meta.trainer import (MetaTrainingDivergedError, MetaTrainingInterrupted,
-                                  MetaTrainResult, MetaTrainState, imitation_step,
-                                  init_meta_batch, meta_optimizer, meta_step, meta_train,
-                                  num_devices, validate)
+
+# The rest imports JAX: loaded on first use (PEP 562), so the configuration is
+# importable, and a binary's flags checkable, without it.
+_MODULES = ("estimators", "imitation", "inner", "objective", "run_dir", "schedules",
+            "selection", "sharding", "trainer")
+_NAMES = {
+    "InnerState": "inner", "init_inner": "inner", "rollout": "inner", "unroll": "inner",
+    **{name: "trainer" for name in (
+        "MetaTrainingDivergedError", "MetaTrainingInterrupted", "MetaTrainResult",
+        "MetaTrainState", "imitation_step", "init_meta_batch", "meta_optimizer", "meta_step",
+        "meta_train", "num_devices", "validate")},
+}
+
+
+def __getattr__(name):
+  if name in _MODULES:
+    return importlib.import_module(f"flatl2o.meta.{name}")
+  if name in _NAMES:
+    return getattr(importlib.import_module(f"flatl2o.meta.{_NAMES[name]}"), name)
+  raise AttributeError(f"module 'flatl2o.meta' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
 
 __all__ = ["ESTIMATORS", "META_LOSSES", "EntropyTerm", "FlatnessTerm", "HessianTerm",
            "InnerState", "MetaTrainConfig", "MetaTrainResult", "MetaTrainState",

@@ -20,19 +20,41 @@ flatness), `driver` (run, write_outputs), `tables` (summarize, markdown),
 `experiments.evaluate`'s library side).
 """
 
-from flatl2o.study.cells import Cells, cell_names
-from flatl2o.study.commands import (architecture, meta_config, meta_train_command,
-                                    regularizer_label, study_command)
+import importlib
+
 from flatl2o.study.config import (BASELINES, MODELS, OTHER_DATA, PRESETS, REGULARIZERS, SEEN,
                                   TEST_SEED_BASE, TUNING_SEED_BASE, UNSEEN, Preset,
                                   ProtocolConfig, ProtocolInterrupted, StudyConfig,
                                   StudyInterrupted, config_from_identity, upgrade_identity)
-from flatl2o.study.driver import run, write_outputs
-from flatl2o.study.figures import figures
-from flatl2o.study.stages import (best_within, choose_coefficient, flatness_fn, matched_run,
-                                  meta_train_cell, optimizee_tasks, run_test, tune, validations)
+from flatl2o.study.figures import figures  # (numpy only, like tables; matplotlib when called)
 from flatl2o.study.tables import (METRICS, by_seed, group_label, markdown, over_seeds, paired,
                                   summarize, units)
+
+# The rest imports JAX: loaded on first use (PEP 562), so
+# experiments.reproduce checks its flags before the heavy imports.
+_NAMES = {
+    "Cells": "cells", "cell_names": "cells",
+    **{n: "commands" for n in ("architecture", "meta_config", "meta_train_command",
+                               "regularizer_label", "study_command")},
+    "run": "driver", "write_outputs": "driver",
+    **{n: "stages" for n in ("best_within", "choose_coefficient", "flatness_fn", "matched_run",
+                             "meta_train_cell", "optimizee_tasks", "run_test", "tune",
+                             "validations")},
+}
+_MODULES = ("cells", "commands", "driver", "multiseed", "stages")
+
+
+def __getattr__(name):
+  if name in _MODULES:
+    return importlib.import_module(f"flatl2o.study.{name}")
+  if name in _NAMES:
+    return getattr(importlib.import_module(f"flatl2o.study.{_NAMES[name]}"), name)
+  raise AttributeError(f"module 'flatl2o.study' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BASELINES", "Cells", "METRICS", "MODELS", "OTHER_DATA", "PRESETS", "Preset",
