@@ -6,10 +6,16 @@ r"""A chaos run: a study killed with SIGKILL at random moments ends as an uninte
 
 1. Runs `python -m experiments.reproduce --preset=PRESET --run_dir=WORK_DIR/reference`
    to the end (or reuses a finished one) and times it.
-2. Starts the same command on `WORK_DIR/chaos`, SIGKILLs its process group after
-   a random delay (seeded: `--seed`), restarts it, `--kills` times; a delay is
-   drawn uniformly from [--min_delay_s, 1.5 x reference time / (kills + 1)],
-   so the kills spread over the whole run.
+2. Starts the same command on `WORK_DIR/chaos`, SIGKILLs its process group at a
+   random moment (seeded: `--seed`), restarts it, `--kills` times. The moments
+   are spread over the study by its progress, not by the clock (a warm JAX
+   compilation cache makes a second run much faster than the first): `--kills`
+   positions are drawn uniformly among the first 90% of the reference run's
+   progress lines (one per cell computed: "meta-training ...", "tuning ...",
+   "meta-tested ..."), and start i is killed a uniform 0 to `--jitter_s` seconds
+   after the progress lines of all starts so far reach position i (a cell
+   redone after a kill prints its line again, so the count runs ahead of the
+   study, not behind, and the kills land before it ends).
 3. Lets the last start finish and compares the two `results.json` with every
    timing field (wall time, speeds) left out and the folder names replaced.
 
@@ -34,6 +40,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The study's progress lines: one per cell as it is computed (meta-training and
+# tuning when a cell starts, so a cell redone after a kill prints it again).
+PROGRESS = re.compile(r"\] (meta-training|tuning|meta-tested) ")
 
 # Keys whose values depend on the machine's speed, not on what was computed.
 TIMING = re.compile(r"wall|per_second|elapsed|seconds|(^|_)time(_s)?$|(^|_)eta(_s)?$")
@@ -76,21 +86,34 @@ def command(preset: str, run_dir: str, study_flags: str) -> list[str]:
           f"--run_dir={run_dir}", *shlex.split(study_flags)]
 
 
-def start(cmd: list[str], log_path: str) -> subprocess.Popen:
-  log = open(log_path, "a")  # pylint: disable=consider-using-with  (closed with the process)
+def start(cmd: list[str]) -> subprocess.Popen:
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)  # its own process group: killed whole
-  proc.log = log
-  return proc
 
 
-def finish(proc: subprocess.Popen, timeout_s: float) -> int:
-  try:
-    code = proc.wait(timeout=timeout_s)
-  finally:
-    proc.log.close()
-  return code
+def follow(proc: subprocess.Popen, log_path: str, kill_at_line: float | None = None,
+           jitter_s: float = 0.0, lines_before: int = 0) -> tuple[int, int]:
+  """Copies `proc`'s output to `log_path`; kills its process group `jitter_s` after progress
+  line `kill_at_line` (counting `lines_before` too). Returns (exit code, progress lines)."""
+  lines, killed = 0, False
+  with open(log_path, "a") as log:
+    for line in proc.stdout:  # after a kill: what the process wrote before it, then EOF
+      log.write(line)
+      if not PROGRESS.search(line):
+        continue
+      lines += 1
+      if not killed and kill_at_line is not None and lines_before + lines >= kill_at_line:
+        log.flush()
+        time.sleep(jitter_s)
+        try:
+          os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass  # it ended first
+        killed = True
+    proc.stdout.close()
+  return proc.wait(), lines
 
 
 def cells_done(run_dir: str) -> int:
@@ -106,13 +129,12 @@ def main(argv=None) -> int:
                       help="More experiments.reproduce flags, as one string.")
   parser.add_argument("--kills", type=int, default=3, help="SIGKILLs before the last start.")
   parser.add_argument("--seed", type=int, default=0, help="Seeds the kill moments.")
-  parser.add_argument("--min_delay_s", type=float, default=5.0,
-                      help="Shortest time from a start to its kill.")
-  parser.add_argument("--timeout_s", type=float, default=7200.0, help="Per start.")
+  parser.add_argument("--jitter_s", type=float, default=1.0,
+                      help="A kill comes up to this long after its progress line.")
   parser.add_argument("--report", default=None, help="Also write the outcome as JSON here.")
   args = parser.parse_args(argv)
-  if args.kills < 0 or args.min_delay_s <= 0:
-    parser.error("--kills must be >= 0 and --min_delay_s > 0")
+  if args.kills < 0 or args.jitter_s < 0:
+    parser.error("--kills and --jitter_s must be >= 0")
 
   work = os.path.abspath(args.work_dir)
   os.makedirs(work, exist_ok=True)
@@ -121,51 +143,53 @@ def main(argv=None) -> int:
              "kills": []}
 
   timing_file = os.path.join(work, "reference_time.json")
+  reference_log = os.path.join(work, "reference.log")
   if os.path.exists(os.path.join(reference, "results.json")) and os.path.exists(timing_file):
     with open(timing_file) as f:
       reference_s = json.load(f)["wall_s"]
+    with open(reference_log) as f:
+      reference_lines = sum(bool(PROGRESS.search(line)) for line in f)
     print(f"reference: reused {reference} ({reference_s:.0f} s)", flush=True)
   else:
     tic = time.monotonic()
-    proc = start(command(args.preset, reference, args.study_flags),
-                 os.path.join(work, "reference.log"))
-    if finish(proc, args.timeout_s) != 0:
-      print(f"reference run failed (exit {proc.returncode}); see {work}/reference.log")
+    code, reference_lines = follow(start(command(args.preset, reference, args.study_flags)),
+                                   reference_log)
+    if code != 0:
+      print(f"reference run failed (exit {code}); see {reference_log}")
       return 1
     reference_s = time.monotonic() - tic
     with open(timing_file, "w") as f:
       json.dump({"wall_s": reference_s}, f)
-    print(f"reference: {reference_s:.0f} s", flush=True)
+    print(f"reference: {reference_s:.0f} s, {reference_lines} progress lines", flush=True)
   outcome["reference_s"] = reference_s
 
   rng = random.Random(args.seed)
-  high = max(args.min_delay_s, 1.5 * reference_s / (args.kills + 1))
+  positions = sorted(rng.uniform(1, max(1, 0.9 * reference_lines)) for _ in range(args.kills))
   tic = time.monotonic()
   log_path = os.path.join(work, "chaos.log")
-  for i in range(1, args.kills + 1):
-    delay = rng.uniform(args.min_delay_s, high)
-    proc = start(command(args.preset, chaos, args.study_flags), log_path)
-    try:
-      code = proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      code = proc.wait()
-    proc.log.close()
+  seen = 0
+  for i, position in enumerate(positions, start=1):
+    jitter = rng.uniform(0, args.jitter_s)
+    started = time.monotonic()
+    code, lines = follow(start(command(args.preset, chaos, args.study_flags)), log_path,
+                         position, jitter, seen)
+    seen += lines
     if code != -signal.SIGKILL:
-      print(f"start {i} ended by itself (exit {code}) before its kill at {delay:.1f} s",
-            flush=True)
+      print(f"start {i} ended by itself (exit {code}) before its kill", flush=True)
       outcome["ended_early"] = {"start": i, "exit": code}
       if code != 0:
         print(f"a start failed; see {log_path}")
         return 1
       break
-    outcome["kills"].append({"after_s": round(delay, 1), "cells_done": cells_done(chaos)})
-    print(f"kill {i}/{args.kills}: SIGKILL after {delay:.1f} s ({cells_done(chaos)} cells done)",
-          flush=True)
+    after = time.monotonic() - started
+    outcome["kills"].append({"after_s": round(after, 1), "progress_line": seen,
+                             "cells_done": cells_done(chaos)})
+    print(f"kill {i}/{args.kills}: SIGKILL {after:.1f} s into start {i}, at progress line "
+          f"{seen} of the chaos run ({cells_done(chaos)} cells done)", flush=True)
   if "ended_early" not in outcome:
-    proc = start(command(args.preset, chaos, args.study_flags), log_path)
-    if finish(proc, args.timeout_s) != 0:
-      print(f"the last start failed (exit {proc.returncode}); see {log_path}")
+    code, _ = follow(start(command(args.preset, chaos, args.study_flags)), log_path)
+    if code != 0:
+      print(f"the last start failed (exit {code}); see {log_path}")
       return 1
   outcome["chaos_s"] = time.monotonic() - tic
 

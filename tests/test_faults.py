@@ -472,7 +472,7 @@ class ChaosRunTest(absltest.TestCase):
     report_path = os.path.join(work, "outcome.json")
     code = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "chaos.py"), f"--work_dir={work}",
-         "--kills=3", "--seed=0", "--min_delay_s=4", f"--report={report_path}",
+         "--kills=3", "--seed=0", f"--report={report_path}",
          "--study_flags=--models=l2o_dm --regularizers=none,hessian --optimizees=mlp_sigmoid"],
         cwd=ROOT, timeout=1800, check=False).returncode
     with open(report_path) as f:
