@@ -8,8 +8,8 @@ r"""A chaos run: a study killed with SIGKILL at random moments ends as an uninte
    to the end (or reuses a finished one) and times it.
 2. Starts the same command on `WORK_DIR/chaos`, SIGKILLs its process group at a
    random moment (seeded: `--seed`), restarts it, `--kills` times. The moments
-   are spread over the study by its progress, not by the clock (a warm JAX
-   compilation cache makes a second run much faster than the first): `--kills`
+   are spread over the study by its progress, not by the clock (on a shared
+   machine a run's speed varies several-fold with the load): `--kills`
    positions are drawn uniformly among the first 90% of the reference run's
    progress lines (one per cell computed: "meta-training ...", "tuning ...",
    "meta-tested ..."), and start i is killed a uniform 0 to `--jitter_s` seconds
