@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import absltest, parameterized
 from flax import struct
 
@@ -362,6 +363,7 @@ class EnhancedRecipeTest(absltest.TestCase):
     for r in result.history:
       self.assertEqual("inner_loss_last" in r, not r["imitation"])
 
+  @pytest.mark.slow  # meta-trains three times (whole, interrupted, resumed)
   def test_interrupted_recipe_run_resumes_to_the_uninterrupted_result(self):
     """Curriculum + imitation + tricks, stopped (should_stop) and resumed from the run directory.
 

@@ -51,6 +51,7 @@ class MetaTrainTest(parameterized.TestCase):
     self.assertEqual(result.best_score, max(h["validation_score"] for h in validated))
     chex.assert_trees_all_equal_structs(result.meta_params, lopt.init(jax.random.key(0)))
 
+  @pytest.mark.slow  # three meta-trainings
   def test_runs_that_differ_in_seed_or_budget_share_one_compilation(self):
     lopt = optimizers.MLPLOpt()
     sizes = []

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from flatl2o import data as flatl2o_data
@@ -66,6 +67,7 @@ class ObjectiveGradientTest(parameterized.TestCase):
       ("entropy", meta.RegularizerConfig(kind="entropy", beta=5.0)),
       ("entropy_in_inner_loss", meta.RegularizerConfig(kind="entropy", add_to_inner_loss=True)),
   )
+  @pytest.mark.slow  # one meta-gradient compilation per estimator; the FD tests pin the maths
   def test_estimator_meta_gradients_are_finite(self, regularizer):
     # These hold a stop-gradient quantity fixed by design (the eigenvector, the
     # Langevin mean mu), so their gradient is not the finite difference of the

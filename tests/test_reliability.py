@@ -47,6 +47,7 @@ def _as(cls, task):
 
 class GuardTest(absltest.TestCase):
 
+  @pytest.mark.slow  # a meta-training into a run directory
   def test_flaky_optimizees_are_skipped_and_reset(self):
     task = _as(FlakyTask, tasks.get("mlp_sigmoid", batch_size=16))
     config = meta.MetaTrainConfig(num_meta_iterations=40, **SMALL)
@@ -71,6 +72,7 @@ class GuardTest(absltest.TestCase):
     self.assertEqual(restored.latest_step(), 5)
     self.assertFalse(os.path.exists(os.path.join(run_dir, "optimizer")))
 
+  @pytest.mark.slow  # two meta-trainings
   def test_same_seed_same_bits(self):
     task = tasks.get("mlp_sigmoid", batch_size=16)
     config = meta.MetaTrainConfig(num_meta_iterations=12, **SMALL)

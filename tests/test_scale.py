@@ -47,11 +47,13 @@ class RematBlockTest(parameterized.TestCase):
       ("l2o_dm_entropy", "l2o_dm", {"regularizer": meta.RegularizerConfig(kind="entropy")}),
       ("l2o_scale", "l2o_scale", {"meta_loss": "log_ratio"}),
   )
+  @pytest.mark.slow  # two compilations of an unroll per case
   def test_blocks_give_the_same_meta_gradient_state_and_losses(self, name, kwargs):
     lopt = optimizers.learned(name)
     chex.assert_trees_all_close(self._unroll(lopt, 5, **kwargs), self._unroll(lopt, 1, **kwargs),
                                 rtol=1e-5, atol=1e-6)
 
+  @pytest.mark.slow  # compiles the meta-step twice
   def test_blocks_cut_the_compiled_temporary_memory(self):
     lopt = optimizers.L2ODM()
     temp = {}
