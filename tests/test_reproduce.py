@@ -9,6 +9,7 @@ import tempfile
 from unittest import mock
 
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from flatl2o import study
@@ -270,7 +271,7 @@ class DefaultRunDirTest(absltest.TestCase):
     self.assertEqual(os.listdir(os.path.join(cwd.full_path, "runs")), ["reproduce-smoke"])
 
 
-@__import__("pytest").mark.slow
+@pytest.mark.slow
 class SmokePresetTest(parameterized.TestCase):
   """The smoke preset, every cell, once for the class (a few minutes on 2 cores)."""
 

@@ -306,9 +306,10 @@ class RunDirectory:
     if self._lock is not None:
       self._lock.release()
 
-  def export(self, lopt, meta_params) -> str:
-    """Exports the learned optimizer to `RUN_DIR/optimizer`; returns that path."""
+  def export(self, lopt, meta_params, metadata: dict[str, Any] | None = None) -> str:
+    """Exports the learned optimizer to `RUN_DIR/optimizer` (with `metadata`, e.g. a
+    collapsed or undertrained status, in its optimizer.json); returns that path."""
     path = os.path.join(self.path, "optimizer")
     if self.primary:
-      checkpoints.save_optimizer(path, lopt, meta_params)
+      checkpoints.save_optimizer(path, lopt, meta_params, metadata=metadata)
     return path

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 import time
 import warnings
@@ -45,7 +44,6 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from flatl2o import checkpoints
 from flatl2o.meta import estimators, imitation, inner, schedules, selection, sharding
 from flatl2o.meta import run_dir as run_dir_lib
 from flatl2o.meta.config import MetaTrainConfig, UnrollConfig
@@ -409,6 +407,7 @@ class _Parts:
       where = ""
       if self.run is not None:
         self.run.close()
+        self.run.release()
         if self.run.latest_step() is not None:
           where = (f"; the last good checkpoint (meta-step {self.run.latest_step()}) is in "
                    f"{self.run.checkpoint_directory}")
@@ -453,11 +452,8 @@ class _Parts:
       # Always exported; one that never validated well says so in its optimizer.json.
       metadata = None if found else {"status": status, "meta_step": selected_iteration,
                                      "validation_score": selected_score}
-      if found:
-        self.run.export(self.lopt, selected)
-      elif self.run.primary:  # what RunDirectory.export writes, marked with its status
-        checkpoints.save_optimizer(os.path.join(self.run.path, "optimizer"), self.lopt,
-                                   selected, metadata=metadata)
+      self.run.export(self.lopt, selected, metadata=metadata)
+      self.run.release()
     return MetaTrainResult(meta_params=selected, last_meta_params=self.local(state.meta_params),
                            best_score=self.selector.best_score(state.best),
                            best_iteration=self.selector.best_iteration(state.best),
@@ -530,6 +526,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
     if stopping:
       if parts.run is not None:
         parts.run.close()
+        parts.run.release()
       raise MetaTrainingInterrupted(done, parts.run.checkpoint_directory
                                     if parts.run is not None else None)
   return parts.finish(state, history, resumed_from)
