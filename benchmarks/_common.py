@@ -54,3 +54,16 @@ def time_meta_step(lopt, task, config, steps: int, warmup: int = 1):
     if i >= warmup:
       times.append(time.perf_counter() - start)
   return compile_s, times
+
+
+def time_variants(lopt, task, configs: dict, steps: int, baseline: str) -> dict:
+  """`{name: {"ms", "compile_s", "ratio"}}`: the median meta-step of each configuration,
+  its AOT compile time, and its time as a ratio to `configs[baseline]`'s."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, config in configs.items():
+    compile_s, times = time_meta_step(lopt, task, config, steps=steps)
+    out[name] = {"ms": round(1e3 * statistics.median(times), 1), "compile_s": round(compile_s, 2)}
+  for v in out.values():
+    v["ratio"] = round(v["ms"] / out[baseline]["ms"], 3)
+  return out

@@ -11,7 +11,6 @@ meta-steps. Prints one JSON line; `ratio` is to the truncated meta-step.
 """
 
 import json
-import statistics
 
 from absl import app, flags
 
@@ -29,17 +28,11 @@ def main(argv):
   del argv
   task = _common.mnist_shaped_task(_DATASET.value)
   lopt = optimizers.L2ODM()
-  out = {}
-  for name in meta.ESTIMATORS:
-    config = meta.MetaTrainConfig(
-        unroll_length=_UNROLL.value, num_inner_steps=10 * _UNROLL.value,
-        meta_batch_size=_META_BATCH.value, num_devices=1, estimator=name,
-        es_pairs=_PAIRS.value)
-    compile_s, times = _common.time_meta_step(lopt, task, config, steps=_STEPS.value)
-    out[name] = {"ms": round(1e3 * statistics.median(times), 1), "compile_s": round(compile_s, 2)}
-  base_ms = out["truncated"]["ms"]
-  for v in out.values():
-    v["ratio"] = round(v["ms"] / base_ms, 3)
+  configs = {name: meta.MetaTrainConfig(
+      unroll_length=_UNROLL.value, num_inner_steps=10 * _UNROLL.value,
+      meta_batch_size=_META_BATCH.value, num_devices=1, estimator=name,
+      es_pairs=_PAIRS.value) for name in meta.ESTIMATORS}
+  out = _common.time_variants(lopt, task, configs, _STEPS.value, baseline="truncated")
   print(json.dumps({"benchmark": "estimator_cost", "optimizer": "l2o_dm",
                     "task": "mlp_sigmoid", "dataset": task.data.name,
                     "unroll_length": _UNROLL.value, "meta_batch_size": _META_BATCH.value,

@@ -11,7 +11,6 @@ median of --steps meta-steps. Prints one JSON line.
 """
 
 import json
-import statistics
 
 from absl import app, flags
 
@@ -40,20 +39,14 @@ def main(argv):
   del argv
   task = _common.mnist_shaped_task(_DATASET.value)
   lopt = optimizers.L2ODM()
-  out = {}
   chosen = ["none", *[v for v in (_VARIANTS.value or VARIANTS) if v != "none"]]
   for name in chosen:
     if name not in VARIANTS:
       raise app.UsageError(f"unknown variant {name!r}; accepted: {', '.join(VARIANTS)}")
-  for name in chosen:
-    reg = VARIANTS[name]
-    config = meta.MetaTrainConfig(unroll_length=20, num_inner_steps=20, meta_batch_size=1,
-                                  regularizer=reg)
-    compile_s, times = _common.time_meta_step(lopt, task, config, steps=_STEPS.value)
-    out[name] = {"ms": round(1e3 * statistics.median(times), 1), "compile_s": round(compile_s, 2)}
-  base_ms = out["none"]["ms"]
-  for v in out.values():
-    v["ratio"] = round(v["ms"] / base_ms, 3)
+  configs = {name: meta.MetaTrainConfig(unroll_length=20, num_inner_steps=20,
+                                        meta_batch_size=1, regularizer=VARIANTS[name])
+             for name in chosen}
+  out = _common.time_variants(lopt, task, configs, _STEPS.value, baseline="none")
   print(json.dumps({"benchmark": "regularizer_cost", "optimizer": "l2o_dm",
                     "task": "mlp_sigmoid", "dataset": task.data.name, "unroll_length": 20,
                     "meta_batch_size": 1, "variants": out, **environment.describe()}))

@@ -9,7 +9,7 @@ optimizers shipped with the package, by name), `environment` (where a run
 ran).
 """
 
-import importlib
+from flatl2o import _lazy
 
 __version__ = "0.1.0"
 
@@ -20,15 +20,8 @@ _SUBPACKAGES = ("data", "environment", "evaluation", "flatness", "meta", "optimi
                 "pretrained", "tasks")
 
 
-def __getattr__(name):
-  # Imported on first use (PEP 562): `import flatl2o` stays light, so the binaries
-  # check their flags before JAX is imported. `flatl2o.meta`, ... work as before.
-  if name in _SUBPACKAGES:
-    return importlib.import_module(f"flatl2o.{name}")
-  if name in ("load_optimizer", "save_optimizer"):
-    return getattr(importlib.import_module("flatl2o.checkpoints"), name)
-  raise AttributeError(f"module 'flatl2o' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
+# Imported on first use: `import flatl2o` stays light, so the binaries check their
+# flags before JAX is imported. `flatl2o.meta`, ... work as before.
+__getattr__, __dir__ = _lazy.attach(
+    __name__, _SUBPACKAGES,
+    {"load_optimizer": "checkpoints", "save_optimizer": "checkpoints"}, __all__)

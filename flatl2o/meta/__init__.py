@@ -9,7 +9,7 @@ rule), `schedules` (curriculum, imitation), `trainer` (the jitted steps and the
 `sharding` (the meta-batch over a device mesh).
 """
 
-import importlib
+from flatl2o import _lazy
 
 from flatl2o.meta import config
 from flatl2o.meta.config import (ESTIMATORS, META_LOSSES, EntropyTerm, FlatnessTerm,
@@ -27,21 +27,11 @@ _NAMES = {
         "meta_train", "num_devices", "validate")},
 }
 
-
-def __getattr__(name):
-  if name in _MODULES:
-    return importlib.import_module(f"flatl2o.meta.{name}")
-  if name in _NAMES:
-    return getattr(importlib.import_module(f"flatl2o.meta.{_NAMES[name]}"), name)
-  raise AttributeError(f"module 'flatl2o.meta' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
-
 __all__ = ["ESTIMATORS", "META_LOSSES", "EntropyTerm", "FlatnessTerm", "HessianTerm",
            "InnerState", "MetaTrainConfig", "MetaTrainResult", "MetaTrainState",
            "MetaTrainingDivergedError", "MetaTrainingInterrupted", "RegularizerConfig",
            "UnrollConfig", "config", "estimators", "imitation", "imitation_step", "init_inner",
            "init_meta_batch", "meta_optimizer", "meta_step", "meta_train", "num_devices",
            "rollout", "run_dir", "schedules", "selection", "sharding", "unroll", "validate"]
+
+__getattr__, __dir__ = _lazy.attach(__name__, _MODULES, _NAMES, __all__)

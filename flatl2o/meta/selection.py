@@ -39,7 +39,7 @@ def score_of(metrics: dict[str, float]) -> float:
   return float(value) if np.isfinite(value) else -np.inf
 
 
-def _copy(tree):
+def own_copy(tree):
   # The meta-step donates the meta-optimizer state: a kept copy needs its own buffers.
   return jax.tree.map(jnp.copy, tree)
 
@@ -65,7 +65,7 @@ class Selector:
     best = {"meta_params": meta_params, "score": np.asarray(-np.inf, np.float32),
             "iteration": np.asarray(-1, np.int32)}
     if self.keep_opt_state:
-      best["meta_opt_state"] = _copy(meta_opt_state)
+      best["meta_opt_state"] = own_copy(meta_opt_state)
     return best
 
   def observe(self, best: dict[str, Any], validation: dict[str, float], meta_params,
@@ -85,7 +85,7 @@ class Selector:
       best = {"meta_params": meta_params, "score": np.asarray(score, np.float32),
               "iteration": np.asarray(kept_iteration, np.int32)}
       if self.keep_opt_state:
-        best["meta_opt_state"] = _copy(meta_opt_state)
+        best["meta_opt_state"] = own_copy(meta_opt_state)
     return best, {"validation_score": score, "collapsed": is_collapsed,
                   "best_validation_score": self.best_score(best)}
 

@@ -432,7 +432,7 @@ class _Parts:
     if restart:  # the horizon advances; training restarts from the best state so far
       if self.selector.found(best):
         state = state._replace(meta_params=best["meta_params"],
-                               meta_opt_state=selection._copy(best["meta_opt_state"]))  # pylint: disable=protected-access
+                               meta_opt_state=selection.own_copy(best["meta_opt_state"]))
       state = state._replace(states=self.fresh_episode(
           state.meta_params, jax.random.fold_in(iteration_key, 0xC0)))
     if self.config.curriculum:

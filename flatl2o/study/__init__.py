@@ -20,7 +20,7 @@ flatness), `driver` (run, write_outputs), `tables` (summarize, markdown),
 `experiments.evaluate`'s library side).
 """
 
-import importlib
+from flatl2o import _lazy
 
 from flatl2o.study.config import (BASELINES, MODELS, OTHER_DATA, PRESETS, REGULARIZERS, SEEN,
                                   TEST_SEED_BASE, TUNING_SEED_BASE, UNSEEN, Preset,
@@ -44,16 +44,6 @@ _NAMES = {
 _MODULES = ("cells", "commands", "driver", "multiseed", "stages")
 
 
-def __getattr__(name):
-  if name in _MODULES:
-    return importlib.import_module(f"flatl2o.study.{name}")
-  if name in _NAMES:
-    return getattr(importlib.import_module(f"flatl2o.study.{_NAMES[name]}"), name)
-  raise AttributeError(f"module 'flatl2o.study' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -66,3 +56,5 @@ __all__ = [
     "regularizer_label", "run", "run_test", "study_command", "summarize", "tune", "units",
     "upgrade_identity", "validations", "write_outputs",
 ]
+
+__getattr__, __dir__ = _lazy.attach(__name__, _MODULES, _NAMES, __all__)
