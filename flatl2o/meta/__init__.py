@@ -6,7 +6,8 @@ compiled steps read; the flatness terms HessianTerm | EntropyTerm), `inner`
 (truncated backprop, PES, ES), `selection` (best by validation, the collapse
 rule), `schedules` (curriculum, imitation), `trainer` (the jitted steps and the
 `meta_train` driver), `run_dir` (run identity, resume, checkpoints, metrics),
-`sharding` (the meta-batch over a device mesh).
+`sharding` (the meta-batch over a device mesh), `diagnostics` (the flatness
+term's share of the meta-gradient).
 """
 
 from flatl2o import _lazy
@@ -17,9 +18,10 @@ from flatl2o.meta.config import (ESTIMATORS, META_LOSSES, EntropyTerm, FlatnessT
 
 # The rest imports JAX: loaded on first use (PEP 562), so the configuration is
 # importable, and a binary's flags checkable, without it.
-_MODULES = ("estimators", "imitation", "inner", "objective", "run_dir", "schedules",
+_MODULES = ("diagnostics", "estimators", "imitation", "inner", "objective", "run_dir", "schedules",
             "selection", "sharding", "trainer")
 _NAMES = {
+    "gradient_ratio": "diagnostics",
     "InnerState": "inner", "init_inner": "inner", "rollout": "inner", "unroll": "inner",
     **{name: "trainer" for name in (
         "MetaTrainingDivergedError", "MetaTrainingInterrupted", "MetaTrainResult",
@@ -30,7 +32,7 @@ _NAMES = {
 __all__ = ["ESTIMATORS", "META_LOSSES", "EntropyTerm", "FlatnessTerm", "HessianTerm",
            "InnerState", "MetaTrainConfig", "MetaTrainResult", "MetaTrainState",
            "MetaTrainingDivergedError", "MetaTrainingInterrupted", "RegularizerConfig",
-           "UnrollConfig", "config", "estimators", "imitation", "imitation_step", "init_inner",
+           "UnrollConfig", "config", "diagnostics", "estimators", "gradient_ratio", "imitation", "imitation_step", "init_inner",
            "init_meta_batch", "meta_optimizer", "meta_step", "meta_train", "num_devices",
            "rollout", "run_dir", "schedules", "selection", "sharding", "unroll", "validate"]
 

@@ -265,6 +265,11 @@ class MetaTrainConfig:
       'es' (antithetic evolution strategies over one truncation).
     es_std: standard deviation of the Gaussian perturbations of 'pes' and 'es'.
     es_pairs: antithetic pairs of perturbations per meta-step ('pes', 'es').
+    patience: stop early once this many meta-steps have passed since the best
+      validation (and `min_meta_iterations` are done): meta-training "until
+      validation stops improving", `num_meta_iterations` then being the cap.
+      None always runs `num_meta_iterations`.
+    min_meta_iterations: meta-steps done before `patience` may stop a run.
 
   Fields marked `identity=False` in their metadata (budgets, checkpoint and log
   intervals, the memory knob) may change when a run directory is resumed; the
@@ -298,6 +303,8 @@ class MetaTrainConfig:
   estimator: str = dataclasses.field(default="truncated", metadata={"choices": ESTIMATORS})
   es_std: float = 0.01
   es_pairs: int = 8
+  patience: int | None = _not_identity(None)
+  min_meta_iterations: int = _not_identity(0)
 
   def __post_init__(self):
     for name in ("unroll_length", "num_inner_steps", "meta_batch_size", "num_meta_iterations",
@@ -307,6 +314,12 @@ class MetaTrainConfig:
       _checks.positive_int(name, getattr(self, name))
     if self.num_devices is not None:
       _checks.positive_int("num_devices", self.num_devices)
+    if self.patience is not None:
+      _checks.positive_int("patience", self.patience)
+    if isinstance(self.min_meta_iterations, bool) or not isinstance(
+        self.min_meta_iterations, int) or self.min_meta_iterations < 0:
+      raise ValueError("min_meta_iterations must be a non-negative integer, got "
+                       f"{self.min_meta_iterations!r}")
     if self.unroll_length % self.remat_block_length:
       raise ValueError(f"remat_block_length ({self.remat_block_length}) must divide "
                        f"unroll_length ({self.unroll_length}); e.g. "

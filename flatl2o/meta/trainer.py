@@ -70,6 +70,8 @@ class MetaTrainResult:
       (it has not learned yet). The export's optimizer.json records it.
     selected_iteration: meta-step at which `meta_params` was validated,
       collapsed or not (-1: no validation).
+    meta_steps_done: meta-steps the run had done when it ended (fewer than
+      `num_meta_iterations` when `patience` stopped it).
   """
 
   meta_params: Any
@@ -82,6 +84,7 @@ class MetaTrainResult:
   collapsed: bool = False
   status: str = "trained"
   selected_iteration: int = -1
+  meta_steps_done: int = -1
 
   @property
   def theta(self) -> Any:
@@ -439,6 +442,13 @@ class _Parts:
       record["horizon"] = self.curriculum.horizon(stage)
     return state
 
+  def no_longer_improving(self, state: MetaTrainState) -> bool:
+    """`config.patience` meta-steps since the best validation (none yet: since the start)."""
+    patience = self.config.patience
+    if patience is None or state.iteration < self.config.min_meta_iterations:
+      return False
+    return state.iteration - max(self.selector.best_iteration(state.best), 0) >= patience
+
   def finish(self, state: MetaTrainState, history, resumed_from) -> MetaTrainResult:
     found = self.selector.found(state.best)
     selected = self.local(self.selector.selected(state.best, state.meta_params))
@@ -459,13 +469,15 @@ class _Parts:
                            best_iteration=self.selector.best_iteration(state.best),
                            history=history, num_skipped=state.num_skipped,
                            resumed_from=resumed_from, collapsed=not found, status=status,
-                           selected_iteration=selected_iteration)
+                           selected_iteration=selected_iteration,
+                           meta_steps_done=state.iteration)
 
 
 def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = None,
                callback: Callable[[dict[str, Any]], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
-               progress: bool = False) -> MetaTrainResult:
+               progress: bool = False,
+               on_improvement: Callable[[int, Any], None] | None = None) -> MetaTrainResult:
   """Meta-trains `lopt` on `task`.
 
   Args:
@@ -483,6 +495,9 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       saves a checkpoint of the meta-steps done and raises
       `MetaTrainingInterrupted` (the binaries wire it to SIGINT and SIGTERM), so
       rerunning with the same run directory resumes without losing a step.
+    on_improvement: called as `on_improvement(meta_step, meta_params)` each time
+      a validation that did not collapse beats every earlier one (the selected
+      optimizer changes), e.g. to keep the best within any earlier budget.
 
   Returns:
     A `MetaTrainResult`.
@@ -503,6 +518,8 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   start, total, history = state.iteration, config.num_meta_iterations, []
   tic = time.perf_counter()
   for iteration in range(start, total):
+    if parts.no_longer_improving(state):
+      break
     iteration_key = jax.random.fold_in(parts.base_key, iteration + 1)
     state, metrics = parts.step(state, iteration_key)
     done = iteration + 1
@@ -513,7 +530,10 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
                 "num_skipped": state.num_skipped, "num_resets": state.num_resets,
                 "meta_steps_per_second": (done - start) / (time.perf_counter() - tic)}
       if validate_now:
+        before = parts.selector.best_iteration(state.best)
         state = parts.validate(state, record, iteration_key)
+        if on_improvement is not None and parts.selector.best_iteration(state.best) != before:
+          on_improvement(done, parts.local(state.best["meta_params"]))
       history.append(record)
       if parts.run is not None:
         parts.run.write_metrics(record)
@@ -521,7 +541,7 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
         callback(record)
     stopping = should_stop is not None and done < total and _any_process(should_stop())
     if parts.run is not None and (done % config.checkpoint_every == 0 or stopping
-                                  or done == total):
+                                  or done == total or parts.no_longer_improving(state)):
       parts.run.save(done, state.to_checkpoint())
     if stopping:
       if parts.run is not None:

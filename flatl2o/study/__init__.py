@@ -12,7 +12,9 @@ loss, and tabulates paired differences (`driver` lists the stages).
   >>> results = study.run(study.StudyConfig(preset="smoke"), "runs/study")
   >>> table = study.write_outputs(results, "runs/study")  # results.json / .md, figures
 
-Modules: `config` (Preset, PRESETS, StudyConfig), `commands` (a cell's
+Modules: `config` (Preset, PRESETS, StudyConfig), `sweep` (coefficients by
+decades to collapse; the shipped sweep), `analysis` (the primary question's
+differences, intervals, p-values, MDEs; flatness against generalization), `commands` (a cell's
 MetaTrainConfig and meta_train command line), `cells` (the JSON cell cache and
 the folder's identity), `stages` (meta-training, tuning, meta-tests, matched
 flatness), `driver` (run, write_outputs), `tables` (summarize, markdown),
@@ -26,6 +28,8 @@ from flatl2o.study.config import (BASELINES, MODELS, OTHER_DATA, PRESETS, REGULA
                                   TEST_SEED_BASE, TUNING_SEED_BASE, UNSEEN, Preset,
                                   ProtocolConfig, ProtocolInterrupted, StudyConfig,
                                   StudyInterrupted, config_from_identity, upgrade_identity)
+from flatl2o.study import analysis, sweep
+from flatl2o.study.analysis import comparisons, correlations
 from flatl2o.study.figures import figures  # (numpy only, like tables; matplotlib when called)
 from flatl2o.study.tables import (METRICS, by_seed, group_label, markdown, over_seeds, paired,
                                   summarize, units)
@@ -36,8 +40,9 @@ _NAMES = {
     "Cells": "cells", "cell_names": "cells",
     **{n: "commands" for n in ("architecture", "meta_config", "meta_train_command",
                                "regularizer_label", "study_command")},
-    "run": "driver", "write_outputs": "driver",
-    **{n: "stages" for n in ("best_within", "choose_coefficient", "flatness_fn", "matched_run",
+    "run": "driver", "write_outputs": "driver", "machine": "driver",
+    **{n: "stages" for n in ("best_within", "choose_coefficient", "flatness_fn", "matched_level",
+                             "matched_run",
                              "meta_train_cell", "optimizee_tasks", "run_test", "tune",
                              "validations")},
 }
@@ -47,6 +52,7 @@ _MODULES = ("cells", "commands", "driver", "multiseed", "stages")
 
 
 __all__ = [
+    "analysis", "comparisons", "correlations", "machine", "matched_level", "sweep",
     "BASELINES", "Cells", "METRICS", "MODELS", "OTHER_DATA", "PRESETS", "Preset",
     "ProtocolConfig", "ProtocolInterrupted", "REGULARIZERS", "SEEN", "StudyConfig",
     "StudyInterrupted", "TEST_SEED_BASE", "TUNING_SEED_BASE", "UNSEEN", "architecture",

@@ -66,9 +66,12 @@ def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: 
 
 def study_command(config: StudyConfig) -> str:
   """The `experiments.reproduce` command of a whole study (flags that differ from defaults)."""
-  defaults = StudyConfig(other_dataset=config.other_dataset)
+  defaults = StudyConfig(preset=config.preset, other_dataset=config.other_dataset,
+                         sweep_file=config.sweep_file)
   given = [("preset", config.preset), ("dataset", config.dataset),
-           ("other_dataset", config.other_dataset), ("data_dir", config.data_dir)]
-  given += [(k, ",".join(getattr(config, k))) for k in ("models", "regularizers", "optimizees")
+           ("other_dataset", config.other_dataset), ("data_dir", config.data_dir),
+           ("sweep_file", config.sweep_file)]
+  given += [(k, ",".join(map(str, getattr(config, k))))
+            for k in ("models", "regularizers", "optimizees", "meta_seeds")
             if getattr(config, k) != getattr(defaults, k)]
   return "python -m experiments.reproduce " + " ".join(f"--{k}={v}" for k, v in given if v)

@@ -23,9 +23,19 @@ TUNING_SEED_BASE = 2000
 TEST_SEED_BASE = 1000
 
 
-def _meta_train_field():
+_NO_DEFAULT = object()
+
+
+def _meta_train_field(default=_NO_DEFAULT):
   """A preset field that is the `MetaTrainConfig` field of the same name, for every cell."""
-  return dataclasses.field(metadata={"meta_train": True})
+  if default is _NO_DEFAULT:
+    return dataclasses.field(metadata={"meta_train": True})
+  return dataclasses.field(default=default, metadata={"meta_train": True})
+
+
+# Where coefficients come from: swept in the run itself, or the shipped sweep
+# (flatl2o/study/sweep.json, made by --preset=sweep).
+COEFFICIENT_SOURCES = ("sweep", "shipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +45,28 @@ class Preset:
   Attributes:
     meta_seeds: meta-training seeds of every model x regularizer.
     num_meta_iterations, unroll_length, num_inner_steps, meta_batch_size,
-      validation_every, validation_seeds: `MetaTrainConfig` fields (the
-      meta-training horizon is `num_inner_steps`; validation at that horizon).
-    alphas, betas: the coefficient sweep of the Hessian and entropy terms.
+      validation_every, validation_seeds, patience, min_meta_iterations:
+      `MetaTrainConfig` fields (the meta-training horizon is `num_inner_steps`;
+      validation at that horizon; with `patience` a run stops once validation
+      has not improved for that many meta-steps, `num_meta_iterations` the cap).
     adam_grid, sgd_grid: learning rates the baselines are tuned over.
     tuning_seeds: optimizee seeds of the baselines' tuning runs.
     test_seeds: held-out optimizee seeds of every meta-test.
     test_horizon: meta-test training steps (a multiple of `eval_every`).
     eval_every: steps between evaluations of the meta-test runs.
     flatness_batch, trace_probes, lanczos_iters: how flatness is measured
-      (training examples, Hutchinson probes, Lanczos steps).
+      (training examples, Hutchinson probes, Lanczos steps); the local-entropy
+      gap uses `entropy_gap_gamma` and `entropy_gap_samples`.
+    coefficients: "sweep" (each term's coefficient swept in the run itself) or
+      "shipped" (taken from the shipped sweep, `flatl2o/study/sweep.json`).
+    sweep_seeds: meta-training seeds of every sweep point (validation averaged
+      over them chooses the coefficient).
+    sweep_range: (smallest, largest) coefficient of the sweep by decades: it
+      starts at 1 and goes up by factors of 10 until a point collapses or the
+      largest is passed; when 1 already collapses it goes down instead.
+    sweep_only: the run is the sweep and nothing else (`--preset=sweep`).
+    models, optimizees, baselines: what the study compares by default
+      (optimizees None: every one there is data for).
   """
 
   meta_seeds: tuple[int, ...]
@@ -54,8 +76,6 @@ class Preset:
   meta_batch_size: int = _meta_train_field()
   validation_every: int = _meta_train_field()
   validation_seeds: int = _meta_train_field()
-  alphas: tuple[float, ...]
-  betas: tuple[float, ...]
   adam_grid: tuple[float, ...]
   sgd_grid: tuple[float, ...]
   tuning_seeds: int
@@ -65,6 +85,17 @@ class Preset:
   flatness_batch: int
   trace_probes: int
   lanczos_iters: int
+  patience: int | None = _meta_train_field(None)
+  min_meta_iterations: int = _meta_train_field(0)
+  entropy_gap_gamma: float = 100.0
+  entropy_gap_samples: int = 32
+  coefficients: str = "sweep"
+  sweep_seeds: tuple[int, ...] = (100, 101)
+  sweep_range: tuple[float, float] = (1e-3, 1e5)
+  sweep_only: bool = False
+  models: tuple[str, ...] = MODELS
+  optimizees: tuple[str, ...] | None = None
+  baselines: tuple[str, ...] = BASELINES
 
   def meta_train_settings(self) -> dict[str, Any]:
     """The `MetaTrainConfig` fields this preset sets (marked in the field metadata)."""
@@ -72,53 +103,80 @@ class Preset:
             if f.metadata.get("meta_train")}
 
 
+# The default study: the primary question (docs/results.md, "Design") on 2 CPU cores.
+_PRIMARY = Preset(
+    meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=800, min_meta_iterations=600,
+    patience=150, unroll_length=20, num_inner_steps=200, meta_batch_size=4,
+    validation_every=50, validation_seeds=4, adam_grid=(0.003, 0.01, 0.03, 0.1),
+    sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=5, test_horizon=400,
+    eval_every=50, flatness_batch=512, trace_probes=8, lanczos_iters=10,
+    coefficients="shipped", models=("l2o_dm",), optimizees=(SEEN, "mlp_relu", "mlp_deep"),
+    baselines=("adam",))
+
 PRESETS = {
-    # Every cell at tiny budgets (the tests run it): numbers mean nothing.
+    # The primary question with >= 5 meta-seeds, coefficients from the shipped sweep.
+    "primary": _PRIMARY,
+    # The coefficient sweep the primary study takes its coefficients from: L2O-DM on
+    # the seen MLP with the primary's unroll, episodes and meta-batch, 300 meta-steps
+    # per point (no early stop), two seeds per point.
+    "sweep": dataclasses.replace(_PRIMARY, num_meta_iterations=300, min_meta_iterations=0,
+                                 patience=None, coefficients="sweep", sweep_only=True),
+    # Every code path at tiny budgets (the tests run it): numbers mean nothing.
     "smoke": Preset(meta_seeds=(0, 1), num_meta_iterations=4, unroll_length=5,
                     num_inner_steps=10, meta_batch_size=2, validation_every=2,
-                    validation_seeds=1, alphas=(10.0,), betas=(10.0,),
-                    adam_grid=(0.01, 0.1), sgd_grid=(0.1, 1.0), tuning_seeds=1, test_seeds=2,
-                    test_horizon=20, eval_every=10, flatness_batch=64, trace_probes=2,
-                    lanczos_iters=3),
-    # Meant for about an hour on 2 CPU cores; with conv it takes longer (docs/results.md
-    # has the measured time and where it goes).
-    "cpu": Preset(meta_seeds=(0, 1), num_meta_iterations=120, unroll_length=20,
-                  num_inner_steps=100, meta_batch_size=4, validation_every=20,
-                  validation_seeds=2, alphas=(1.0, 30.0, 1000.0, 30000.0),
-                  betas=(0.3, 3.0, 30.0), adam_grid=(0.003, 0.01, 0.03, 0.1),
-                  sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=3,
+                    validation_seeds=1, adam_grid=(0.01, 0.1), sgd_grid=(0.1, 1.0),
+                    tuning_seeds=1, test_seeds=2, test_horizon=20, eval_every=10,
+                    flatness_batch=64, trace_probes=2, lanczos_iters=3, entropy_gap_samples=4,
+                    sweep_seeds=(100,), sweep_range=(1.0, 10.0)),
+    # The broad protocol (every model and optimizee) for hours on 2 CPU cores, resumable.
+    "cpu": Preset(meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=300, unroll_length=20,
+                  num_inner_steps=100, meta_batch_size=4, validation_every=50,
+                  validation_seeds=2, adam_grid=(0.003, 0.01, 0.03, 0.1),
+                  sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=5,
                   test_horizon=300, eval_every=50, flatness_batch=512, trace_probes=8,
                   lanczos_iters=10),
     # Meant for one H200 (not yet run on one: no device lent; its time is not measured).
-    "gpu": Preset(meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=1000, unroll_length=20,
+    "gpu": Preset(meta_seeds=tuple(range(8)), num_meta_iterations=2000,
+                  min_meta_iterations=1000, patience=300, unroll_length=20,
                   num_inner_steps=200, meta_batch_size=64, validation_every=50,
-                  validation_seeds=8, alphas=(1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0),
-                  betas=(0.1, 1.0, 10.0, 100.0, 1000.0), adam_grid=(0.001, 0.003, 0.01, 0.03, 0.1),
+                  validation_seeds=8, adam_grid=(0.001, 0.003, 0.01, 0.03, 0.1),
                   sgd_grid=(0.03, 0.1, 0.3, 1.0, 3.0), tuning_seeds=4, test_seeds=10,
                   test_horizon=1000, eval_every=100, flatness_batch=2048, trace_probes=32,
-                  lanczos_iters=20),
+                  lanczos_iters=20, sweep_seeds=(100, 101, 102)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """What one reproduction computes (pinned in `run_dir/protocol.json`)."""
+  """What one reproduction computes (pinned in `run_dir/protocol.json`).
 
-  preset: str = "cpu"
+  `models`, `optimizees` and `meta_seeds` left None take the preset's.
+  """
+
+  preset: str = "primary"
   dataset: str = "digits"
   other_dataset: str | None = None
   data_dir: str | None = None
-  models: tuple[str, ...] = MODELS
+  models: tuple[str, ...] | None = None
   regularizers: tuple[str, ...] = REGULARIZERS
-  # None: every optimizee there is data for (mlp_sigmoid@other only with other_dataset).
+  # None: the preset's (every one there is data for: mlp_sigmoid@other only with other_dataset).
   optimizees: tuple[str, ...] | None = None
+  meta_seeds: tuple[int, ...] | None = None
+  # Where a preset with shipped coefficients takes them from (None: flatl2o/study/sweep.json).
+  sweep_file: str | None = None
 
   def __post_init__(self):
     if self.preset not in PRESETS:
       raise ValueError(f"unknown preset {self.preset!r}; accepted: {', '.join(PRESETS)}")
+    preset = PRESETS[self.preset]
+    if self.models is None:
+      object.__setattr__(self, "models", preset.models)
+    if self.meta_seeds is None:
+      object.__setattr__(self, "meta_seeds", preset.meta_seeds)
     if self.optimizees is None:
-      object.__setattr__(self, "optimizees", (SEEN,) + UNSEEN + (
-          (OTHER_DATA,) if self.other_dataset is not None else ()))
+      default = preset.optimizees or (SEEN,) + UNSEEN + (OTHER_DATA,)
+      object.__setattr__(self, "optimizees", tuple(
+          o for o in default if o != OTHER_DATA or self.other_dataset is not None))
     elif OTHER_DATA in self.optimizees and self.other_dataset is None:
       raise ValueError(f"optimizee {OTHER_DATA} is the seen MLP on a second dataset: give "
                        "other_dataset (--other_dataset=idx:PATH, digits or a TFDS name) or "
@@ -126,6 +184,7 @@ class StudyConfig:
     object.__setattr__(self, "models", tuple(self.models))
     object.__setattr__(self, "regularizers", tuple(self.regularizers))
     object.__setattr__(self, "optimizees", tuple(self.optimizees))
+    object.__setattr__(self, "meta_seeds", tuple(self.meta_seeds))
     for what, given, accepted in (("model", self.models, MODELS),
                                   ("regularizer", self.regularizers, REGULARIZERS),
                                   ("optimizee", self.optimizees, (SEEN,) + UNSEEN + (OTHER_DATA,))):
@@ -138,13 +197,32 @@ class StudyConfig:
     if "none" not in self.regularizers:
       raise ValueError("regularizers must include 'none': every effect is measured against "
                        "the plain optimizer")
+    seeds = self.meta_seeds
+    if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)):
+      raise ValueError(f"meta_seeds {list(seeds)}: a comparison needs at least 2 distinct "
+                       "non-negative meta-training seeds (e.g. 0,1,2,3,4)")
+    if self.sweep_file is not None and self.settings.coefficients != "shipped":
+      raise ValueError(f"sweep_file is for presets that take their coefficients from a sweep "
+                       f"(primary); --preset={self.preset} sweeps them itself")
+    self.shipped_coefficients()  # a missing or bad sweep file fails here, before any work
 
   @property
   def settings(self) -> Preset:
-    return PRESETS[self.preset]
+    return dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
+
+  def shipped_coefficients(self) -> dict[str, float] | None:
+    """The coefficients a preset with `coefficients="shipped"` uses (None for the others)."""
+    if self.settings.coefficients != "shipped":
+      return None
+    from flatl2o.study import sweep  # pylint: disable=g-import-not-at-top
+    return {k: float(v) for k, v in sweep.load(self.sweep_file)["coefficients"].items()}
 
   def identity(self) -> dict[str, Any]:
-    return {"protocol": 1, **dataclasses.asdict(self), "settings": dataclasses.asdict(self.settings)}
+    # The coefficients, not the file's path, define the run.
+    identity = {k: v for k, v in dataclasses.asdict(self).items() if k != "sweep_file"}
+    return {"protocol": 2, **identity, "settings": dataclasses.asdict(self.settings),
+            "coefficients": self.shipped_coefficients()}
 
 
 ProtocolConfig = StudyConfig  # the name before the study moved into the library

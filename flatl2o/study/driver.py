@@ -2,16 +2,22 @@
 writes results.json, results.md and the figures.
 
 The stages, in order (each result a cell under `run_dir/cells/`):
-1. coefficient sweep: L2O-DM with each `alphas` / `betas` value on the first
-   meta seed; each term's coefficient is the best validated one that did not
-   collapse;
-2. every model x regularizer x meta seed, on the seen optimizee;
+1. coefficients: each term's sweep by decades to collapse on L2O-DM
+   (`flatl2o.study.sweep`), or the shipped sweep's (`Preset.coefficients`);
+   `--preset=sweep` stops here;
+2. every model x regularizer x meta seed, on the seen optimizee (plain runs
+   export every improvement of their selected optimizer);
 3. same-budget plain: the plain optimizer selected within each regularized
-   one's selected meta-step (a rerun stopped there when needed);
-4. baselines: Adam and SGD tuned on validation, SAM and Entropy-SGD at defaults;
+   one's selected meta-step (an improvement export; a rerun stopped there for
+   older run folders);
+4. baselines: Adam and SGD tuned on validation, SAM and Entropy-SGD at defaults
+   (those of `Preset.baselines`);
 5. meta-tests of every contender on every optimizee and test seed (paired);
-6. matched-loss flatness per optimizee (the level: the median final training
-   loss of the runs that did not collapse), from the runs' kept parameters.
+6. flatness at matched training loss per optimizee (the level: the lowest that
+   80% of its runs reach), from the runs' kept parameters;
+7. the answers (`flatl2o.study.analysis`): the primary differences with
+   intervals, p-values (Holm) and minimum detectable effects, and the rank
+   correlation of flatness with the generalization gap.
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flatl2o import optimizers, report
+from flatl2o import environment, optimizers, report
+from flatl2o.study import analysis
+from flatl2o.study import sweep as sweep_lib
 from flatl2o.study.cells import Cells
 from flatl2o.study.commands import regularizer_label
-from flatl2o.study.config import (BASELINES, OTHER_DATA, SEEN, TEST_SEED_BASE, StudyConfig,
-                                  StudyInterrupted)
+from flatl2o.study.config import OTHER_DATA, SEEN, TEST_SEED_BASE, StudyConfig, StudyInterrupted
 from flatl2o.study.figures import figures
-from flatl2o.study.stages import (best_within, choose_coefficient, contender_identity,
-                                  flatness_fn, loader, matched_run, meta_train_cell,
-                                  optimizee_tasks, run_test, tune)
+from flatl2o.study.stages import (best_within, contender_identity, flatness_fn, loader,
+                                  matched_level, matched_run, meta_train_cell, optimizee_tasks,
+                                  run_test, tune)
 from flatl2o.study.tables import markdown, summarize
 
 
@@ -60,46 +67,79 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
     if should_stop():
       raise StudyInterrupted(where)
 
-  # 1. The coefficient sweep on L2O-DM, first meta-training seed.
-  coefficient = {"none": None}
-  sweep = {}
-  grids = {"hessian": s.alphas, "entropy": s.betas}
-  for kind in (k for k in config.regularizers if k != "none"):
-    sweep[kind] = [meta_train_cell(cells, config, seen, "l2o_dm", kind, c, s.meta_seeds[0],
-                                   should_stop, log=log) for c in grids[kind]]
-    coefficient[kind] = choose_coefficient(sweep[kind])
-    if coefficient[kind] is None:
-      log(f"every {kind} coefficient of the sweep collapsed; the smallest is kept")
-      coefficient[kind] = min(grids[kind])
-    log(f"{kind}: coefficient {coefficient[kind]:g} chosen on validation")
+  # 1. Coefficients: swept here by decades to collapse, or the shipped sweep's.
+  kinds = [k for k in config.regularizers if k != "none"]
+  coefficient: dict[str, float | None] = {"none": None}
+  sweep: dict[str, dict] = {}
+  sweep_cells: list[dict] = []
+  if s.coefficients == "shipped":
+    shipped = sweep_lib.load(config.sweep_file)
+    for kind in kinds:
+      coefficient[kind] = float(shipped["coefficients"][kind])
+    log(f"coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
+        f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
+        + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
+  else:
+    for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
+      sweep_cells.append(meta_train_cell(cells, config, seen, "l2o_dm", "none", None, seed,
+                                         should_stop, log=log, measure_ratio=True,
+                                         progress="sweep"))
+    plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
+    for kind in kinds:
+      def train_point(c, kind=kind):
+        runs = [meta_train_cell(cells, config, seen, "l2o_dm", kind, c, seed, should_stop,
+                                log=log, measure_ratio=True, progress=f"sweep {kind} {c:g}")
+                for seed in s.sweep_seeds]
+        sweep_cells.extend(runs)
+        return runs
+      sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
+      sweep[kind]["plain"] = plain_point
+      log(sweep_lib.summary_line(sweep[kind]))
+      coefficient[kind] = sweep[kind]["chosen"]
+      if coefficient[kind] is None:
+        coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
+        log(f"{kind}: the smallest swept coefficient, {coefficient[kind]:g}, is kept")
+  if s.sweep_only:
+    return {"config": config.identity(),
+            "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
+            "sweep_terms": sweep,
+            "sweep": sweep_points(sweep),
+            "meta_training": {c["name"]: c for c in sweep_cells}}
 
-  # 2. Every model x regularizer x seed.
+  # 2. Every model x regularizer x seed (plain runs keep each improvement for step 3).
   trained = {}
-  for model in config.models:
-    for kind in config.regularizers:
-      for seed in s.meta_seeds:
-        trained[model, kind, seed] = meta_train_cell(cells, config, seen, model, kind,
-                                                     coefficient[kind], seed, should_stop,
-                                                     log=log)
+  planned = [(m, k, sd) for m in config.models for k in config.regularizers for sd in s.meta_seeds]
+  for i, (model, kind, seed) in enumerate(planned):
+    trained[model, kind, seed] = meta_train_cell(
+        cells, config, seen, model, kind, coefficient[kind], seed, should_stop, log=log,
+        keep_improvements=kind == "none", progress=f"cell {i + 1}/{len(planned)}")
 
   # 3. The plain optimizer selected at each regularized one's meta-step budget.
   same_budget = {}
+  budget_contenders: dict[str, dict] = {}
   for (model, kind, seed), cell in trained.items():
-    if kind == "none":
-      continue
+    if kind == "none" or cell["best_meta_step"] < 0:
+      continue  # a collapsed regularized run has no budget to compare at
     plain = trained[model, "none", seed]
-    budget = max(cell["best_meta_step"], 0)
+    budget = cell["best_meta_step"]
     pick = best_within(plain["validations"], budget)
-    if pick == plain["best_meta_step"] or plain["best_meta_step"] < 0:
-      same_budget[model, kind, seed] = plain  # (a collapsed plain run stays collapsed)
-    elif budget > 0:
+    if pick is None or plain["best_meta_step"] < 0:
+      continue
+    if pick == plain["best_meta_step"]:
+      same_budget[model, kind, seed] = plain
+    elif plain.get("improvements") and pick in plain["improvements"]:
+      name = f"{plain['name']}@{pick}"
+      same_budget[model, kind, seed] = {**plain, "name": name, "best_meta_step": pick,
+                                        "export": os.path.join("optimizers", name)}
+      budget_contenders[name] = same_budget[model, kind, seed]
+    else:  # a run folder from before improvements were kept: retrain up to the budget
       same_budget[model, kind, seed] = meta_train_cell(
           cells, config, seen, model, "none", None, seed, should_stop,
           num_meta_iterations=budget, log=log)
 
   # 4. Baselines.
   contenders: dict[str, dict] = {}
-  for name in BASELINES:
+  for name in s.baselines:
     if name in ("adam", "sgd"):
       tuned = cells.get("tuning", name)
       if tuned is None:
@@ -115,15 +155,10 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   for (model, kind, seed), cell in trained.items():
     if cell["export"] is not None:  # None: the meta-training diverged
       contenders[cell["name"]] = {**contender_identity(cell), "make": loader(cells, cell)}
-  for key, cell in same_budget.items():
+  for key, cell in same_budget.items():  # meta-tested everywhere: a control of each question
     if cell["name"] not in contenders and cell["export"] is not None:
       contenders[cell["name"]] = {**contender_identity(cell), "make": loader(cells, cell),
-                                  "seen_only": True}
-  for kind, cells_of_kind in sweep.items():
-    for cell in cells_of_kind:
-      if cell["name"] not in contenders and cell["export"] is not None:
-        contenders[cell["name"]] = {**contender_identity(cell), "make": loader(cells, cell),
-                                    "seen_only": True}
+                                  "control": True}
 
   # 5. Meta-test every contender x optimizee x test seed; 6. flatness at matched training
   # loss, per optimizee once all its runs are in (the level is their median). Runs made in
@@ -133,7 +168,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   tests: dict[tuple[str, str], dict] = {}
   matched = {}
   todo = [(o, c) for o in builders for c in contenders
-          if o == SEEN or not contenders[c].get("seen_only")]
+          if o == SEEN or not contenders[c].get("seen_only")]  # (older folders' sweep cells)
   to_run = sum(cells.get("test", o, c) is None for o, c in todo)
   tic, done = time.perf_counter(), 0
   for optimizee in builders:
@@ -154,9 +189,8 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
         log(f"meta-tested {name} on {optimizee} ({done}/{to_run}; ETA {eta:.0f} s)")
       tests[optimizee, name] = cell
 
-    finals = [r["train_loss"] for (o, _), c in tests.items() if o == optimizee
-              for r in c["runs"] if not r["collapsed"] and np.isfinite(r["train_loss"])]
-    level = float(np.median(finals)) if finals else float("nan")
+    level = matched_level([r for (o, n), c in tests.items() if o == optimizee
+                           and not contenders[n].get("control") for r in c["runs"]])
     for (o, name), cell in tests.items():
       if o != optimizee:
         continue
@@ -176,7 +210,9 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
       "config": config.identity(),
       "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
       "meta_training": {c["name"]: c for c in [*trained.values(), *same_budget.values(),
-                                               *[c for v in sweep.values() for c in v]]},
+                                               *sweep_cells]},
+      "sweep_terms": sweep,
+      "sweep": sweep_points(sweep),
       "tuning": {n: cells.get("tuning", n) for n in ("adam", "sgd")},
       "contenders": {n: {k: v for k, v in c.items() if k != "make"}
                      for n, c in contenders.items()},
@@ -190,7 +226,27 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
       "matched_levels": {o: matched[o, n]["level"] for (o, n) in matched},
       "test_seeds": test_seeds,
   }
+  if s.coefficients == "shipped":
+    results["sweep"] = shipped.get("sweep", [])
+    results["sweep_terms"] = shipped.get("sweep_terms", {})
+    results["sweep_source"] = {k: shipped.get(k) for k in ("command", "date", "machine",
+                                                           "wall_time_s")}
+  results["primary"] = analysis.comparisons(results)
+  results["correlations"] = analysis.correlations(results)
   return results
+
+
+def machine() -> str:
+  """The machine a run was made on, in a few words (results.json's "machine")."""
+  d = environment.describe()
+  return (f"{d['cpu_count']}-core {d['machine']} ({d['backend']}: {d['device']}), "
+          f"JAX {d['jax']}")
+
+
+def sweep_points(sweep: dict[str, dict]) -> list[dict]:
+  """results.json's "sweep": the plain reference point, then every term's points."""
+  terms = list(sweep.values())
+  return ([terms[0]["plain"]] if terms else []) + [p for t in terms for p in t["points"]]
 
 
 def write_outputs(results: dict, out_dir: str) -> dict:

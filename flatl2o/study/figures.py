@@ -3,7 +3,9 @@
 train_loss_curves.png (mean training loss per contender group and optimizee),
 test_accuracy.png (means with 95% intervals and the seeds they are over),
 trace_vs_loss.png (Hessian trace against training loss, at the end and at
-matched loss) and coefficient_sweep.png (the L2O-DM sweep).
+matched loss), coefficient_sweep.png (the L2O-DM sweep: validation accuracy,
+collapse and the gradient ratio against the coefficient) and
+flatness_vs_gap.png (flatness at matched loss against the generalization gap).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
     return []
   written = []
   optimizees = list(table)
-  main = {n for n, c in results["contenders"].items() if not c.get("seen_only")}
+  main = {n for n, c in results["contenders"].items() if not c.get("seen_only") and not c.get("control")}
 
   note = banner(results)
+  colours = {None: "k", "none": "tab:blue", "hessian": "tab:red", "entropy": "tab:green"}
 
   def save(fig, name):
     if note is not None:  # a smoke run's figures say so first
@@ -41,95 +44,130 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
     plt.close(fig)
     written.append(path)
 
-  # Training-loss curves, one panel per optimizee.
-  fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 3.6),
-                           squeeze=False)
-  for ax, optimizee in zip(axes[0], optimizees):
-    groups: dict[str, list[dict]] = {}
-    for c in results["cells"]:
-      if c["optimizee"] == optimizee and c["contender"] in main:
-        groups.setdefault(group_label(c["model"], c["regularizer"], c["coefficient"]),
-                          []).append(c)
-    for label, cs in groups.items():
-      steps = cs[0]["eval_steps"][1:]
-      mean = np.nanmean([c["train_loss_curve"][1:] for c in cs], axis=0)
-      ax.plot(steps, mean, label=label, lw=1.2,
-              ls="-" if cs[0]["regularizer"] in (None, "none") else "--")
-    ax.set_yscale("log")
-    ax.set_title(optimizee, fontsize=9)
-    ax.set_xlabel("inner step")
-  axes[0][0].set_ylabel("training loss")
-  axes[0][-1].legend(fontsize=5, loc="upper right")
-  save(fig, "train_loss_curves.png")
+  if optimizees:  # (a sweep-only run has none: its sweep figure alone)
+    # Training-loss curves, one panel per optimizee.
+    fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 3.6),
+                             squeeze=False)
+    for ax, optimizee in zip(axes[0], optimizees):
+      groups: dict[str, list[dict]] = {}
+      for c in results["cells"]:
+        if c["optimizee"] == optimizee and c["contender"] in main:
+          groups.setdefault(group_label(c["model"], c["regularizer"], c["coefficient"]),
+                            []).append(c)
+      for label, cs in groups.items():
+        steps = cs[0]["eval_steps"][1:]
+        mean = np.nanmean([c["train_loss_curve"][1:] for c in cs], axis=0)
+        ax.plot(steps, mean, label=label, lw=1.2,
+                ls="-" if cs[0]["regularizer"] in (None, "none") else "--")
+      ax.set_yscale("log")
+      ax.set_title(optimizee, fontsize=9)
+      ax.set_xlabel("inner step")
+    axes[0][0].set_ylabel("training loss")
+    axes[0][-1].legend(fontsize=5, loc="upper right")
+    save(fig, "train_loss_curves.png")
 
-  # Test accuracy with intervals per optimizee.
-  fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 4.4),
-                           squeeze=False)
-  for ax, optimizee in zip(axes[0], optimizees):
-    rows = table[optimizee]
-    labels = list(rows)
-    means = [rows[k]["test_accuracy"]["mean"] for k in labels]
-    cis = [np.nan_to_num(rows[k]["test_accuracy"].get("ci95", 0.0)) for k in labels]
-    ax.errorbar(range(len(labels)), means, yerr=cis, fmt="o", ms=3, capsize=2, zorder=2)
-    # The points the interval is over: per meta-training seed (its mean over test seeds),
-    # or per test seed for a baseline. With two meta seeds the interval is wide (t = 12.7).
-    points = []
-    for i, label in enumerate(labels):
-      cs = [c for c in results["cells"] if c["optimizee"] == optimizee and c["contender"] in main
-            and group_label(c["model"], c["regularizer"], c["coefficient"]) == label]
-      ys = units(by_seed(cs, "test_accuracy"))
-      ax.scatter([i] * len(ys), ys, s=5, c="tab:orange", zorder=3)
-      points += [y for y in ys if np.isfinite(y)]
-    if points:  # accuracy lives in [0, 1]; an interval past it is cut at the frame
-      ax.set_ylim(max(0.0, min(points) - 0.02), min(1.0, max(points) + 0.01))
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=90, fontsize=5)
-    ax.set_title(optimizee, fontsize=9)
-  axes[0][0].set_ylabel("test accuracy (mean ± 95%; dots: seeds)")
-  fig.tight_layout()
-  save(fig, "test_accuracy.png")
+    # Test accuracy with intervals per optimizee.
+    fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 4.4),
+                             squeeze=False)
+    for ax, optimizee in zip(axes[0], optimizees):
+      rows = table[optimizee]
+      labels = list(rows)
+      means = [rows[k]["test_accuracy"]["mean"] for k in labels]
+      cis = [np.nan_to_num(rows[k]["test_accuracy"].get("ci95", 0.0)) for k in labels]
+      ax.errorbar(range(len(labels)), means, yerr=cis, fmt="o", ms=3, capsize=2, zorder=2)
+      # The points the interval is over: per meta-training seed (its mean over test seeds),
+      # or per test seed for a baseline. With two meta seeds the interval is wide (t = 12.7).
+      points = []
+      for i, label in enumerate(labels):
+        cs = [c for c in results["cells"] if c["optimizee"] == optimizee and c["contender"] in main
+              and group_label(c["model"], c["regularizer"], c["coefficient"]) == label]
+        ys = units(by_seed(cs, "test_accuracy"))
+        ax.scatter([i] * len(ys), ys, s=5, c="tab:orange", zorder=3)
+        points += [y for y in ys if np.isfinite(y)]
+      if points:  # accuracy lives in [0, 1]; an interval past it is cut at the frame
+        ax.set_ylim(max(0.0, min(points) - 0.02), min(1.0, max(points) + 0.01))
+      ax.set_xticks(range(len(labels)))
+      ax.set_xticklabels(labels, rotation=90, fontsize=5)
+      ax.set_title(optimizee, fontsize=9)
+    axes[0][0].set_ylabel("test accuracy (mean ± 95%; dots: seeds)")
+    fig.tight_layout()
+    save(fig, "test_accuracy.png")
 
-  # Hessian trace against training loss, at the end and at matched loss.
-  fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 3.6),
-                           squeeze=False)
-  colours = {None: "k", "none": "tab:blue", "hessian": "tab:red", "entropy": "tab:green"}
-  for ax, optimizee in zip(axes[0], optimizees):
-    for c in results["cells"]:
-      if c["optimizee"] != optimizee or c["contender"] not in main:
-        continue
-      ax.scatter(c["train_loss"], c["hessian_trace"], s=6, c=colours[c["regularizer"]])
-      if c["matched"]["step"] is not None:
-        ax.scatter(c["matched"]["train_loss"], c["matched"]["hessian_trace"], s=10,
-                   marker="x", c=colours[c["regularizer"]])
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_title(f"{optimizee} (x: matched loss)", fontsize=9)
-    ax.set_xlabel("training loss")
-  axes[0][0].set_ylabel("Hessian trace")
-  for kind, colour in colours.items():
-    axes[0][-1].scatter([], [], c=colour, s=6, label=kind or "baseline")
-  axes[0][-1].legend(fontsize=6)
-  save(fig, "trace_vs_loss.png")
+    # Hessian trace against training loss, at the end and at matched loss.
+    fig, axes = plt.subplots(1, len(optimizees), figsize=(4.2 * len(optimizees), 3.6),
+                             squeeze=False)
+    for ax, optimizee in zip(axes[0], optimizees):
+      for c in results["cells"]:
+        if c["optimizee"] != optimizee or c["contender"] not in main:
+          continue
+        ax.scatter(c["train_loss"], c["hessian_trace"], s=6, c=colours[c["regularizer"]])
+        if c["matched"]["step"] is not None:
+          ax.scatter(c["matched"]["train_loss"], c["matched"]["hessian_trace"], s=10,
+                     marker="x", c=colours[c["regularizer"]])
+      ax.set_xscale("log")
+      ax.set_yscale("symlog", linthresh=1e-3)
+      ax.set_title(f"{optimizee} (x: matched loss)", fontsize=9)
+      ax.set_xlabel("training loss")
+    axes[0][0].set_ylabel("Hessian trace")
+    for kind, colour in colours.items():
+      axes[0][-1].scatter([], [], c=colour, s=6, label=kind or "baseline")
+    axes[0][-1].legend(fontsize=6)
+    save(fig, "trace_vs_loss.png")
 
-  # The coefficient sweep.
-  sweep = [c for c in results["meta_training"].values()
-           if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0]
-  fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), squeeze=False)
-  for ax, kind in zip(axes[0], ("hessian", "entropy")):
-    cs = sorted((c for c in sweep if c["regularizer"] == kind), key=lambda c: c["coefficient"])
-    if not cs:
-      continue
-    xs = [c["coefficient"] for c in cs]
-    ax.plot(xs, [c["best_validation_accuracy"] for c in cs], "o-", label="validation acc.")
-    test = [np.mean([r["test_accuracy"] for r in results["cells"]
-                     if r["contender"] == c["name"] and r["optimizee"] == SEEN]) for c in cs]
-    ax.plot(xs, test, "s--", label=f"test acc. on {SEEN}")
-    for x, c in zip(xs, cs):
-      if c["collapsed"]:
-        ax.axvline(x, color="r", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("alpha" if kind == "hessian" else "beta")
-    ax.set_title(f"L2O-DM + {kind} (red: collapsed)", fontsize=9)
-    ax.legend(fontsize=6)
-  save(fig, "coefficient_sweep.png")
+  # The coefficient sweep: validation accuracy (each seed and the mean), collapse, and the
+  # flatness term's share of the meta-gradient, against the coefficient.
+  points = results.get("sweep") or []
+  plain = next((p for p in points if p["regularizer"] == "none"), None)
+  kinds = [k for k in ("hessian", "entropy") if any(p["regularizer"] == k for p in points)]
+  if kinds:
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+      ps = sorted((p for p in points if p["regularizer"] == kind),
+                  key=lambda p: p["coefficient"])
+      xs = [p["coefficient"] for p in ps]
+      ax.plot(xs, [p["validation_accuracy"] for p in ps], "o-", label="validation acc. (mean)")
+      for p in ps:
+        accs = [a for a in p["validation_accuracies"] if np.isfinite(a)]
+        ax.scatter([p["coefficient"]] * len(accs), accs, s=6, c="tab:orange", zorder=3)
+        if p["collapsed_runs"]:
+          ax.axvline(p["coefficient"], color="r", lw=0.6 + p["collapsed"],
+                     ls="-" if p["collapsed"] else ":")
+      if plain is not None and np.isfinite(plain["validation_accuracy"]):
+        ax.axhline(plain["validation_accuracy"], color="k", lw=0.6, ls="--",
+                   label="plain (no term)")
+      ax.set_xscale("log")
+      ax.set_xlabel("alpha" if kind == "hessian" else "beta")
+      ax.set_ylabel("best validation accuracy")
+      ax.set_title(f"L2O-DM + {kind} (red: collapsed, dotted: some seeds)", fontsize=8)
+      ratio_ax = ax.twinx()
+      ratio_ax.plot(xs, [p["grad_ratio"] for p in ps], "^:", c="tab:purple", ms=3)
+      ratio_ax.set_yscale("log")
+      ratio_ax.set_ylabel("|grad flat| / |grad loss|", color="tab:purple", fontsize=7)
+      ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    save(fig, "coefficient_sweep.png")
+
+  # Does flatness at matched loss predict the generalization gap?
+  matched = [c for c in results.get("cells", []) if c["matched"].get("step") is not None
+             and "generalization_gap" in c["matched"]]
+  if matched:
+    measures = (("hessian_trace", "Hessian trace"), ("top_eigenvalue", "top eigenvalue"),
+                ("entropy_gap", "local-entropy gap"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), squeeze=False)
+    rhos = {(r["optimizee"], r["flatness"]): r for r in results.get("correlations", [])}
+    marker_of = {o: m for o, m in zip(dict.fromkeys(c["optimizee"] for c in matched), "os^vD")}
+    for ax, (key, label) in zip(axes[0], measures):
+      for optimizee, marker in marker_of.items():
+        cs = [c for c in matched if c["optimizee"] == optimizee]
+        rho = rhos.get((optimizee, key), {}).get("rho", float("nan"))
+        ax.scatter([c["matched"][key] for c in cs],
+                   [c["matched"]["generalization_gap"] for c in cs], s=7, marker=marker,
+                   c=[colours.get(c["regularizer"], "k") for c in cs],
+                   label=f"{optimizee} (rho {rho:.2f})")
+      ax.set_xscale("symlog", linthresh=1e-3)
+      ax.set_xlabel(f"{label} at matched training loss")
+      ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("test loss - training loss")
+    fig.tight_layout()
+    save(fig, "flatness_vs_gap.png")
   return written

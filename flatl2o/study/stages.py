@@ -46,8 +46,17 @@ def validations(run_dir: str) -> list[dict]:
 
 def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: str,
                     coefficient: float | None, seed: int, should_stop,
-                    num_meta_iterations: int | None = None, log=print) -> dict:
-  """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir."""
+                    num_meta_iterations: int | None = None, log=print, *,
+                    keep_improvements: bool = False, measure_ratio: bool = False,
+                    progress: str = "") -> dict:
+  """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir.
+
+  With `keep_improvements` every improvement of the selected optimizer is also
+  exported (`optimizers/NAME@STEP`), so the best within any earlier budget is
+  at hand without retraining (the same-budget control). With `measure_ratio`
+  the cell records `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected
+  meta-parameters). `progress` prefixes its log lines (e.g. "cell 3/15").
+  """
   name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}"
   if num_meta_iterations is not None:
     name += f"-budget{num_meta_iterations}"
@@ -57,12 +66,31 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
   s = config.settings
   mconfig = meta_config(model, kind, coefficient, seed, s, num_meta_iterations)
   run_dir = os.path.join(cells.run_dir, "meta", name)
-  log(f"meta-training {name} ({mconfig.num_meta_iterations} meta-steps)")
+  prefix = f"{progress} " if progress else ""
+  cap = mconfig.num_meta_iterations
+  stop_rule = (f", stops {mconfig.patience} without improvement after "
+               f"{mconfig.min_meta_iterations}" if mconfig.patience else "")
+  log(f"{prefix}meta-training {name} (up to {cap} meta-steps{stop_rule})")
   start = time.perf_counter()
   lopt = architecture(model)
+  improvements = []
+
+  def keep(step, meta_params):
+    save_optimizer(os.path.join(cells.run_dir, "optimizers", f"{name}@{step}"), lopt,
+                   meta_params)
+    improvements.append(step)
+
+  def show(record):
+    if "validation_score" in record:
+      rate = record.get("meta_steps_per_second", float("nan"))
+      log(f"{prefix}{name}: meta-step {record['iteration']}/{cap}, validation "
+          f"{record['validation_score']:.4f}{' (collapsed)' if record['collapsed'] else ''}, "
+          f"{rate:.1f} meta-steps/s")
+
   try:
-    result = meta.meta_train(lopt, task, mconfig, run_dir=run_dir, callback=lambda r: None,
-                             should_stop=should_stop)
+    result = meta.meta_train(lopt, task, mconfig, run_dir=run_dir, callback=show,
+                             should_stop=should_stop,
+                             on_improvement=keep if keep_improvements else None)
   except meta.MetaTrainingInterrupted as e:
     raise StudyInterrupted(f"meta-training {name}, meta-step {e.iteration}") from None
   except meta.MetaTrainingDivergedError as e:
@@ -72,21 +100,29 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
     return cells.put({
         "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
         "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
+        "meta_steps_done": None,
         "best_validation_accuracy": float("-inf"), "best_meta_step": -1, "collapsed": True,
         "diverged": True, "validations": validations(run_dir), "export": None,
+        "grad_ratio": {"ratio": float("nan")} if measure_ratio else None,
         "wall_time_s": time.perf_counter() - start}, "meta", name)
   export = os.path.join(cells.run_dir, "optimizers", name)
   # A collapsed cell's export says so (evaluate warns); the sweep never chooses it.
   save_optimizer(export, lopt, result.meta_params, metadata=None if not result.collapsed else
                  {"status": result.status, "meta_step": result.selected_iteration})
+  ratio = None
+  if measure_ratio:
+    ratio = meta.gradient_ratio(lopt, task, mconfig, result.meta_params,
+                                jax.random.fold_in(jax.random.key(seed), 0x6AD))
   return cells.put({
       "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
       "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
+      "meta_steps_done": int(result.meta_steps_done),
       "best_validation_accuracy": float(result.best_score),
       "best_meta_step": int(result.best_iteration), "collapsed": bool(result.collapsed),
       "skipped_meta_steps": int(result.num_skipped), "validations": validations(run_dir),
       "export": os.path.relpath(export, cells.run_dir),
-      "wall_time_s": time.perf_counter() - start}, "meta", name)
+      "improvements": improvements if keep_improvements else None,
+      "grad_ratio": ratio, "wall_time_s": time.perf_counter() - start}, "meta", name)
 
 
 def best_within(records: list[dict], budget: int) -> int | None:
@@ -125,17 +161,20 @@ def loader(cells: Cells, cell: dict) -> Callable[[], Any]:
 
 
 def flatness_fn(s: Preset):
-  """`measure(task, params, key)`: loss, Hessian trace and top eigenvalue on the flatness batch."""
+  """`measure(task, params, key)`: loss, Hessian trace, top eigenvalue and local-entropy
+  gap on the flatness batch."""
   @jax.jit
   def measure(task, params, key):
     batch = task.fixed_batch(s.flatness_batch)
     f = lambda p: task.loss(p, batch)
-    k1, k2 = jax.random.split(key)
+    k1, k2, k3 = jax.random.split(key, 3)
     return {"flatness_batch_loss": f(params),
             "hessian_trace": flatness_lib.hessian_trace(f, params, k1,
                                                         num_probes=s.trace_probes),
             "top_eigenvalue": flatness_lib.lanczos(f, params, k2,
-                                                   num_iters=s.lanczos_iters).top_eigenvalue}
+                                                   num_iters=s.lanczos_iters).top_eigenvalue,
+            "entropy_gap": flatness_lib.local_entropy_gap(
+                f, params, k3, gamma=s.entropy_gap_gamma, num_samples=s.entropy_gap_samples)}
   return measure
 
 
@@ -167,6 +206,7 @@ def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure,
   return {"test_seed": seed, "eval_steps": [int(t) for t in r.eval_steps],
           "train_loss_curve": curve,
           "test_accuracy_curve": [float(v) for v in r.metrics["test"]["accuracy"]],
+          "test_loss_curve": [float(v) for v in r.metrics["test"]["loss"]],
           "initial_train_loss": initial, "train_loss": final,
           "test_accuracy": float(r.metrics["test"]["accuracy"][-1]),
           "test_loss": float(r.metrics["test"]["loss"][-1]),
@@ -190,13 +230,36 @@ def matched_run(task, tx, s: Preset, run: dict, level: float, measure,
   if snapshots is None:
     again = run_test(task, tx, s, run["test_seed"], step, measure)
     train_loss = again["train_loss"]
-    flat = {k: again[k] for k in ("hessian_trace", "top_eigenvalue")}
+    flat = {k: again[k] for k in ("hessian_trace", "top_eigenvalue", "entropy_gap")}
   else:
     train_loss = run["train_loss_curve"][run["eval_steps"].index(step)]
     flat = {k: float(v) for k, v in
             measure(task, snapshots[step], flatness_key(run["test_seed"])).items()}
-  return {"test_seed": run["test_seed"], "step": step, "train_loss": train_loss,
-          "hessian_trace": flat["hessian_trace"], "top_eigenvalue": flat["top_eigenvalue"]}
+  out = {"test_seed": run["test_seed"], "step": step, "train_loss": train_loss,
+         "hessian_trace": flat["hessian_trace"], "top_eigenvalue": flat["top_eigenvalue"],
+         "entropy_gap": flat["entropy_gap"]}
+  if "test_loss_curve" in run:  # the generalization gap at the matched point
+    out["test_loss"] = run["test_loss_curve"][run["eval_steps"].index(step)]
+    out["generalization_gap"] = out["test_loss"] - train_loss
+  return out
+
+
+def matched_level(runs: list[dict], reach: float = 0.8) -> float:
+  """The lowest training-loss level that at least `reach` of the runs that did not
+  collapse get down to (NaN when every run collapsed).
+
+  A run reaches a level when its smoothed training loss is at or below it at
+  some evaluation (`matched_run` then measures it there). Collapsed runs (which
+  stopped lowering the loss) are left out of the count: flatness is compared
+  between optimizers that trained.
+  """
+  lows = sorted(min((v for v in r["train_loss_curve"] if np.isfinite(v)), default=np.inf)
+                for r in runs if not r["collapsed"])
+  if not lows:
+    return float("nan")
+  need = max(1, int(np.ceil(reach * len(lows) - 1e-9)))
+  level = lows[need - 1]
+  return float(level) if np.isfinite(level) else float("nan")
 
 
 def tune(task, name: str, grid, s: Preset, should_stop) -> dict:

@@ -57,9 +57,11 @@ def paired(a: dict[Any, dict[int, float]], b: dict[Any, dict[int, float]]) -> di
 
 def summarize(results: dict) -> dict:
   """Rows of the main table: optimizee -> group label -> statistics."""
+  if "cells" not in results:  # a sweep-only run
+    return {}
   contenders = results["contenders"]
   same_budget = results["same_budget"]
-  main = {n for n, c in contenders.items() if not c.get("seen_only")}
+  main = {n for n, c in contenders.items() if not c.get("seen_only") and not c.get("control")}
   table: dict[str, dict[str, dict]] = {}
   for optimizee in dict.fromkeys(c["optimizee"] for c in results["cells"]):
     here = [c for c in results["cells"] if c["optimizee"] == optimizee and c["contender"] in main]
@@ -70,7 +72,7 @@ def summarize(results: dict) -> dict:
     for label, cs in groups.items():
       row = {m: over_seeds(by_seed(cs, m)) for m in METRICS}
       row.update({f"{m}_matched": over_seeds(by_seed(cs, m, matched=True))
-                  for m in ("hessian_trace", "top_eigenvalue")})
+                  for m in ("hessian_trace", "top_eigenvalue", "entropy_gap")})
       row["collapsed_runs"] = sum(c["collapsed"] for c in cs)
       row["matched_reached"] = sum(c["matched"]["step"] is not None for c in cs)
       row["runs"] = len(cs)
@@ -100,7 +102,7 @@ def _fmt(s: dict | None, digits: int = 3) -> str:
 
 SMOKE_BANNER = ("**SMOKE RUN (--preset=smoke): its numbers mean nothing.** Tiny budgets that "
                 "only check every code path run; low accuracies, collapses and -inf scores "
-                "are expected. Run --preset=cpu for results.")
+                "are expected. Run the default preset (primary) for results.")
 
 
 def banner(results: dict) -> str | None:
@@ -108,44 +110,124 @@ def banner(results: dict) -> str | None:
   return SMOKE_BANNER if results.get("config", {}).get("preset") == "smoke" else None
 
 
-def markdown(results: dict, table: dict) -> str:
-  """results.md: the main table per optimizee, then the coefficient sweep.
+DESIGN = """The primary question, fixed before the run: for L2O-DM meta-trained on
+`mlp_sigmoid` (digits), the difference in test accuracy at the meta-test horizon
+between the regularized optimizer (Hessian-trace term; local-entropy term; each
+coefficient chosen on validation by the sweep) and the plain one selected within
+the same meta-step budget (plain's best validated meta-parameters up to the
+meta-step the regularized run was selected at), paired by meta-training seed and
+test seed. Beside it, the difference to plain at its full budget (separates a
+flatness effect from an early-stopping one). Secondary: the same on unseen
+optimizees (`mlp_relu`, `mlp_deep`), also in training loss there (optimizer
+generalization), and for other models where the preset has them. Each figure is
+the mean over meta-training seeds of the per-seed mean paired difference over
+test seeds; its interval is the 95% t-interval over meta-training seeds (the
+unit of replication), its p-value the two-sided t-test against 0, Holm-adjusted
+within the primary family and, apart, over the secondaries; MDE is the smallest
+true difference that test finds with 80% power given the observed spread."""
 
-  A smoke run's begins with `SMOKE_BANNER`.
-  """
+
+def _number(x, fmt: str = "+.4f") -> str:
+  return format(x, fmt) if x is not None and np.isfinite(x) else "—"
+
+
+def comparison_table(entries: list[dict]) -> list[str]:
+  """Every comparison of results.json's "primary" list, one row each."""
+  lines = ["| family | model + term (coef.) | optimizee | control | metric | difference | "
+           "95% interval | p | p (Holm) | MDE (80%) | meta seeds | selected meta-steps | "
+           "control's |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for e in entries:
+    lo, hi = e["ci95"]
+    lines.append(
+        f"| {e['family']} | {e['model']} + {e['regularizer']} ({e['coefficient']:g}) | "
+        f"{e['optimizee']} | {e['control'].replace('_', ' ')} | {e['metric']} | "
+        f"{_number(e['difference'])} | [{_number(lo)}, {_number(hi)}] | "
+        f"{_number(e['p_value'], '.3g')} | {_number(e['p_holm'], '.3g')} | "
+        f"{_number(e['mde'], '.4f')} | {e['meta_seeds']} | "
+        f"{', '.join(map(str, e['selected_meta_steps']))} | "
+        f"{', '.join(map(str, e['control_meta_steps']))} |")
+  return lines
+
+
+def sweep_table(points: list[dict]) -> list[str]:
+  lines = ["| term | coefficient | validation acc. (mean) | per seed | collapsed | "
+           "grad ratio | selected meta-steps |", "|---|---|---|---|---|---|---|"]
+  for p in points:
+    accs = ", ".join(_number(a, ".4f") for a in p["validation_accuracies"])
+    lines.append(f"| {p['regularizer']} | {p['coefficient']:g} | "
+                 f"{_number(p['validation_accuracy'], '.4f')} | {accs} | "
+                 f"{p['collapsed_runs']}/{p['runs']} | {_number(p['grad_ratio'], '.3g')} | "
+                 f"{', '.join(map(str, p['selected_meta_steps']))} |")
+  return lines
+
+
+def markdown(results: dict, table: dict) -> str:
+  """results.md: the answer first, the design, every comparison, the tables per
+  optimizee, flatness against generalization, the sweep. A smoke run's begins
+  with `SMOKE_BANNER`."""
+  from flatl2o.study import analysis, sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   lines = []
   if banner(results) is not None:
     lines += [banner(results), ""]
+  settings = results.get("config", {}).get("settings", {})
+  if settings.get("sweep_only"):
+    lines += ["## Coefficient sweep (L2O-DM on mlp_sigmoid)", ""]
+    lines += [f"- {sweep_lib.summary_line(t)}" for t in results["sweep_terms"].values()]
+    lines += ["", *sweep_table(results["sweep"]), "",
+              "Validation accuracy: each seed's best validated accuracy at the meta-training "
+              "horizon; grad ratio: ||meta-gradient of the term|| / ||meta-gradient of the loss"
+              "|| at the selected meta-parameters (mean over seeds). To use these coefficients: "
+              "--sweep_file=THIS_FOLDER/results.json (or ship it as flatl2o/study/sweep.json, "
+              "scripts/ship_sweep.py)."]
+    return "\n".join(lines) + "\n"
+  primary = results.get("primary", [])
+  lines += ["## Answer", ""]
+  lines += analysis.answer_lines(primary) or ["- no primary comparison could be made (every "
+                                               "regularized run collapsed?)"]
+  lines += ["", "## Design", "", DESIGN, ""]
   coeffs = ", ".join(f"{k} {v:g}" for k, v in results["coefficients"].items())
-  lines.append(f"Coefficients chosen on validation (L2O-DM sweep): {coeffs or 'none'}.")
-  lines.append("")
+  source = results.get("sweep_source")
+  lines.append(f"Coefficients chosen on validation (L2O-DM sweep): {coeffs or 'none'}"
+               + (f" (shipped sweep: `{source.get('command')}`, {source.get('date')})"
+                  if source else "") + ".")
+  lines += ["", "## Every comparison", "", *comparison_table(primary), ""]
   for optimizee, rows in table.items():
     lines.append(f"### {optimizee}  (matched training loss {results['matched_levels'][optimizee]:.3g})")
     lines.append("")
     lines.append("| optimizer | train loss | test acc. | acc. − plain (paired) | acc. − plain at "
-                 "same budget | trace @ matched | top eig. @ matched | trace @ end | collapsed "
-                 "| selected meta-steps |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                 "same budget | trace @ matched | top eig. @ matched | entropy gap @ matched | "
+                 "trace @ end | collapsed | selected meta-steps |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in rows.items():
       lines.append(
           f"| {label} | {_fmt(r['train_loss'])} | {_fmt(r['test_accuracy'])} | "
           f"{_fmt(r.get('test_accuracy_minus_plain'), 2)} | "
           f"{_fmt(r.get('test_accuracy_minus_plain_same_budget'), 2)} | "
           f"{_fmt(r['hessian_trace_matched'])} ({r['matched_reached']}/{r['runs']}) | "
-          f"{_fmt(r['top_eigenvalue_matched'])} | {_fmt(r['hessian_trace'])} | "
+          f"{_fmt(r['top_eigenvalue_matched'])} | {_fmt(r.get('entropy_gap_matched'))} | "
+          f"{_fmt(r['hessian_trace'])} | "
           f"{r['collapsed_runs']}/{r['runs']} | {', '.join(map(str, r['meta_steps'])) or '—'} |")
     lines.append("")
   lines.append("Intervals: 95%, over meta-training seeds (of per-seed means) for learned "
                "optimizers, over test seeds for the baselines; differences are paired on meta "
-               "seed and test seed; 'same budget' is on the seen optimizee only.")
+               "seed and test seed.")
   lines.append("")
-  lines.append("Sweep (L2O-DM, meta seed 0): validation accuracy at the meta-training horizon")
-  lines.append("")
-  lines.append("| term | coefficient | validation acc. | collapsed | selected meta-step |")
-  lines.append("|---|---|---|---|---|")
-  for c in results["meta_training"].values():
-    if c["model"] == "l2o_dm" and c["regularizer"] != "none" and c["meta_seed"] == 0:
-      lines.append(f"| {c['regularizer']} | {c['coefficient']:g} | "
-                   f"{c['best_validation_accuracy']:.4f} | {c['collapsed']} | "
-                   f"{c['best_meta_step']} |")
+  correlations = results.get("correlations", [])
+  if correlations:
+    lines += ["## Does flatness predict generalization here?", "",
+              "Spearman's rho between flatness at matched training loss and the generalization "
+              "gap there (test loss − training loss), over every meta-test run that reached the "
+              "level (the lowest training loss 80% of the optimizee's runs reach).", "",
+              "| optimizee | flatness | rho | 95% interval | runs (reached / all) |",
+              "|---|---|---|---|---|"]
+    for c in correlations:
+      lo, hi = c["ci95"]
+      lines.append(f"| {c['optimizee']} | {c['flatness']} | {_number(c['rho'], '+.3f')} | "
+                   f"[{_number(lo, '+.3f')}, {_number(hi, '+.3f')}] | "
+                   f"{c['runs']} / {c['runs_in_study']} |")
+    lines.append("")
+  if results.get("sweep"):
+    lines += ["## Coefficient sweep", ""]
+    lines += [f"- {sweep_lib.summary_line(t)}" for t in results.get("sweep_terms", {}).values()]
+    lines += ["", *sweep_table(results["sweep"])]
   return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""The study's answers: the primary question, its controls and secondaries, and whether
+flatness predicts generalization at all.
+
+The primary question (fixed before any run; docs/results.md, "Design"): for
+L2O-DM meta-trained on the seen MLP, the difference in test accuracy at the
+meta-test horizon between the regularized optimizer (each flatness term, its
+coefficient chosen on validation) and the plain one selected within the same
+meta-step budget (`same_budget`: plain's best validated meta-parameters up to
+the meta-step the regularized run was selected at), paired by meta-training
+seed and test seed. Beside it, the difference to plain at its full budget
+(`full_budget`), which separates a flatness effect from an early-stopping one.
+
+Every difference is computed the same way: for each meta-training seed m the
+mean over test seeds t of a(m, t) - b(m, t) (the runs of both on the same test
+seed), d_m; the figure is the mean of the d_m, its interval the 95% t-interval
+over the meta seeds, its p-value the two-sided one-sample t-test of the d_m
+against 0, and its minimum detectable effect the smallest true difference that
+test would find with 80% power given the observed spread of the d_m
+(`flatl2o.stats.minimum_detectable_effect`). The unit of replication is the
+meta-training run, never the test seed. Holm's correction is applied within
+the primary family (the two terms, same budget, seen MLP) and, apart, over
+every other comparison (the secondaries: other models, the full-budget
+control, unseen optimizees, training loss there).
+
+`correlations` asks whether flatness predicts generalization here: over every
+meta-test run of the study (every optimizer, model, seed) on an optimizee,
+Spearman's rank correlation between a flatness measure at matched training
+loss (Hessian trace, top eigenvalue, local-entropy gap) and the
+generalization gap there (test loss - training loss), with its interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from flatl2o import stats
+from flatl2o.study.config import SEEN
+
+PRIMARY_MODEL = "l2o_dm"
+CONTROLS = ("same_budget", "full_budget")
+FLATNESS = ("hessian_trace", "top_eigenvalue", "entropy_gap")
+
+
+def per_seed_differences(a: list[dict], b: list[dict], metric: str) -> dict[int, float]:
+  """meta seed -> mean over shared test seeds of a - b (`a`, `b`: cells with meta_seed,
+  test_seed and `metric`); a - b pairs are left out where either is not finite."""
+  b_at = {(c["meta_seed"], c["test_seed"]): c[metric] for c in b}
+  diffs: dict[int, list[float]] = {}
+  for c in a:
+    other = b_at.get((c["meta_seed"], c["test_seed"]))
+    if other is not None and np.isfinite(c[metric]) and np.isfinite(other):
+      diffs.setdefault(c["meta_seed"], []).append(float(c[metric]) - float(other))
+  return {m: float(np.mean(v)) for m, v in sorted(diffs.items())}
+
+
+def difference(per_seed: dict[int, float]) -> dict[str, Any]:
+  """Mean over meta seeds of the per-seed differences, with interval, p-value and MDE."""
+  d = list(per_seed.values())
+  n = len(d)
+  out = {"difference": float(np.mean(d)) if d else float("nan"),
+         "ci95": [float("nan"), float("nan")], "p_value": float("nan"), "mde": float("nan"),
+         "meta_seeds": n, "per_seed": {str(k): v for k, v in per_seed.items()}}
+  if n >= 2:
+    test = stats.paired_difference(d, [0.0] * n)
+    out["ci95"] = [test["mean"] - test["ci95"], test["mean"] + test["ci95"]]
+    out["p_value"] = test["p"] if np.isfinite(test["p"]) else (1.0 if test["mean"] == 0 else 0.0)
+    out["mde"] = stats.minimum_detectable_effect(float(np.std(d, ddof=1)), n)
+  return out
+
+
+def regularizer_label(kind: str, coefficient: float | None) -> str:
+  """As `flatl2o.study.commands.regularizer_label` (which imports JAX; this module does not)."""
+  return "none" if kind == "none" else f"{kind}-{coefficient:g}"
+
+
+def _contender(model: str, kind: str, coefficient, seed: int) -> str:
+  return f"{model}-{regularizer_label(kind, coefficient)}-s{seed}"
+
+
+def comparisons(results: dict) -> list[dict[str, Any]]:
+  """The `primary` list of results.json: every regularized model x term x optimizee x
+  control x metric, with its statistics (`difference`) and Holm-adjusted p-value."""
+  cells = results["cells"]
+  coefficients = results["coefficients"]
+  contenders = results["contenders"]
+  same_budget = results.get("same_budget", {})
+  models = list(dict.fromkeys(c["model"] for c in contenders.values()
+                              if c.get("regularizer") is not None))
+  optimizees = list(dict.fromkeys(c["optimizee"] for c in cells))
+  seeds = sorted({c["meta_seed"] for c in contenders.values()
+                  if c.get("regularizer") not in (None,) and c.get("meta_seed") is not None})
+  by = {}
+  for c in cells:
+    by.setdefault((c["contender"], c["optimizee"]), []).append(c)
+  entries = []
+  for model in models:
+    for kind, coefficient in coefficients.items():
+      for optimizee in optimizees:
+        metrics = ["test_accuracy"] + (["train_loss"] if optimizee != SEEN else [])
+        for control in CONTROLS:
+          reg_cells, control_cells, steps, control_steps = [], [], [], []
+          for seed in seeds:
+            name = _contender(model, kind, coefficient, seed)
+            if control == "full_budget":
+              other = _contender(model, "none", None, seed)
+            else:
+              other = same_budget.get(f"{model}-{regularizer_label(kind, coefficient)}-s{seed}")
+            here, there = by.get((name, optimizee)), by.get((other, optimizee))
+            if not here or not there:
+              continue
+            reg_cells += here
+            control_cells += there
+            steps.append(contenders[name]["best_meta_step"])
+            control_steps.append(contenders[other]["best_meta_step"])
+          if not reg_cells:
+            continue
+          for metric in metrics:
+            entry = {"model": model, "regularizer": kind, "coefficient": coefficient,
+                     "optimizee": optimizee, "control": control, "metric": metric,
+                     **difference(per_seed_differences(reg_cells, control_cells, metric)),
+                     "selected_meta_steps": steps, "control_meta_steps": control_steps}
+            entry["family"] = ("primary" if (model == PRIMARY_MODEL and optimizee == SEEN
+                                             and control == "same_budget"
+                                             and metric == "test_accuracy") else "secondary")
+            entries.append(entry)
+  for family in ("primary", "secondary"):
+    members = [e for e in entries if e["family"] == family and np.isfinite(e["p_value"])]
+    adjusted = stats.holm([e["p_value"] for e in members])["adjusted"]
+    for e, q in zip(members, adjusted):
+      e["p_holm"] = q
+  for e in entries:
+    e.setdefault("p_holm", float("nan"))
+  return entries
+
+
+def correlations(results: dict) -> list[dict[str, Any]]:
+  """Spearman's rho between each flatness measure at matched loss and the generalization
+  gap there, over every meta-test run of each optimizee that reached the level."""
+  out = []
+  optimizees = list(dict.fromkeys(c["optimizee"] for c in results["cells"]))
+  for optimizee in optimizees:
+    runs = [c["matched"] for c in results["cells"] if c["optimizee"] == optimizee
+            and c["matched"].get("step") is not None and "generalization_gap" in c["matched"]]
+    total = sum(1 for c in results["cells"] if c["optimizee"] == optimizee)
+    for measure in FLATNESS:
+      pairs = [(r[measure], r["generalization_gap"]) for r in runs
+               if np.isfinite(r.get(measure, np.nan)) and np.isfinite(r["generalization_gap"])]
+      rho = stats.spearman([p[0] for p in pairs], [p[1] for p in pairs])
+      out.append({"optimizee": optimizee, "flatness": measure, "rho": rho["rho"],
+                  "ci95": [rho["low"], rho["high"]], "runs": rho["n"], "runs_in_study": total,
+                  "level": results.get("matched_levels", {}).get(optimizee)})
+  return out
+
+
+def answer_lines(primary: list[dict]) -> list[str]:
+  """The opening of results.md: the primary differences, each in one sentence."""
+  lines = []
+  for e in primary:
+    if e["family"] != "primary":
+      continue
+    lo, hi = e["ci95"]
+    lines.append(
+        f"- **{e['model']} + {e['regularizer']} ({e['coefficient']:g}) − plain at the same "
+        f"budget, test accuracy on {e['optimizee']}: {e['difference']:+.4f}** "
+        f"(95% interval [{lo:+.4f}, {hi:+.4f}] over {e['meta_seeds']} meta-training seeds; "
+        f"p = {e['p_value']:.3g}, Holm {e['p_holm']:.3g}); an effect larger than "
+        f"{e['mde']:.4f} in either direction would have been found with 80% power.")
+  return lines

@@ -1,0 +1,127 @@
+"""The coefficient sweep by decades, to the edge of collapse, and the shipped sweep.
+
+Each flatness term's coefficient is swept by decades on L2O-DM and the seen
+optimizee: 1, 10, 100, ... until a point collapses (every sweep seed's
+meta-training ends with an optimizer that no longer lowers the training loss,
+`flatl2o.meta.selection.collapsed`) or the preset's largest coefficient is
+passed, in which case the sweep says the term never collapsed up to there.
+When 1 already collapses the sweep goes down by decades instead, to the first
+point that does not. Every point is meta-trained with each of the preset's
+`sweep_seeds`; its validation accuracy is the mean over them of each run's best
+validated accuracy, and its `grad_ratio` the mean over them of
+||meta-gradient of the flatness term|| / ||meta-gradient of the loss term||
+at the run's selected meta-parameters (`flatl2o.meta.gradient_ratio`), so a
+reader sees whether a coefficient could matter at all. The coefficient chosen
+is the best mean validation accuracy among the points where no seed collapsed
+(ties: the smaller). Test data are never used.
+
+`--preset=sweep` runs only this stage; its result is shipped as
+`flatl2o/study/sweep.json` (with the command, machine and date that made it),
+where the default study (`--preset=primary`) takes its coefficients from;
+`--sweep_file=PATH` takes them from another sweep's results.json instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+SWEEP_FILE = os.path.join(os.path.dirname(__file__), "sweep.json")
+
+
+def next_coefficient(points: list[dict], smallest: float, largest: float) -> float | None:
+  """The decade to run after `points` (in the order run), or None when the sweep is done.
+
+  Up from 1 until a point collapses or `largest` is passed; if 1 collapses, down
+  until a point does not or `smallest` is passed.
+  """
+  if not points:
+    return 1.0
+  first, last = points[0], points[-1]
+  going_down = first["collapsed"]
+  c = last["coefficient"]
+  if going_down:
+    if not last["collapsed"] and len(points) > 1:
+      return None
+    nxt = _decade(c / 10)
+    return nxt if nxt >= smallest * (1 - 1e-9) else None
+  if last["collapsed"]:
+    return None
+  nxt = _decade(c * 10)
+  return nxt if nxt <= largest * (1 + 1e-9) else None
+
+
+def _decade(x: float) -> float:
+  return float(10.0 ** round(math.log10(x)))
+
+
+def point(kind: str, coefficient: float, runs: list[dict]) -> dict[str, Any]:
+  """One sweep point from its meta-training cells (one per sweep seed)."""
+  accs = [r["best_validation_accuracy"] for r in runs
+          if np.isfinite(r["best_validation_accuracy"])]
+  ratios = [r.get("grad_ratio", {}).get("ratio", float("nan")) for r in runs]
+  ratios = [v for v in ratios if v is not None and np.isfinite(v)]
+  return {"regularizer": kind, "coefficient": float(coefficient),
+          "validation_accuracy": float(np.mean(accs)) if accs else float("nan"),
+          "validation_accuracies": [float(r["best_validation_accuracy"]) for r in runs],
+          "collapsed": all(r["collapsed"] for r in runs),
+          "collapsed_runs": sum(bool(r["collapsed"]) for r in runs), "runs": len(runs),
+          "grad_ratio": float(np.mean(ratios)) if ratios else float("nan"),
+          "selected_meta_steps": [int(r["best_meta_step"]) for r in runs],
+          "cells": [r["name"] for r in runs]}
+
+
+def choose(points: list[dict]) -> float | None:
+  """The coefficient with the best mean validation accuracy where no seed collapsed."""
+  alive = [p for p in points if p["regularizer"] != "none" and p["collapsed_runs"] == 0
+           and np.isfinite(p["validation_accuracy"])]
+  if not alive:
+    return None
+  return max(alive, key=lambda p: (p["validation_accuracy"], -p["coefficient"]))["coefficient"]
+
+
+def sweep_term(kind: str, smallest: float, largest: float,
+               train_point: Callable[[float], list[dict]]) -> dict[str, Any]:
+  """Runs one term's sweep; `train_point(c)` meta-trains (or reads) c's cells."""
+  points: list[dict] = []
+  while (c := next_coefficient(points, smallest, largest)) is not None:
+    points.append(point(kind, c, train_point(c)))
+  ordered = sorted(points, key=lambda p: p["coefficient"])
+  top = ordered[-1]
+  return {"regularizer": kind, "points": ordered, "chosen": choose(points),
+          "reached_collapse": top["collapsed"], "largest": top["coefficient"]}
+
+
+def summary_line(term: dict) -> str:
+  """One sentence on a term's sweep: where it collapsed or that it never did."""
+  kind, chosen = term["regularizer"], term["chosen"]
+  edge = (f"collapses at {term['largest']:g}" if term["reached_collapse"] else
+          f"never collapsed up to {term['largest']:g}")
+  pick = f"coefficient {chosen:g} chosen on validation" if chosen is not None else (
+      "every point collapsed in some seed: nothing to choose")
+  return f"{kind}: {edge}; {pick}"
+
+
+def load(path: str | None = None) -> dict[str, Any]:
+  """A sweep's coefficients and points: the shipped one, or a sweep run's results.json."""
+  path = path or SWEEP_FILE
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"no sweep at {path}: run `python -m experiments.reproduce "
+                     "--preset=sweep` and give --sweep_file=runs/reproduce-sweep/results.json"
+                     ) from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"cannot read the sweep {path}: {e}") from None
+  coefficients = data.get("coefficients") if isinstance(data, dict) else None
+  if (not isinstance(coefficients, dict)
+      or not all(isinstance(coefficients.get(k), (int, float)) for k in ("hessian", "entropy"))):
+    raise ValueError(f"{path} is not a sweep: it needs a 'coefficients' object with numbers for "
+                     "hessian and entropy (a --preset=sweep results.json or the shipped "
+                     "flatl2o/study/sweep.json)")
+  return data
