@@ -29,7 +29,8 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
     return []
   written = []
   optimizees = list(table)
-  main = {n for n, c in results["contenders"].items() if not c.get("seen_only") and not c.get("control")}
+  main = {n for n, c in results.get("contenders", {}).items()
+          if not c.get("seen_only") and not c.get("control")}
 
   note = banner(results)
   colours = {None: "k", "none": "tab:blue", "hessian": "tab:red", "entropy": "tab:green"}
