@@ -106,7 +106,8 @@ class FieldMetadataTest(absltest.TestCase):
   def test_identity(self):
     self.assertEqual(set(run_dir.NOT_IDENTITY),
                      {"num_meta_iterations", "checkpoint_every", "log_every",
-                      "max_consecutive_skipped", "remat_block_length"})
+                      "max_consecutive_skipped", "remat_block_length", "patience",
+                      "min_meta_iterations"})
     self.assertEqual(set(config_lib.identity_fields()) | set(run_dir.NOT_IDENTITY),
                      {f.name for f in dataclasses.fields(meta.MetaTrainConfig)})
 

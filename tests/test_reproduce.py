@@ -87,7 +87,7 @@ class StatisticsTest(parameterized.TestCase):
     self.assertEqual((s["mean"], s["n"]), (3.0, 2))
 
   def test_bad_configuration(self):
-    for kwargs, message in (({"preset": "fast"}, "unknown preset 'fast'; accepted: smoke, cpu, gpu"),
+    for kwargs, message in (({"preset": "fast"}, "unknown preset 'fast'; accepted: primary, sweep, smoke, cpu, gpu"),
                             ({"models": ("l2o_dm", "lstm")}, "accepted: l2o_dm, rnnprop"),
                             ({"regularizers": ("none", "sam")}, "accepted: none, hessian, entropy"),
                             ({"regularizers": ("hessian",)}, "must include 'none'"),
@@ -101,8 +101,8 @@ class StatisticsTest(parameterized.TestCase):
 
   def test_default_optimizees_take_the_other_dataset_only_when_given(self):
     every = (study.SEEN,) + study.UNSEEN
-    self.assertEqual(study.StudyConfig().optimizees, every)
-    self.assertEqual(study.StudyConfig(other_dataset="digits").optimizees,
+    self.assertEqual(study.StudyConfig(preset="cpu").optimizees, every)
+    self.assertEqual(study.StudyConfig(preset="cpu", other_dataset="digits").optimizees,
                      every + (study.OTHER_DATA,))
 
 
@@ -169,8 +169,8 @@ class RunDirectoryIdentityTest(absltest.TestCase):
     study.Cells(run_dir, study.StudyConfig(preset="smoke"))  # the same: accepted
     with open(os.path.join(run_dir, "protocol.json")) as f:
       written = f.read()
-    with self.assertRaisesRegex(ValueError, r"another configuration \(differs in preset, "
-                                r"settings\); pass another --run_dir"):
+    with self.assertRaisesRegex(ValueError, r"another configuration \(differs in meta_seeds, "
+                                r"preset, settings\); pass another --run_dir"):
       study.Cells(run_dir, study.StudyConfig(preset="cpu"))
     with open(os.path.join(run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), written)
@@ -221,14 +221,20 @@ def _tiny_results(preset):
             "train_loss": 0.5, "test_accuracy": 0.8 + 0.01 * seed, "hessian_trace": 1.0,
             "top_eigenvalue": 0.5, "collapsed": False, "eval_steps": [0, 10, 20],
             "train_loss_curve": [2.3, 1.0, 0.5],
-            "matched": {"step": 10, "train_loss": 1.0, "hessian_trace": 1.0,
-                        "top_eigenvalue": 0.5}}
+            "matched": {"step": 10, "train_loss": 1.0, "hessian_trace": 1.0 + seed,
+                        "top_eigenvalue": 0.5, "entropy_gap": 0.1, "test_loss": 1.2,
+                        "generalization_gap": 0.2 + 0.1 * seed}}
            for seed in (0, 1)]
+  sweep = [{"regularizer": kind, "coefficient": c, "validation_accuracy": 0.9,
+            "validation_accuracies": [0.9, 0.9], "collapsed": c > 10, "collapsed_runs":
+            2 * (c > 10), "runs": 2, "grad_ratio": 0.01 * c, "selected_meta_steps": [50, 50],
+            "cells": []} for kind in ("hessian", "entropy") for c in (1.0, 10.0, 100.0)]
   return {"config": {"preset": preset}, "coefficients": {}, "meta_training": {},
           "tuning": {}, "contenders": {"adam": {"model": "adam", "regularizer": None,
                                                 "coefficient": None, "meta_seed": None}},
           "same_budget": {}, "cells": cells, "matched_levels": {study.SEEN: 1.0},
-          "test_seeds": [0, 1]}
+          "test_seeds": [0, 1], "sweep": sweep, "primary": [],
+          "correlations": study.correlations({"cells": cells})}
 
 
 class SmokeBannerTest(parameterized.TestCase):
@@ -253,7 +259,7 @@ class SmokeBannerTest(parameterized.TestCase):
     self.assertEqual(first.startswith("**SMOKE RUN (--preset=smoke): its numbers mean nothing"),
                      marked)
     self.assertEqual(study.markdown(results, table).startswith("**SMOKE RUN"), marked)
-    self.assertLen(titles, 4)
+    self.assertLen(titles, 5)  # curves, accuracy, trace, sweep, flatness vs gap
     for title in titles:
       self.assertEqual("SMOKE RUN" in title, marked, title)
 
@@ -298,7 +304,7 @@ class SmokePresetTest(parameterized.TestCase):
     s = study.PRESETS["smoke"]
     got = {(c["model"], c["regularizer"], c["meta_seed"], c["optimizee"], c["test_seed"])
            for c in self.results["cells"] if not self.results["contenders"][c["contender"]]
-           .get("seen_only")}
+           .get("control")}
     optimizees = (study.SEEN,) + study.UNSEEN + (study.OTHER_DATA,)
     tests = [study.TEST_SEED_BASE + i for i in range(s.test_seeds)]
     want = {(m, r, seed, o, t) for m in study.MODELS for r in study.REGULARIZERS
@@ -319,7 +325,10 @@ class SmokePresetTest(parameterized.TestCase):
       text = f.read()
     for optimizee in ("mlp_sigmoid", "mlp_relu", "mlp_deep", "conv", "mlp_sigmoid@other"):
       self.assertIn(f"### {optimizee}", text)
-    self.assertIn("| l2o_dm_enhanced + entropy (10) |", text)
+    self.assertIn("| l2o_dm_enhanced + entropy (1) |", text)
+    self.assertTrue(text.startswith("**SMOKE RUN"))
+    self.assertIn("## Answer", text)
+    self.assertIn("## Coefficient sweep", text)
     self.assertIn("| sam |", text)
 
   def test_matched_step_is_the_first_evaluation_at_the_level(self):
@@ -336,12 +345,45 @@ class SmokePresetTest(parameterized.TestCase):
     self.assertGreater(checked, 0)
 
   def test_same_budget_plain_is_selected_within_the_budget(self):
-    # one per regularized model x seed: 5 models x 2 terms x 2 seeds
-    self.assertLen(self.results["same_budget"], 20)
+    # one per regularized model x seed that did not collapse (a collapsed one has no budget)
+    trained = [c for c in self.results["meta_training"].values()
+               if c["regularizer"] != "none" and c["best_meta_step"] >= 0
+               and c["meta_seed"] in study.PRESETS["smoke"].meta_seeds
+               and self.results["meta_training"][
+                   f"{c['model']}-none-s{c['meta_seed']}"]["best_meta_step"] >= 0]
+    self.assertLen(self.results["same_budget"], len(trained))
+    contenders = self.results["contenders"]
     for reg_name, plain_name in self.results["same_budget"].items():
       reg = self.results["meta_training"][reg_name]
-      plain = self.results["meta_training"][plain_name]
-      self.assertLessEqual(plain["best_meta_step"], max(reg["best_meta_step"], 0))
+      self.assertLessEqual(contenders[plain_name]["best_meta_step"], reg["best_meta_step"])
+
+  def test_the_primary_figure_is_the_mean_of_per_seed_paired_differences(self):
+    """By hand from results.json: mean over meta seeds of the mean over test seeds of
+    (regularized - plain) test accuracy, for every comparison listed."""
+    cells = self.results["cells"]
+    at = {(c["contender"], c["optimizee"], c["test_seed"]): c for c in cells}
+    checked = 0
+    for e in self.results["primary"]:
+      reg_label = f"{e['regularizer']}-{e['coefficient']:g}"
+      per_seed = []
+      for seed in study.PRESETS["smoke"].meta_seeds:
+        name = f"{e['model']}-{reg_label}-s{seed}"
+        other = (f"{e['model']}-none-s{seed}" if e["control"] == "full_budget"
+                 else self.results["same_budget"].get(name))
+        diffs = [at[name, e["optimizee"], t][e["metric"]] - at[other, e["optimizee"], t][
+            e["metric"]] for t in self.results["test_seeds"]
+                 if (name, e["optimizee"], t) in at and (other, e["optimizee"], t) in at]
+        if diffs:
+          per_seed.append(np.mean(diffs))
+      self.assertEqual(e["meta_seeds"], len(per_seed))
+      self.assertAlmostEqual(e["difference"], np.mean(per_seed), places=12)
+      checked += 1
+    self.assertGreater(checked, 0)
+    for key in ("model", "regularizer", "coefficient", "optimizee", "difference", "ci95",
+                "p_value", "p_holm", "mde", "meta_seeds", "selected_meta_steps", "control"):
+      self.assertIn(key, self.results["primary"][0])
+    for key in ("regularizer", "coefficient", "validation_accuracy", "collapsed", "grad_ratio"):
+      self.assertIn(key, self.results["sweep"][0])
 
   def test_rerun_continues_and_another_configuration_is_refused(self):
     cells = os.path.join(self.run_dir, "cells")

@@ -105,8 +105,8 @@ class Preset:
 
 # The default study: the primary question (docs/results.md, "Design") on 2 CPU cores.
 _PRIMARY = Preset(
-    meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=800, min_meta_iterations=600,
-    patience=150, unroll_length=20, num_inner_steps=200, meta_batch_size=4,
+    meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=700, min_meta_iterations=600,
+    patience=100, unroll_length=20, num_inner_steps=200, meta_batch_size=4,
     validation_every=50, validation_seeds=4, adam_grid=(0.003, 0.01, 0.03, 0.1),
     sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=5, test_horizon=400,
     eval_every=50, flatness_batch=512, trace_probes=8, lanczos_iters=10,

@@ -109,10 +109,24 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   # 2. Every model x regularizer x seed (plain runs keep each improvement for step 3).
   trained = {}
   planned = [(m, k, sd) for m in config.models for k in config.regularizers for sd in s.meta_seeds]
+  cached = sum(cells.get("meta", f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}") is not None
+               for m, k, sd in planned)
+  if cached:
+    log(f"continuing: {cached} of {len(planned)} meta-training cells done")
+  spent: dict[str, list[float]] = {}  # regularizer -> seconds of the cells trained here
   for i, (model, kind, seed) in enumerate(planned):
+    tic = time.perf_counter()
+    was_cached = cells.get("meta", f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}")
     trained[model, kind, seed] = meta_train_cell(
         cells, config, seen, model, kind, coefficient[kind], seed, should_stop, log=log,
         keep_improvements=kind == "none", progress=f"cell {i + 1}/{len(planned)}")
+    if was_cached is None:
+      spent.setdefault(kind, []).append(time.perf_counter() - tic)
+      rest = planned[i + 1:]
+      every = [t for v in spent.values() for t in v]
+      eta = sum(np.mean(spent.get(k, every)) for _, k, _ in rest)
+      log(f"cell {i + 1}/{len(planned)} done in {spent[kind][-1]:.0f} s; meta-training ETA "
+          f"{eta:.0f} s (from this run's cells of each term)")
 
   # 3. The plain optimizer selected at each regularized one's meta-step budget.
   same_budget = {}

@@ -30,7 +30,8 @@ def by_seed(cells: list[dict], metric: str, matched: bool = False) -> dict[Any, 
   for c in cells:
     value = c[metric] if not matched else (c["matched"].get(metric) if c["matched"]["step"]
                                            is not None else float("nan"))
-    out.setdefault(c["meta_seed"], {})[c["test_seed"]] = float(value)
+    out.setdefault(c["meta_seed"], {})[c["test_seed"]] = (float(value) if value is not None
+                                                          else float("nan"))
   return out
 
 

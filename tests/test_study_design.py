@@ -1,0 +1,239 @@
+"""The powered study's parts by hand: the primary comparisons (per-seed paired differences,
+interval, p-value, MDE, Holm), the sweep by decades, the matched-loss level, the shipped
+sweep and the configuration's bad inputs."""
+
+import json
+import math
+import os
+
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from flatl2o import stats, study
+from flatl2o.study import analysis
+from flatl2o.study import sweep as sweep_lib
+from flatl2o.study.stages import matched_level
+
+# t quantiles by hand (tables): t_{0.975, 4}, t_{0.8, 4}.
+T975_4, T80_4 = 2.7764451, 0.9409646
+
+
+def _cells(contender, model, kind, coefficient, values, optimizee=study.SEEN,
+           metric="test_accuracy"):
+  """Meta-test cells: values[meta_seed][test_seed index] of `metric`."""
+  return [{"contender": contender.format(seed=m), "optimizee": optimizee, "model": model,
+           "regularizer": kind, "coefficient": coefficient, "meta_seed": m,
+           "test_seed": 1000 + t, metric: v, "train_loss": 0.1, "test_accuracy": v}
+          for m, row in enumerate(values) for t, v in enumerate(row)]
+
+
+def _results(reg, plain, budget=None):
+  """Five meta seeds x two test seeds: hessian (coefficient 10) against plain; `budget`
+  the same-budget plain runs (None: the full-budget ones stand in)."""
+  cells = (_cells("l2o_dm-hessian-10-s{seed}", "l2o_dm", "hessian", 10.0, reg)
+           + _cells("l2o_dm-none-s{seed}", "l2o_dm", "none", None, plain))
+  contenders = {}
+  for m in range(len(reg)):
+    contenders[f"l2o_dm-hessian-10-s{m}"] = {"model": "l2o_dm", "regularizer": "hessian",
+                                             "coefficient": 10.0, "meta_seed": m,
+                                             "best_meta_step": 100 + m}
+    contenders[f"l2o_dm-none-s{m}"] = {"model": "l2o_dm", "regularizer": "none",
+                                       "coefficient": None, "meta_seed": m,
+                                       "best_meta_step": 700}
+  same_budget = {}
+  if budget is not None:
+    cells += _cells("l2o_dm-none-s{seed}@100", "l2o_dm", "none", None, budget)
+    for m in range(len(reg)):
+      contenders[f"l2o_dm-none-s{m}@100"] = {"model": "l2o_dm", "regularizer": "none",
+                                             "coefficient": None, "meta_seed": m,
+                                             "best_meta_step": 100, "control": True}
+      same_budget[f"l2o_dm-hessian-10-s{m}"] = f"l2o_dm-none-s{m}@100"
+  return {"cells": cells, "contenders": contenders, "same_budget": same_budget,
+          "coefficients": {"hessian": 10.0}}
+
+
+class PrimaryComparisonTest(parameterized.TestCase):
+
+  REG = [[0.91, 0.93], [0.90, 0.90], [0.95, 0.91], [0.92, 0.96], [0.90, 0.94]]
+  PLAIN = [[0.90, 0.90], [0.91, 0.89], [0.92, 0.90], [0.93, 0.93], [0.88, 0.90]]
+  BUDGET = [[0.80, 0.80], [0.81, 0.79], [0.82, 0.80], [0.83, 0.83], [0.78, 0.80]]
+
+  def test_full_budget_difference_by_hand(self):
+    entries = analysis.comparisons(_results(self.REG, self.PLAIN))
+    (full,) = [e for e in entries if e["control"] == "full_budget"]
+    # per meta seed: mean over the two test seeds of reg - plain
+    d = [(0.01 + 0.03) / 2, (-0.01 + 0.01) / 2, (0.03 + 0.01) / 2, (-0.01 + 0.03) / 2,
+         (0.02 + 0.04) / 2]
+    mean, sd = np.mean(d), np.std(d, ddof=1)
+    self.assertAlmostEqual(full["difference"], mean, places=12)
+    half = T975_4 * sd / math.sqrt(5)
+    np.testing.assert_allclose(full["ci95"], [mean - half, mean + half], rtol=1e-5)
+    t = mean / (sd / math.sqrt(5))
+    self.assertAlmostEqual(full["p_value"], 2 * (1 - stats.t_cdf(t, 4)), places=10)
+    self.assertAlmostEqual(full["mde"], (T975_4 + T80_4) * sd / math.sqrt(5), places=5)
+    self.assertEqual(full["meta_seeds"], 5)
+    self.assertEqual(full["selected_meta_steps"], [100, 101, 102, 103, 104])
+    self.assertEqual(full["control_meta_steps"], [700] * 5)
+    self.assertEqual(full["family"], "secondary")  # the primary control is the same budget
+
+  def test_same_budget_is_the_primary_family_and_holm_is_within_families(self):
+    entries = analysis.comparisons(_results(self.REG, self.PLAIN, self.BUDGET))
+    (same,) = [e for e in entries if e["control"] == "same_budget"]
+    (full,) = [e for e in entries if e["control"] == "full_budget"]
+    self.assertEqual(same["family"], "primary")
+    d = np.mean(np.asarray(self.REG) - np.asarray(self.BUDGET), axis=1)
+    self.assertAlmostEqual(same["difference"], d.mean(), places=12)
+    self.assertEqual(same["control_meta_steps"], [100] * 5)
+    # one test per family here, so Holm leaves each p-value as it is
+    self.assertAlmostEqual(same["p_holm"], same["p_value"])
+    self.assertAlmostEqual(full["p_holm"], full["p_value"])
+
+  def test_holm_over_the_secondaries(self):
+    results = _results(self.REG, self.PLAIN, self.BUDGET)
+    for optimizee in ("mlp_relu", "mlp_deep"):
+      for name, values in (("l2o_dm-hessian-10-s{seed}", self.REG),
+                           ("l2o_dm-none-s{seed}", self.PLAIN),
+                           ("l2o_dm-none-s{seed}@100", self.BUDGET)):
+        kind = "hessian" if "hessian" in name else "none"
+        results["cells"] += _cells(name, "l2o_dm", kind, 10.0 if kind == "hessian" else None,
+                                   values, optimizee=optimizee)
+    entries = analysis.comparisons(results)
+    secondary = [e for e in entries if e["family"] == "secondary"]
+    # full budget on 3 optimizees (accuracy; + train loss on the 2 unseen) and same budget on
+    # the 2 unseen (accuracy + train loss)
+    self.assertLen(secondary, 3 + 2 + 2 * 2)
+    want = stats.holm([e["p_value"] for e in secondary])["adjusted"]
+    self.assertEqual([e["p_holm"] for e in secondary], want)
+    self.assertTrue(all(e["p_holm"] >= e["p_value"] for e in secondary))
+
+  def test_test_seeds_are_paired_not_pooled(self):
+    # Unpaired test seeds (one run missing) drop out of that seed's mean difference.
+    results = _results(self.REG, self.PLAIN)
+    results["cells"] = [c for c in results["cells"] if not (
+        c["contender"] == "l2o_dm-none-s0" and c["test_seed"] == 1001)]
+    (full,) = analysis.comparisons(results)
+    self.assertAlmostEqual(full["per_seed"]["0"], 0.91 - 0.90)
+
+  def test_the_answer_names_interval_p_and_mde(self):
+    entries = analysis.comparisons(_results(self.REG, self.PLAIN, self.BUDGET))
+    (line,) = analysis.answer_lines(entries)
+    self.assertIn("over 5 meta-training seeds", line)
+    self.assertIn("would have been found with 80% power", line)
+
+
+class SweepByDecadesTest(parameterized.TestCase):
+
+  @staticmethod
+  def _runs(collapse_at, accuracy):
+    def train(c):
+      return [{"name": f"s{seed}-{c:g}", "collapsed": c >= collapse_at,
+               "best_validation_accuracy": -np.inf if c >= collapse_at else accuracy(c, seed),
+               "best_meta_step": -1 if c >= collapse_at else 100,
+               "grad_ratio": {"ratio": 0.01 * c}} for seed in (0, 1)]
+    return train
+
+  def test_up_by_decades_until_collapse(self):
+    term = sweep_lib.sweep_term("hessian", 1e-3, 1e5,
+                                self._runs(1000.0, lambda c, s: 0.9 + 0.01 * (c == 10.0)))
+    self.assertEqual([p["coefficient"] for p in term["points"]], [1.0, 10.0, 100.0, 1000.0])
+    self.assertTrue(term["reached_collapse"])
+    self.assertEqual(term["chosen"], 10.0)
+    self.assertIn("collapses at 1000", sweep_lib.summary_line(term))
+    self.assertAlmostEqual(term["points"][1]["grad_ratio"], 0.1)
+
+  def test_a_term_that_never_collapses_is_swept_to_the_largest_and_says_so(self):
+    term = sweep_lib.sweep_term("entropy", 1e-3, 1e5, self._runs(np.inf, lambda c, s: 0.9))
+    self.assertEqual([p["coefficient"] for p in term["points"]],
+                     [1.0, 10.0, 100.0, 1e3, 1e4, 1e5])
+    self.assertFalse(term["reached_collapse"])
+    self.assertIn("never collapsed up to 100000", sweep_lib.summary_line(term))
+    self.assertEqual(term["chosen"], 1.0)  # ties go to the smaller coefficient
+
+  def test_down_when_one_already_collapses(self):
+    term = sweep_lib.sweep_term("entropy", 1e-3, 1e5, self._runs(0.05, lambda c, s: 0.9))
+    self.assertEqual([p["coefficient"] for p in term["points"]], [0.01, 0.1, 1.0])
+    self.assertEqual(term["chosen"], 0.01)
+
+  def test_a_point_where_one_seed_collapsed_is_not_chosen(self):
+    runs = [{"name": "a", "collapsed": False, "best_validation_accuracy": 0.99,
+             "best_meta_step": 50}, {"name": "b", "collapsed": True,
+                                      "best_validation_accuracy": -np.inf, "best_meta_step": -1}]
+    p = sweep_lib.point("hessian", 10.0, runs)
+    self.assertFalse(p["collapsed"])  # not every seed: the sweep goes on
+    self.assertEqual(p["collapsed_runs"], 1)
+    self.assertAlmostEqual(p["validation_accuracy"], 0.99)
+    ok = sweep_lib.point("hessian", 1.0, [dict(runs[0], best_validation_accuracy=0.95)] * 2)
+    self.assertEqual(sweep_lib.choose([ok, p]), 1.0)
+
+
+class MatchedLevelTest(absltest.TestCase):
+
+  def test_lowest_level_four_of_five_trained_runs_reach(self):
+    runs = [{"collapsed": False, "train_loss_curve": [np.nan, 1.0, v]}
+            for v in (0.5, 0.4, 0.3, 0.2, 0.1)]
+    runs.append({"collapsed": True, "train_loss_curve": [np.nan, 2.0, 2.1]})
+    self.assertEqual(matched_level(runs), 0.4)
+    self.assertTrue(np.isnan(matched_level(runs[-1:])))
+
+
+class ShippedSweepTest(absltest.TestCase):
+
+  def test_the_shipped_sweep_is_complete(self):
+    data = sweep_lib.load()
+    for key in ("command", "date", "machine", "wall_time_s", "sweep", "sweep_terms"):
+      self.assertIn(key, data)
+    self.assertIn("--preset=sweep", data["command"])
+    for kind in ("hessian", "entropy"):
+      term = data["sweep_terms"][kind]
+      self.assertEqual(data["coefficients"][kind],
+                       term["chosen"] if term["chosen"] is not None else
+                       min(p["coefficient"] for p in term["points"]))
+      # by decades, each point with its gradient ratio and seeds
+      coefficients = [p["coefficient"] for p in term["points"]]
+      for a, b in zip(coefficients, coefficients[1:]):
+        self.assertAlmostEqual(b / a, 10.0)
+      for p in term["points"]:
+        self.assertEqual(p["runs"], len(study.PRESETS["sweep"].sweep_seeds))
+        self.assertIn("grad_ratio", p)
+
+  def test_a_missing_or_wrong_sweep_file_is_one_line(self):
+    missing = os.path.join(self.create_tempdir().full_path, "nope.json")
+    with self.assertRaisesRegex(ValueError, "no sweep at .*nope.json: run"):
+      study.StudyConfig(sweep_file=missing)
+    wrong = self.create_tempfile("x.json", content=json.dumps({"coefficients": {"hessian": 1}}))
+    with self.assertRaisesRegex(ValueError, "is not a sweep"):
+      study.StudyConfig(sweep_file=wrong.full_path)
+    with self.assertRaisesRegex(ValueError, "sweeps them itself"):
+      study.StudyConfig(preset="cpu", sweep_file=wrong.full_path)
+
+
+class StudyConfigTest(parameterized.TestCase):
+
+  def test_the_default_is_the_primary_question(self):
+    config = study.StudyConfig()
+    self.assertEqual(config.preset, "primary")
+    self.assertEqual(config.models, ("l2o_dm",))
+    self.assertEqual(config.optimizees, ("mlp_sigmoid", "mlp_relu", "mlp_deep"))
+    self.assertGreaterEqual(len(config.meta_seeds), 5)
+    s = config.settings
+    self.assertGreaterEqual(s.test_seeds, 5)
+    self.assertGreaterEqual(s.min_meta_iterations, 600)
+    self.assertGreaterEqual(s.num_inner_steps, 200)
+    self.assertEqual(config.identity()["coefficients"], {
+        k: float(v) for k, v in sweep_lib.load()["coefficients"].items()})
+    self.assertGreaterEqual(len(study.StudyConfig(preset="gpu").meta_seeds), 8)
+
+  @parameterized.parameters(((0,), "at least 2 distinct"), ((1, 1), "at least 2 distinct"),
+                            ((0, -1), "at least 2 distinct"))
+  def test_fewer_than_two_meta_seeds_is_refused(self, seeds, message):
+    with self.assertRaisesRegex(ValueError, message):
+      study.StudyConfig(preset="smoke", meta_seeds=seeds)
+
+  def test_meta_seeds_replace_the_presets(self):
+    config = study.StudyConfig(preset="smoke", meta_seeds=(3, 4, 5))
+    self.assertEqual(config.settings.meta_seeds, (3, 4, 5))
+    self.assertEqual(config.identity()["settings"]["meta_seeds"], (3, 4, 5))
+
+
+if __name__ == "__main__":
+  absltest.main()
