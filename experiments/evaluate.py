@@ -27,8 +27,19 @@ configurations never share a folder. A folder holding the results of another
 configuration is never overwritten (exit code 2); rerunning the same
 configuration replaces its results.
 
-The work is `flatl2o.study.multiseed.evaluate` (callable from Python); this
-binary turns the flags into its `EvaluateConfig`.
+Several optimizers in one command: a comma-separated --optimizer
+(`--optimizer=adam,sgd,pretrained:l2o_dm`; `pretrained:*` is every shipped
+one) trains each on the same seeds into one folder (default
+runs/evaluate/TASK-DATASET-compare-NAMES): `table.md` (each optimizer's figures
+and its test-accuracy difference to the first, paired seed by seed, with its
+interval and p-value; compilation time in a column of its own, never in the
+times per run), `curves.png` (every optimizer overlaid, with its band over
+seeds), `summary.json` (an `optimizers` list in the order given, each one's
+figures) and `metrics.jsonl`. Hand-designed optimizers then run at their
+default learning rates (--learning_rate is for one optimizer).
+
+The work is `flatl2o.study.multiseed.evaluate` and `flatl2o.study.compare.compare`
+(callable from Python); this binary turns the flags into their configurations.
 """
 
 from __future__ import annotations
@@ -81,6 +92,47 @@ flags.register_validator("learning_rate", lambda v: v is None or v > 0,
                          "--learning_rate must be positive")
 
 
+def _specs(value: str) -> list[str]:
+  return [v.strip() for v in value.split(",")]
+
+
+def _check_optimizers(value: str) -> bool:
+  """Names checked before the heavy imports: hand-designed, pretrained:NAME or *, a folder."""
+  specs = _specs(value)
+  if not all(specs):
+    raise flags.ValidationError(f"--optimizer={value}: an empty name in the list")
+  shipped = builtin_names.pretrained()
+  for spec in specs:
+    if spec in builtin_names.HAND_DESIGNED or spec == "pretrained:*":
+      continue
+    if spec.startswith("pretrained:"):
+      if spec[len("pretrained:"):] not in shipped:
+        raise flags.ValidationError(
+            f"unknown pretrained optimizer {spec!r}; shipped: {', '.join(shipped) or 'none'}")
+    elif not os.path.isdir(spec) and len(specs) > 1:
+      raise flags.ValidationError(
+          f"unknown optimizer {spec!r} in --optimizer; accepted: "
+          f"{', '.join(builtin_names.HAND_DESIGNED)}, pretrained:NAME, pretrained:* or an "
+          "exported optimizer's folder")
+  expanded = sum(([f"pretrained:{n}" for n in shipped] if spec == "pretrained:*" else [spec]
+                  for spec in specs), [])
+  repeated = sorted({v for v in expanded if expanded.count(v) > 1})
+  if repeated:
+    raise flags.ValidationError(f"--optimizer lists {', '.join(repeated)} more than once; give "
+                                "each optimizer once (pretrained:* includes every shipped one)")
+  if "pretrained:*" in specs and not shipped:
+    raise flags.ValidationError("pretrained:* names every shipped learned optimizer, and this "
+                                "installation ships none")
+  return True
+
+
+flags.register_validator("optimizer", _check_optimizers)
+
+
+def comparing() -> bool:
+  return "," in _OPTIMIZER.value or _OPTIMIZER.value.strip() == "pretrained:*"
+
+
 def config_from_flags():
   """The `multiseed.EvaluateConfig` of the command line."""
   from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top  (imports JAX)
@@ -92,8 +144,30 @@ def config_from_flags():
       out_dir=_OUT_DIR.value, landscape=_LANDSCAPE.value)
 
 
+def compare_main():
+  from flatl2o.study import compare  # pylint: disable=g-import-not-at-top  (imports JAX)
+  if _LEARNING_RATE.value is not None:
+    raise ValueError("--learning_rate is for one optimizer; a comparison runs each "
+                     "hand-designed optimizer at its default learning rate")
+  if _LANDSCAPE.value:
+    raise ValueError("--landscape is for one optimizer, not a comparison")
+  config = compare.CompareConfig(
+      task=_TASK.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+      optimizers=compare.expand(_specs(_OPTIMIZER.value)), num_steps=_NUM_STEPS.value,
+      batch_size=_BATCH_SIZE.value, eval_every=_EVAL_EVERY.value,
+      seeds=tuple(int(s) for s in _SEEDS.value), out_dir=_OUT_DIR.value)
+  summary = compare.compare(config, log=logging.info)
+  print(compare.table(summary))
+  out_dir = summary["config"]["out_dir"]
+  figure = ", curves.png" if os.path.exists(os.path.join(out_dir, "curves.png")) else ""
+  print(f"wrote {out_dir}/table.md, summary.json, metrics.jsonl{figure}")
+
+
 def main(argv):
   del argv
+  if comparing():
+    compare_main()
+    return
   config = config_from_flags()
   from flatl2o import report  # pylint: disable=g-import-not-at-top
   from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top

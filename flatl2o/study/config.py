@@ -121,13 +121,18 @@ PRESETS = {
     # per point (no early stop), two seeds per point.
     "sweep": dataclasses.replace(_PRIMARY, num_meta_iterations=300, min_meta_iterations=0,
                                  patience=None, coefficients="sweep", sweep_only=True),
-    # Every code path at tiny budgets (the tests run it): numbers mean nothing.
+    # Every code path once at tiny budgets (the tests run it): numbers mean nothing. L2O-DM
+    # and the enhanced recipe (curriculum + imitation) cover the study's meta-training paths
+    # (every architecture meta-trains in tests/test_meta*.py); mlp_relu stands for the
+    # unseen optimizees (conv's CPU convolutions would dominate the time).
     "smoke": Preset(meta_seeds=(0, 1), num_meta_iterations=4, unroll_length=5,
                     num_inner_steps=10, meta_batch_size=2, validation_every=2,
                     validation_seeds=1, adam_grid=(0.01, 0.1), sgd_grid=(0.1, 1.0),
                     tuning_seeds=1, test_seeds=2, test_horizon=20, eval_every=10,
                     flatness_batch=64, trace_probes=2, lanczos_iters=3, entropy_gap_samples=4,
-                    sweep_seeds=(100,), sweep_range=(1.0, 10.0)),
+                    sweep_seeds=(100,), sweep_range=(1.0, 10.0),
+                    models=("l2o_dm", "l2o_dm_enhanced"),
+                    optimizees=(SEEN, "mlp_relu", OTHER_DATA)),
     # The broad protocol (every model and optimizee) for hours on 2 CPU cores, resumable.
     "cpu": Preset(meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=300, unroll_length=20,
                   num_inner_steps=100, meta_batch_size=4, validation_every=50,

@@ -1,0 +1,207 @@
+"""Several optimizers on one optimizee over the same seeds, compared in one folder.
+
+`compare(CompareConfig(optimizers=("adam", "pretrained:l2o_dm", ...)))` trains
+the task once per optimizer and seed (the same seeds give every optimizer the
+same initialisations and batches), and writes to one folder:
+
+- `summary.json`: the configuration, `optimizers` (the specs in the order
+  given), per optimizer its per-seed finals and their means with 95% intervals
+  over seeds, its paired difference to the first optimizer (seed by seed:
+  mean, 95% interval, p-value), its compilation time and its time per run;
+- `table.md`: the same as a table, one row per optimizer;
+- `metrics.jsonl`: one object per optimizer, seed and evaluated step;
+- `curves.png`: training loss and test accuracy against steps, every optimizer
+  overlaid, each with its band over seeds.
+
+Compilation is timed apart: a seed's runs after the first reuse the compiled
+chunk, so `compile_s` is the first seed's time minus the median of the other
+seeds' times, and `seconds_per_run` is that median; neither enters the other
+(the first optimizer's `compile_s` also holds what every optimizer shares, such as
+the flatness measures' compilation).
+`expand` turns `pretrained:*` into every shipped optimizer and refuses an
+unknown or repeated name in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from flatl2o import checkpoints, evaluation, folders, optimizers, pretrained, report, stats, tasks
+from flatl2o.optimizers.resolve import export_description, export_path, is_hand_designed
+from flatl2o.study import multiseed
+
+METRICS = ("train_loss", "test_accuracy", "test_loss", "hessian_trace", "top_eigenvalue",
+           "local_entropy_gap")
+PAIRED = ("test_accuracy", "train_loss", "test_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+  """One comparison (fields as `multiseed.EvaluateConfig`; `optimizers` in table order)."""
+
+  task: str
+  dataset: str | None
+  data_dir: str | None
+  optimizers: tuple[str, ...]
+  num_steps: int
+  batch_size: int
+  eval_every: int
+  seeds: tuple[int, ...]
+  out_dir: str | None
+
+
+def expand(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+  """The specs with `pretrained:*` spelled out; ValueError on an empty, repeated or lone one."""
+  out = []
+  for spec in specs:
+    if spec == "pretrained:*":
+      shipped = pretrained.names()
+      if not shipped:
+        raise ValueError("pretrained:* names every shipped learned optimizer, and this "
+                         "installation ships none")
+      out += [f"pretrained:{n}" for n in shipped]
+    else:
+      out.append(spec)
+  repeated = sorted({s for s in out if out.count(s) > 1})
+  if repeated:
+    raise ValueError(f"--optimizer lists {', '.join(repeated)} more than once; give each "
+                     "optimizer once (pretrained:* already includes every shipped one)")
+  if len(out) < 2:
+    raise ValueError("a comparison needs at least two optimizers, e.g. "
+                     "--optimizer=adam,pretrained:l2o_dm")
+  return tuple(out)
+
+
+def _label(spec: str, task: str) -> str:
+  single = multiseed.EvaluateConfig(task=task, dataset=None, data_dir=None, optimizer=spec,
+                                    learning_rate=None, num_steps=1, batch_size=1,
+                                    eval_every=1, seeds=(0,), out_dir=None)
+  return multiseed.optimizer_label(single)
+
+
+def default_out_dir(config: CompareConfig, dataset_name: str) -> str:
+  """runs/evaluate/TASK-DATASET-compare-A-B-...: one folder per list of optimizers."""
+  names = [s.split("pretrained:")[-1] if s.startswith("pretrained:") else
+           os.path.basename(os.path.normpath(s)) for s in config.optimizers]
+  return os.path.join("runs", "evaluate", folders.safe_name(
+      f"{config.task}-{dataset_name}-compare-{'-'.join(names)}"))
+
+
+def identity(config: CompareConfig) -> dict[str, Any]:
+  out = dataclasses.asdict(config)
+  out.pop("out_dir")
+  out["optimizer_sha256"] = {s: export_description(s)["sha256"]
+                             for s in config.optimizers if not is_hand_designed(s)}
+  return folders.as_json(out)
+
+
+def _timing(results) -> dict[str, float]:
+  times = [r.wall_time_s for r in results]
+  if len(times) < 2:
+    return {"compile_s": float("nan"), "seconds_per_run": float("nan")}
+  steady = float(np.median(times[1:]))
+  return {"compile_s": max(times[0] - steady, 0.0), "seconds_per_run": steady}
+
+
+def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
+  """Runs every optimizer on every seed, writes the folder, returns the summary."""
+  specs = expand(config.optimizers)
+  config = dataclasses.replace(config, optimizers=specs)
+  transforms = {s: optimizers.resolve(s) for s in specs}  # every bad name fails here
+  for s in specs:
+    if not is_hand_designed(s):
+      warning = checkpoints.status_warning(export_path(s))
+      if warning is not None:
+        log(warning)
+  task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
+                   batch_size=config.batch_size)
+  if config.out_dir is None:
+    config = dataclasses.replace(config, out_dir=default_out_dir(config, task.dataset_name))
+  wanted = identity(config)
+  multiseed.claim(config.out_dir, wanted)
+  lock = folders.lock_folder(config.out_dir, "--out_dir")
+
+  runs: dict[str, list] = {}
+  total = len(specs) * len(config.seeds)
+  for i, spec in enumerate(specs):
+    runs[spec] = []
+    for j, seed in enumerate(config.seeds):
+      runs[spec].append(evaluation.train(task, transforms[spec], config.num_steps,
+                                         jax.random.key(seed), eval_every=config.eval_every,
+                                         flatness_at=(config.num_steps,)))
+      done = i * len(config.seeds) + j + 1
+      log(f"{spec}, seed {seed} ({done}/{total}): {runs[spec][-1].final('test')}")
+
+  records, finals = [], {}
+  for spec in specs:
+    finals[spec] = []
+    for seed, r in zip(config.seeds, runs[spec]):
+      for k, step in enumerate(r.eval_steps):
+        window = r.train_loss[max(0, step - config.eval_every):step]
+        record = {"optimizer": spec, "seed": seed, "step": int(step),
+                  "train_loss": float(window.mean()) if step else None}
+        for split, metrics in r.metrics.items():
+          record.update({f"{split}_{m}": float(v[k]) for m, v in metrics.items()})
+        records.append(record)
+      finals[spec].append({**records[-1], **r.flatness[config.num_steps]})
+  first = specs[0]
+  per_optimizer = {}
+  for spec in specs:
+    names = [m for m in METRICS if m in finals[spec][0]]
+    entry = {"label": _label(spec, config.task), "final": finals[spec],
+             "over_seeds": {m: report.summarize([f[m] for f in finals[spec]]) for m in names},
+             **_timing(runs[spec])}
+    if spec != first:
+      entry["minus_first"] = {
+          m: stats.paired_difference([f[m] for f in finals[spec]], [f[m] for f in finals[first]])
+          for m in PAIRED if m in finals[spec][0] and m in finals[first][0]}
+    per_optimizer[spec] = entry
+  summary = {"config": dataclasses.asdict(config), "identity": wanted,
+             "dataset_name": task.dataset_name, "optimizers": list(specs),
+             "per_optimizer": per_optimizer}
+  report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
+  report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
+  report.write_text(os.path.join(config.out_dir, "table.md"), table(summary))
+  report.plot_curves(os.path.join(config.out_dir, "curves.png"),
+                     {per_optimizer[s]["label"]: runs[s] for s in specs},
+                     title=f"{config.task} on {task.dataset_name}")
+  lock.release()
+  return summary
+
+
+def _cell(s: dict | None, digits: int = 4) -> str:
+  if not s or not np.isfinite(s.get("mean", np.nan)):
+    return "—"
+  ci = s.get("ci95", np.nan)
+  return f"{s['mean']:.{digits}g}" + (f" ± {ci:.2g}" if np.isfinite(ci) else "")
+
+
+def table(summary: dict) -> str:
+  """table.md: one row per optimizer, the paired difference to the first beside it."""
+  specs = summary["optimizers"]
+  first = summary["per_optimizer"][specs[0]]["label"]
+  config = summary["config"]
+  lines = [f"{config['task']} on {summary['dataset_name']}, {config['num_steps']} steps, "
+           f"seeds {', '.join(map(str, config['seeds']))} (mean ± 95% interval over seeds; "
+           f"differences paired seed by seed against {first})", "",
+           "| optimizer | test acc. | train loss | test loss | test acc. − first | p | "
+           "trace | top eig. | entropy gap | compile s | s per run |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for spec in specs:
+    e = summary["per_optimizer"][spec]
+    o = e["over_seeds"]
+    diff = e.get("minus_first", {}).get("test_accuracy")
+    diff_cell = "—" if diff is None else (f"{diff['mean']:+.4f} ± {diff['ci95']:.2g}"
+                                          if np.isfinite(diff["ci95"]) else f"{diff['mean']:+.4f}")
+    p = "—" if diff is None or not np.isfinite(diff["p"]) else f"{diff['p']:.3g}"
+    lines.append(f"| {e['label']} | {_cell(o.get('test_accuracy'))} | "
+                 f"{_cell(o.get('train_loss'))} | {_cell(o.get('test_loss'))} | {diff_cell} | "
+                 f"{p} | {_cell(o.get('hessian_trace'), 3)} | {_cell(o.get('top_eigenvalue'), 3)}"
+                 f" | {_cell(o.get('local_entropy_gap'), 3)} | {e['compile_s']:.1f} | "
+                 f"{e['seconds_per_run']:.2f} |")
+  return "\n".join(lines) + "\n"
