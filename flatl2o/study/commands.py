@@ -44,7 +44,7 @@ def meta_config(model: str, kind: str, coefficient: float | None, seed: int, s: 
     settings["num_meta_iterations"] = num_meta_iterations
   return meta.MetaTrainConfig(
       **settings, validation_horizon=s.num_inner_steps, checkpoint_every=s.validation_every,
-      log_every=s.validation_every, seed=seed, regularizer=reg, num_devices=1,
+      log_every=min(10, s.validation_every), seed=seed, regularizer=reg, num_devices=1,
       meta_loss=lopt.preferred_meta_loss, **extra)
 
 

@@ -23,7 +23,6 @@ The stages, in order (each result a cell under `run_dir/cells/`):
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +34,7 @@ from flatl2o.study.cells import Cells
 from flatl2o.study.commands import regularizer_label
 from flatl2o.study.config import OTHER_DATA, SEEN, TEST_SEED_BASE, StudyConfig, StudyInterrupted
 from flatl2o.study.figures import figures
+from flatl2o.study.progress import Progress
 from flatl2o.study.stages import (best_within, contender_identity, flatness_fn, loader,
                                   matched_level, matched_run, meta_train_cell, optimizee_tasks,
                                   run_test, tune)
@@ -109,24 +109,16 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   # 2. Every model x regularizer x seed (plain runs keep each improvement for step 3).
   trained = {}
   planned = [(m, k, sd) for m in config.models for k in config.regularizers for sd in s.meta_seeds]
-  cached = sum(cells.get("meta", f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}") is not None
-               for m, k, sd in planned)
+  names = [f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}" for m, k, sd in planned]
+  tracker = plan_progress(config, planned, names)
+  cached = sum(cells.get("meta", n) is not None for n in names)
   if cached:
     log(f"continuing: {cached} of {len(planned)} meta-training cells done")
-  spent: dict[str, list[float]] = {}  # regularizer -> seconds of the cells trained here
   for i, (model, kind, seed) in enumerate(planned):
-    tic = time.perf_counter()
-    was_cached = cells.get("meta", f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}")
     trained[model, kind, seed] = meta_train_cell(
         cells, config, seen, model, kind, coefficient[kind], seed, should_stop, log=log,
-        keep_improvements=kind == "none", progress=f"cell {i + 1}/{len(planned)}")
-    if was_cached is None:
-      spent.setdefault(kind, []).append(time.perf_counter() - tic)
-      rest = planned[i + 1:]
-      every = [t for v in spent.values() for t in v]
-      eta = sum(np.mean(spent.get(k, every)) for _, k, _ in rest)
-      log(f"cell {i + 1}/{len(planned)} done in {spent[kind][-1]:.0f} s; meta-training ETA "
-          f"{eta:.0f} s (from this run's cells of each term)")
+        keep_improvements=kind == "none", progress=f"stage 2 (meta-training), cell "
+        f"{i + 1}/{len(planned)}", tracker=tracker)
 
   # 3. The plain optimizer selected at each regularized one's meta-step budget.
   same_budget = {}
@@ -183,24 +175,36 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   matched = {}
   todo = [(o, c) for o in builders for c in contenders
           if o == SEEN or not contenders[c].get("seen_only")]  # (older folders' sweep cells)
-  to_run = sum(cells.get("test", o, c) is None for o, c in todo)
-  tic, done = time.perf_counter(), 0
+  slots = [n for n in tracker.order if n.startswith("test ")]
+  for slot in slots[len(todo):]:
+    tracker.skip(slot)  # fewer contenders than planned (same-budget picks that were plain's)
+  slot_of = dict(zip(todo, slots))
   for optimizee in builders:
     snapshots: dict[str, dict[int, dict]] = {}
     for o, name in todo:
       if o != optimizee:
         continue
       cell = cells.get("test", optimizee, name)
+      slot = slot_of.get((optimizee, name))
       if cell is None:
         check_stop(f"meta-testing {name} on {optimizee}")
+        if slot is not None:
+          tracker.start(slot)
         task, tx = builders[optimizee](), contenders[name]["make"]()
         snapshots[name] = {t: {} for t in test_seeds}
-        cell = cells.put({"contender": name, "optimizee": optimizee, "runs": [
-            run_test(task, tx, s, t, s.test_horizon, measure, snapshots[name][t])
-            for t in test_seeds]}, "test", optimizee, name)
-        done += 1
-        eta = (time.perf_counter() - tic) / done * (to_run - done)
-        log(f"meta-tested {name} on {optimizee} ({done}/{to_run}; ETA {eta:.0f} s)")
+        runs = []
+        for t in test_seeds:
+          runs.append(run_test(task, tx, s, t, s.test_horizon, measure, snapshots[name][t]))
+          if slot is not None:
+            tracker.update(slot, len(runs) * s.test_horizon)
+        cell = cells.put({"contender": name, "optimizee": optimizee, "runs": runs},
+                         "test", optimizee, name)
+        if slot is not None:
+          tracker.finish(slot)
+        log(f"stage 5 (meta-tests), {tracker.index(slot) if slot else '-'}: meta-tested "
+            f"{name} on {optimizee}; {tracker.line()}")
+      elif slot is not None:
+        tracker.skip(slot)
       tests[optimizee, name] = cell
 
     level = matched_level([r for (o, n), c in tests.items() if o == optimizee
@@ -248,6 +252,26 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   results["primary"] = analysis.comparisons(results)
   results["correlations"] = analysis.correlations(results)
   return results
+
+
+# Seconds per unit on this project's 2-core CPU (2026-12-06, digits MLP, L2O-DM, unroll 20,
+# meta-batch 4, validation included): the ETA's priors for kinds not yet measured in a run,
+# scaled by how fast the run's measured kinds went (`flatl2o.study.progress`).
+PRIOR_SECONDS = {"none": 0.1, "hessian": 0.2, "entropy": 0.25, "test": 0.002}
+
+
+def plan_progress(config: StudyConfig, planned, names) -> Progress:
+  """The ETA's plan: every meta-training cell, then a meta-test slot per optimizee and
+  possible contender (baselines, every trained cell, a same-budget control per regularized
+  one; slots left unused are skipped)."""
+  s = config.settings
+  items = [(n, k, s.num_meta_iterations) for n, (_, k, _) in zip(names, planned)]
+  contenders = len(s.baselines) + len(planned) + sum(k != "none" for _, k, _ in planned)
+  items += [(f"test {i + 1}", "test", s.test_seeds * s.test_horizon)
+            for i in range(contenders * len(config.optimizees))]
+  prior = {**{k: PRIOR_SECONDS.get(k, PRIOR_SECONDS["entropy"]) for _, k, _ in planned},
+           "test": PRIOR_SECONDS["test"]}
+  return Progress(items, prior)
 
 
 def machine() -> str:

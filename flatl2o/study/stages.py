@@ -48,22 +48,29 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                     coefficient: float | None, seed: int, should_stop,
                     num_meta_iterations: int | None = None, log=print, *,
                     keep_improvements: bool = False, measure_ratio: bool = False,
-                    progress: str = "") -> dict:
+                    progress: str = "", tracker=None) -> dict:
   """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir.
 
   With `keep_improvements` every improvement of the selected optimizer is also
   exported (`optimizers/NAME@STEP`), so the best within any earlier budget is
   at hand without retraining (the same-budget control). With `measure_ratio`
   the cell records `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected
-  meta-parameters). `progress` prefixes its log lines (e.g. "cell 3/15").
+  meta-parameters). `progress` prefixes its log lines (e.g. "cell 3/15");
+  `tracker` (a `flatl2o.study.progress.Progress` with an item of the cell's name)
+  is told of every logged meta-step, and its ETA ends each validation's line.
   """
   name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}"
   if num_meta_iterations is not None:
     name += f"-budget{num_meta_iterations}"
   cached = cells.get("meta", name)
   if cached is not None:
+    if tracker is not None and name in tracker.items:
+      tracker.skip(name)
     return cached
   s = config.settings
+  tracked = tracker is not None and name in tracker.items
+  if tracked:
+    tracker.start(name)
   mconfig = meta_config(model, kind, coefficient, seed, s, num_meta_iterations)
   run_dir = os.path.join(cells.run_dir, "meta", name)
   prefix = f"{progress} " if progress else ""
@@ -81,11 +88,14 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
     improvements.append(step)
 
   def show(record):
+    if tracked:
+      tracker.update(name, record["iteration"])
     if "validation_score" in record:
       rate = record.get("meta_steps_per_second", float("nan"))
+      eta = f"; {tracker.line()}" if tracker is not None else ""
       log(f"{prefix}{name}: meta-step {record['iteration']}/{cap}, validation "
           f"{record['validation_score']:.4f}{' (collapsed)' if record['collapsed'] else ''}, "
-          f"{rate:.1f} meta-steps/s")
+          f"{rate:.1f} meta-steps/s{eta}")
 
   try:
     result = meta.meta_train(lopt, task, mconfig, run_dir=run_dir, callback=show,
@@ -105,6 +115,8 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
         "diverged": True, "validations": validations(run_dir), "export": None,
         "grad_ratio": {"ratio": float("nan")} if measure_ratio else None,
         "wall_time_s": time.perf_counter() - start}, "meta", name)
+  if tracked:
+    tracker.finish(name)
   export = os.path.join(cells.run_dir, "optimizers", name)
   # A collapsed cell's export says so (evaluate warns); the sweep never chooses it.
   save_optimizer(export, lopt, result.meta_params, metadata=None if not result.collapsed else
