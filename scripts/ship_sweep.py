@@ -9,7 +9,6 @@ points (validation accuracy, collapse, gradient ratio per coefficient) and
 each term's summary. A results.json that is not a sweep's is refused (exit 2).
 """
 
-import json
 import os
 import sys
 

@@ -15,7 +15,6 @@ import os
 import numpy as np
 
 from flatl2o import report
-from flatl2o.study.config import SEEN
 from flatl2o.study.tables import banner, by_seed, group_label, units
 
 
