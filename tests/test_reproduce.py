@@ -169,8 +169,8 @@ class RunDirectoryIdentityTest(absltest.TestCase):
     study.Cells(run_dir, study.StudyConfig(preset="smoke"))  # the same: accepted
     with open(os.path.join(run_dir, "protocol.json")) as f:
       written = f.read()
-    with self.assertRaisesRegex(ValueError, r"another configuration \(differs in meta_seeds, "
-                                r"preset, settings\); pass another --run_dir"):
+    with self.assertRaisesRegex(ValueError, r"another configuration \(differs in [a-z_, ]*\bpreset, "
+                                r"settings\); pass another --run_dir"):
       study.Cells(run_dir, study.StudyConfig(preset="cpu"))
     with open(os.path.join(run_dir, "protocol.json")) as f:
       self.assertEqual(f.read(), written)
@@ -433,6 +433,10 @@ class BadFlagsTest(parameterized.TestCase):
       (["--models=l2o_dm,lstm"], "unknown or repeated models ['lstm']; accepted: l2o_dm"),
       (["--regularizers=none,sam"], "accepted: none, hessian, entropy"),
       (["--dataset=nope"], "nope"),
+      (["--meta_seeds=0"], "a comparison needs at least 2 distinct non-negative meta-training"),
+      (["--meta_seeds=0,x"], "--meta_seeds must be integers"),
+      (["--sweep_file=/nonexistent/results.json"], "no sweep at /nonexistent/results.json"),
+      (["--optimizees=mlp_sigmoid,resnet"], "accepted: mlp_sigmoid, mlp_relu"),
   )
   def test_one_line_exit_2_nothing_written(self, args, message):
     out = os.path.join(self.create_tempdir().full_path, "out")

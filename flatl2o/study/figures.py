@@ -162,8 +162,10 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
         rho = rhos.get((optimizee, key), {}).get("rho", float("nan"))
         ax.scatter([c["matched"][key] for c in cs],
                    [c["matched"]["generalization_gap"] for c in cs], s=7, marker=marker,
-                   c=[colours.get(c["regularizer"], "k") for c in cs],
-                   label=f"{optimizee} (rho {rho:.2f})")
+                   c=[colours.get(c["regularizer"], "k") for c in cs])
+        ax.scatter([], [], s=7, marker=marker, c="gray", label=f"{optimizee} (rho {rho:.2f})")
+      for kind, colour in colours.items():
+        ax.scatter([], [], s=7, c=colour, label=kind or "baseline")
       ax.set_xscale("symlog", linthresh=1e-3)
       ax.set_xlabel(f"{label} at matched training loss")
       ax.legend(fontsize=6)
