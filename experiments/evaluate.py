@@ -108,7 +108,8 @@ def _check_optimizers(value: str) -> bool:
     if spec.startswith("pretrained:"):
       if spec[len("pretrained:"):] not in shipped:
         raise flags.ValidationError(
-            f"unknown pretrained optimizer {spec!r}; shipped: {', '.join(shipped) or 'none'}")
+            f"unknown pretrained optimizer {spec[len('pretrained:'):]!r}; accepted: "
+            f"{', '.join(shipped) or 'none are shipped'}")
     elif not os.path.isdir(spec) and len(specs) > 1:
       raise flags.ValidationError(
           f"unknown optimizer {spec!r} in --optimizer; accepted: "

@@ -85,7 +85,7 @@ class BadInputTest(parameterized.TestCase):
       ("adam,lstm", "unknown optimizer 'lstm' in --optimizer; accepted: sgd"),
       ("adam,sgd,adam", "lists adam more than once"),
       ("pretrained:l2o_dm,pretrained:*", "lists pretrained:l2o_dm more than once"),
-      ("adam,pretrained:nope", "unknown pretrained optimizer 'pretrained:nope'; shipped: "),
+      ("adam,pretrained:nope", "unknown pretrained optimizer 'nope'; accepted: l2o_dm"),
   )
   def test_one_line_exit_2_nothing_written(self, value, message):
     out = os.path.join(self.create_tempdir().full_path, "out")
