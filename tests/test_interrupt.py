@@ -54,5 +54,23 @@ class CtrlCTest(absltest.TestCase):
     self.assertRegex(lines[0], r"^reproduce.py: interrupted while .*; finished cells are kept")
 
 
+class ContinueTest(absltest.TestCase):
+
+  @pytest.mark.slow  # the smoke preset, stopped in its second meta-training cell, then rerun
+  def test_a_rerun_says_what_it_continues(self):
+    run_dir = os.path.join(self.create_tempdir().full_path, "run")
+    args = ["--preset=smoke", "--models=l2o_dm", "--regularizers=none",
+            "--optimizees=mlp_sigmoid", f"--run_dir={run_dir}"]
+    code, _ = _interrupt("experiments.reproduce", args, "cell 2/2 l2o_dm-none-s1: meta-step 2/")
+    self.assertEqual(code, 130)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    self.assertIn("continuing: 1 of 2 meta-training cells done", proc.stderr)
+    self.assertRegex(proc.stderr, r"resuming l2o_dm-none-s1 at meta-step [1-4]\b")
+    self.assertNotRegex(proc.stderr, r"meta-training l2o_dm-none-s0 ")  # the finished cell
+
+
 if __name__ == "__main__":
   absltest.main()

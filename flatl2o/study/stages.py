@@ -78,6 +78,11 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
   stop_rule = (f", stops {mconfig.patience} without improvement after "
                f"{mconfig.min_meta_iterations}" if mconfig.patience else "")
   log(f"{prefix}meta-training {name} (up to {cap} meta-steps{stop_rule})")
+  checkpoints_dir = os.path.join(run_dir, "checkpoints")
+  saved = [int(d) for d in (os.listdir(checkpoints_dir) if os.path.isdir(checkpoints_dir)
+                            else []) if d.isdigit()]
+  if saved:  # an interrupted run: meta_train resumes from its newest intact checkpoint
+    log(f"{prefix}resuming {name} at meta-step {max(saved)}")
   start = time.perf_counter()
   lopt = architecture(model)
   improvements = []
