@@ -31,8 +31,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from flatl2o import checkpoints, evaluation, folders, optimizers, pretrained, report, stats, tasks
-from flatl2o.optimizers.resolve import export_description, export_path, is_hand_designed
+from flatl2o import evaluation, folders, optimizers, pretrained, report, stats, tasks
+from flatl2o.optimizers.resolve import export_description, is_hand_designed
 from flatl2o.study import multiseed
 
 METRICS = ("train_loss", "test_accuracy", "test_loss", "hessian_trace", "top_eigenvalue",
@@ -114,10 +114,9 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
   config = dataclasses.replace(config, optimizers=specs)
   transforms = {s: optimizers.resolve(s) for s in specs}  # every bad name fails here
   for s in specs:
-    if not is_hand_designed(s):
-      warning = checkpoints.status_warning(export_path(s))
-      if warning is not None:
-        log(warning)
+    warning = multiseed.status_line(s)
+    if warning is not None:
+      log(warning)
   task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
                    batch_size=config.batch_size)
   if config.out_dir is None:
@@ -141,13 +140,8 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
   for spec in specs:
     finals[spec] = []
     for seed, r in zip(config.seeds, runs[spec]):
-      for k, step in enumerate(r.eval_steps):
-        window = r.train_loss[max(0, step - config.eval_every):step]
-        record = {"optimizer": spec, "seed": seed, "step": int(step),
-                  "train_loss": float(window.mean()) if step else None}
-        for split, metrics in r.metrics.items():
-          record.update({f"{split}_{m}": float(v[k]) for m, v in metrics.items()})
-        records.append(record)
+      records += [{"optimizer": spec, **rec}
+                  for rec in multiseed.seed_records(r, seed, config.eval_every)]
       finals[spec].append({**records[-1], **r.flatness[config.num_steps]})
   first = specs[0]
   per_optimizer = {}

@@ -129,14 +129,34 @@ def _landscape(config: EvaluateConfig, task, seed: int, result, label: str) -> d
           "loss": slices["loss_1d"].tolist()}
 
 
+def status_line(spec: str) -> str | None:
+  """The one-line warning of a collapsed or undertrained export (None for any other spec)."""
+  if is_hand_designed(spec):
+    return None
+  return checkpoints.status_warning(export_path(spec))
+
+
+def seed_records(result, seed: int, eval_every: int) -> list[dict[str, Any]]:
+  """metrics.jsonl's objects of one seed's run: one per evaluated step (training loss: the
+  mean minibatch loss of the `eval_every` steps before it)."""
+  records = []
+  for i, step in enumerate(result.eval_steps):
+    window = result.train_loss[max(0, step - eval_every):step]
+    record = {"seed": seed, "step": int(step),
+              "train_loss": float(window.mean()) if step else None}
+    for split, metrics in result.metrics.items():
+      record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
+    records.append(record)
+  return records
+
+
 def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
   """Runs every seed, writes the outputs, returns the summary (its "config" has the folder)."""
   # Everything that can be wrong with the input fails here, before compiling.
   tx = optimizers.resolve(config.optimizer, config.learning_rate)
-  if not is_hand_designed(config.optimizer):
-    warning = checkpoints.status_warning(export_path(config.optimizer))
-    if warning is not None:  # a collapsed or undertrained export: evaluated, with one line
-      log(warning)
+  warning = status_line(config.optimizer)
+  if warning is not None:  # a collapsed or undertrained export: evaluated, with one line
+    log(warning)
   task = tasks.get(config.task, config.dataset, data_dir=config.data_dir,
                    batch_size=config.batch_size)
   if config.out_dir is None:
@@ -156,13 +176,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
 
   records, finals = [], []
   for seed, r in zip(config.seeds, results):
-    for i, step in enumerate(r.eval_steps):
-      window = r.train_loss[max(0, step - config.eval_every):step]
-      record = {"seed": seed, "step": int(step),
-                "train_loss": float(window.mean()) if step else None}
-      for split, metrics in r.metrics.items():
-        record.update({f"{split}_{m}": float(v[i]) for m, v in metrics.items()})
-      records.append(record)
+    records += seed_records(r, seed, config.eval_every)
     finals.append({**records[-1], **r.flatness[config.num_steps], "wall_time_s": r.wall_time_s,
                    "steps_per_second": r.steps_per_second})
   metric_names = [k for k in finals[0] if k not in ("seed", "step")]
