@@ -76,29 +76,30 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
     shipped = sweep_lib.load(config.sweep_file)
     for kind in kinds:
       coefficient[kind] = float(shipped["coefficients"][kind])
-    log(f"coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
+    log(f"stage 1 (coefficients): from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
         + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
   else:
     for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
       sweep_cells.append(meta_train_cell(cells, config, seen, "l2o_dm", "none", None, seed,
                                          should_stop, log=log, measure_ratio=True,
-                                         progress="sweep"))
+                                         progress="stage 1 (sweep): plain"))
     plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
     for kind in kinds:
       def train_point(c, kind=kind):
         runs = [meta_train_cell(cells, config, seen, "l2o_dm", kind, c, seed, should_stop,
-                                log=log, measure_ratio=True, progress=f"sweep {kind} {c:g}")
+                                log=log, measure_ratio=True, progress=f"stage 1 (sweep): {kind} {c:g}")
                 for seed in s.sweep_seeds]
         sweep_cells.extend(runs)
         return runs
       sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
       sweep[kind]["plain"] = plain_point
-      log(sweep_lib.summary_line(sweep[kind]))
+      log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}")
       coefficient[kind] = sweep[kind]["chosen"]
       if coefficient[kind] is None:
         coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
-        log(f"{kind}: the smallest swept coefficient, {coefficient[kind]:g}, is kept")
+        log(f"stage 1 (sweep): {kind}: the smallest swept coefficient, "
+            f"{coefficient[kind]:g}, is kept")
   if s.sweep_only:
     return {"config": config.identity(),
             "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
@@ -113,12 +114,16 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   tracker = plan_progress(config, planned, names)
   cached = sum(cells.get("meta", n) is not None for n in names)
   if cached:
-    log(f"continuing: {cached} of {len(planned)} meta-training cells done")
+    log(f"stage 2 (meta-training): continuing: {cached} of {len(planned)} meta-training "
+        "cells done")
   for i, (model, kind, seed) in enumerate(planned):
     trained[model, kind, seed] = meta_train_cell(
         cells, config, seen, model, kind, coefficient[kind], seed, should_stop, log=log,
         keep_improvements=kind == "none", progress=f"stage 2 (meta-training), cell "
         f"{i + 1}/{len(planned)}", tracker=tracker)
+    if kind != "none" and (model, "none", seed) in trained and (
+        control_is_plain(trained[model, kind, seed], trained[model, "none", seed])):
+      tracker.drop_control()  # no meta-test of its own: plain's selected optimizer is it
 
   # 3. The plain optimizer selected at each regularized one's meta-step budget.
   same_budget = {}
@@ -149,9 +154,14 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
     if name in ("adam", "sgd"):
       tuned = cells.get("tuning", name)
       if tuned is None:
-        log(f"tuning {name}")
+        tracker.start(f"tuning {name}")
         tuned = cells.put(tune(seen, name, s.adam_grid if name == "adam" else s.sgd_grid, s,
                                should_stop), "tuning", name)
+        tracker.finish(f"tuning {name}")
+        log(f"stage 4 (baselines): tuned {name}: learning rate {tuned['learning_rate']:g}; "
+            f"{tracker.line()}")
+      elif f"tuning {name}" in tracker.items:
+        tracker.skip(f"tuning {name}")
       lr = tuned["learning_rate"]
     else:
       lr = None
@@ -175,10 +185,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   matched = {}
   todo = [(o, c) for o in builders for c in contenders
           if o == SEEN or not contenders[c].get("seen_only")]  # (older folders' sweep cells)
-  slots = [n for n in tracker.order if n.startswith("test ")]
-  for slot in slots[len(todo):]:
-    tracker.skip(slot)  # fewer contenders than planned (same-budget picks that were plain's)
-  slot_of = dict(zip(todo, slots))
+  slot_of = tracker.assign_tests(todo)
   for optimizee in builders:
     snapshots: dict[str, dict[int, dict]] = {}
     for o, name in todo:
@@ -201,17 +208,18 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
                          "test", optimizee, name)
         if slot is not None:
           tracker.finish(slot)
-        log(f"stage 5 (meta-tests), {tracker.index(slot) if slot else '-'}: meta-tested "
-            f"{name} on {optimizee}; {tracker.line()}")
+        log(f"stage 5 (meta-tests), cell {todo.index((optimizee, name)) + 1}/{len(todo)}: "
+            f"meta-tested {name} on {optimizee}; {tracker.line()}")
       elif slot is not None:
         tracker.skip(slot)
       tests[optimizee, name] = cell
 
     level = matched_level([r for (o, n), c in tests.items() if o == optimizee
                            and not contenders[n].get("control") for r in c["runs"]])
-    for (o, name), cell in tests.items():
-      if o != optimizee:
-        continue
+    item = f"matched {optimizee}"
+    tracker.start(item)
+    tracker.update(item, 0)
+    for j, ((o, name), cell) in enumerate((k, c) for k, c in tests.items() if k[0] == optimizee):
       got = cells.get("matched", optimizee, name)
       same_level = got is not None and (got["level"] == level or (
           np.isnan(got["level"]) and np.isnan(level)))
@@ -223,6 +231,10 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
             matched_run(task, tx, s, r, level, measure, kept.get(r["test_seed"]))
             for r in cell["runs"]]}, "matched", optimizee, name)
       matched[optimizee, name] = got
+      tracker.update(item, (j + 1) * s.test_seeds)
+    tracker.finish(item)
+    log(f"stage 6 (flatness at matched training loss): {optimizee} at training loss "
+        f"{level:.4g}; {tracker.line()}")
 
   results = {
       "config": config.identity(),
@@ -255,23 +267,72 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
 
 
 # Seconds per unit on this project's 2-core CPU (2026-12-06, digits MLP, L2O-DM, unroll 20,
-# meta-batch 4, validation included): the ETA's priors for kinds not yet measured in a run,
-# scaled by how fast the run's measured kinds went (`flatl2o.study.progress`).
-PRIOR_SECONDS = {"none": 0.1, "hessian": 0.2, "entropy": 0.25, "test": 0.002}
+# meta-batch 4, validation included): the ETA's priors until the run has measured its own,
+# scaled by how fast the run's measured kinds went (`flatl2o.study.progress`). Units: a
+# meta-step; a training step of a meta-test or tuning run; one run's matched flatness.
+PRIOR_SECONDS = {"none": 0.1, "hessian": 0.2, "entropy": 0.25, "test": 0.002,
+                 "tuning": 0.002, "matched": 0.1}
 
 
-def plan_progress(config: StudyConfig, planned, names) -> Progress:
-  """The ETA's plan: every meta-training cell, then a meta-test slot per optimizee and
-  possible contender (baselines, every trained cell, a same-budget control per regularized
-  one; slots left unused are skipped)."""
+class StudyProgress(Progress):
+  """The study's plan: its meta-training cells, tunings, and per optimizee a meta-test
+  slot per possible contender (baselines, every trained cell, a same-budget control per
+  regularized one) and the matched-loss flatness of them all. A control that turns out
+  to be plain's own selection drops one slot per optimizee (`drop_control`)."""
+
+  def __init__(self, items, prior, optimizees, test_units: int, **kwargs):
+    super().__init__(items, prior, **kwargs)
+    self.optimizees = list(optimizees)
+    self.test_units = test_units
+
+  def test_slots(self, optimizee: str) -> list[str]:
+    return [n for n in self.order if n.startswith(f"test {optimizee} ")]
+
+  def drop_control(self) -> None:
+    for optimizee in self.optimizees:
+      free = [n for n in self.test_slots(optimizee) if not self.items[n].finished]
+      if free:
+        self.skip(free[-1])
+        self.items[f"matched {optimizee}"].units -= self.test_units
+
+  def assign_tests(self, todo) -> dict:
+    """A slot per (optimizee, contender) to meta-test; slots left over are skipped."""
+    slot_of = {}
+    for optimizee in self.optimizees:
+      free = [n for n in self.test_slots(optimizee) if not self.items[n].finished]
+      mine = [key for key in todo if key[0] == optimizee]
+      slot_of.update(zip(mine, free))
+      for slot in free[len(mine):]:
+        self.skip(slot)
+      self.items[f"matched {optimizee}"].units = len(mine) * self.test_units
+    return slot_of
+
+
+def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:
+  """The ETA's plan of a study (see `StudyProgress`)."""
   s = config.settings
   items = [(n, k, s.num_meta_iterations) for n, (_, k, _) in zip(names, planned)]
+  grids = {"adam": s.adam_grid, "sgd": s.sgd_grid}
+  items += [(f"tuning {b}", "tuning", len(grids[b]) * s.tuning_seeds * s.test_horizon)
+            for b in s.baselines if b in grids]
   contenders = len(s.baselines) + len(planned) + sum(k != "none" for _, k, _ in planned)
-  items += [(f"test {i + 1}", "test", s.test_seeds * s.test_horizon)
-            for i in range(contenders * len(config.optimizees))]
+  for optimizee in config.optimizees:
+    items += [(f"test {optimizee} {i + 1}", f"test:{optimizee}",
+               s.test_seeds * s.test_horizon) for i in range(contenders)]
+    items.append((f"matched {optimizee}", "matched", contenders * s.test_seeds))
   prior = {**{k: PRIOR_SECONDS.get(k, PRIOR_SECONDS["entropy"]) for _, k, _ in planned},
-           "test": PRIOR_SECONDS["test"]}
-  return Progress(items, prior)
+           "test": PRIOR_SECONDS["test"], "tuning": PRIOR_SECONDS["tuning"],
+           "matched": PRIOR_SECONDS["matched"]}
+  return StudyProgress(items, prior, config.optimizees, s.test_seeds)
+
+
+def control_is_plain(cell: dict, plain: dict) -> bool:
+  """True when a regularized cell's same-budget control needs no meta-test of its own
+  (plain's selected optimizer is it, or there is none to compare with)."""
+  if cell["best_meta_step"] < 0 or plain["best_meta_step"] < 0:
+    return True
+  pick = best_within(plain["validations"], cell["best_meta_step"])
+  return pick is None or pick == plain["best_meta_step"]
 
 
 def machine() -> str:

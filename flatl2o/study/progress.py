@@ -1,66 +1,115 @@
-"""One ETA for a whole study, from the rates measured so far, compilation apart.
+"""One ETA for a whole study, from rates measured as the run goes, start-ups apart.
 
-A study's work is a plan of items (a meta-training cell, a meta-test cell),
-each with a number of units (meta-steps, training steps) and a kind (work of one
-kind runs at one rate: the meta-steps of one flatness term, meta-test steps).
-`Progress.update(item, units_done)` is called as work goes; the time an item
-takes before its first report is its start-up (compilation, the first
-validation), kept apart from the rate. The ETA of the rest of the run is
+A study's work is a plan of items (a meta-training cell, a meta-test cell, a
+tuning run), each with a number of units (meta-steps, training steps) and a
+kind: work of one kind runs at one rate (the meta-steps of one flatness term;
+the meta-test steps on one optimizee, kind ``"test:OPTIMIZEE"``; kinds that
+share the part before ``:`` form a family). `Progress.update(item, done)` is
+called as work goes. The time an item takes before its first report is its
+start-up (compilation, restoring a checkpoint, the first validation), kept
+apart from the rates. The ETA of the rest of the run is
 
-  sum over remaining units of (seconds per unit of their kind)
-  + one start-up per item still to start,
+  sum over unfinished items of (expected units left) x (seconds per unit of its kind)
+  + the start-up of every item not yet started,
 
-the seconds per unit of a kind measured on its own items, and the start-up the
-mean of the start-ups measured so far. A kind not yet measured (the meta-tests
-while meta-training runs) takes its `prior` seconds per unit (a reference
-machine's), scaled by how much slower or faster this machine ran the kinds
-measured so far than their priors say. A study with a cached cell skips it
-(`skip`). The clock is an argument, so tests drive it.
+where
+
+- **seconds per unit** of a kind is measured on that kind's own items over
+  the most recent `window_s` seconds of its work (so a load that changes
+  mid-run changes the rate within that window). A kind not measured yet takes
+  its family's rate, else its `prior` (a reference machine's seconds per unit)
+  scaled by how much slower or faster this run went on the kinds it has
+  measured. Priors stand in only until something is measured: with nothing
+  measured for `min_measured_s` seconds the ETA is "measuring" (a resumed run
+  measures again rather than extrapolate from a few seconds).
+- **expected units** of an item that can stop early (a meta-training with
+  patience) are the mean of what finished items of the same cap ran, never less
+  than what it has done nor more than its cap.
+- **start-ups**: the first item of a kind in this process compiles (the mean
+  first start-up measured so far); later items of a kind only pay the median
+  of the later start-ups measured (a compiled program is reused).
+
+A study skips cached items (`skip`). The clock is an argument, so tests drive it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import statistics
 import time
 from typing import Callable
 
 
 @dataclasses.dataclass
 class Item:
+  """One unit of planned work.
+
+  Attributes:
+    name: the item's name in the plan.
+    kind: its kind (work of one kind runs at one rate).
+    units: its planned units (a cap for work that can stop early).
+    done: units done so far.
+    started_at: the clock when it started in this process (None: not yet).
+    last_report: (clock, units) of the last report; None before the first.
+    finished: done, skipped or cached.
+    ran: finished in this process (not skipped): its `done` predicts early stops.
+  """
+
   name: str
   kind: str
   units: int
   done: int = 0
   started_at: float | None = None
-  first_report: tuple[float, int] | None = None  # (time, units) when rates start counting
-  measured_s: float = 0.0  # seconds and units since then, counted in the kind's rate
-  measured_units: int = 0
+  last_report: tuple[float, int] | None = None
   finished: bool = False
+  ran: bool = False
+
+
+def family(kind: str) -> str:
+  """The family of a kind: what comes before ':' ("test:mlp_relu" -> "test")."""
+  return kind.split(":", 1)[0]
 
 
 class Progress:
-  """The plan of a study and its ETA (see the module docstring)."""
+  """The plan of a study and its ETA (see the module docstring).
+
+  Args:
+    items: (name, kind, units) in the order they will run.
+    prior: seconds per unit of each kind (or family) on a reference machine.
+    clock: seconds, monotone (`time.perf_counter`).
+    window_s: how far back the rate of a kind looks.
+    min_measured_s: measured seconds needed before an ETA is given.
+  """
 
   def __init__(self, items: list[tuple[str, str, int]], prior: dict[str, float],
-               clock: Callable[[], float] = time.perf_counter):
+               clock: Callable[[], float] = time.perf_counter, window_s: float = 300.0,
+               min_measured_s: float = 10.0):
     self.items = {name: Item(name, kind, units) for name, kind, units in items}
     self.order = [name for name, _, _ in items]
     self.prior = prior
     self.clock = clock
-    self.seconds: dict[str, float] = {}  # kind -> measured seconds (after start-up)
-    self.units: dict[str, int] = {}  # kind -> units measured in those seconds
-    self.startups: list[float] = []
+    self.window_s = window_s
+    self.min_measured_s = min_measured_s
+    # kind -> (end time, seconds, units) of each measured stretch, oldest first
+    self.segments: dict[str, collections.deque] = {}
+    self.startups: dict[str, list[float]] = collections.defaultdict(list)
 
-  def index(self, name: str) -> str:
-    """`i/N` of an item in the plan."""
-    return f"{self.order.index(name) + 1}/{len(self.order)}"
+  def index(self, name: str, within: str | None = None) -> str:
+    """`i/N` of an item in the plan, or among the items whose name starts with `within`."""
+    order = self.order if within is None else [n for n in self.order if n.startswith(within)]
+    return f"{order.index(name) + 1}/{len(order)}"
+
+  def add(self, name: str, kind: str, units: int) -> None:
+    """Adds an item to the end of the plan (work known only once earlier work is done)."""
+    self.items[name] = Item(name, kind, units)
+    self.order.append(name)
 
   def start(self, name: str) -> None:
-    item = self.items[name]
-    item.started_at = self.clock()
+    self.items[name].started_at = self.clock()
 
   def skip(self, name: str) -> None:
-    """A cached item: nothing to do."""
+    """A cached item or one not needed after all: nothing to do."""
     item = self.items[name]
     item.done, item.finished = item.units, True
 
@@ -69,51 +118,120 @@ class Progress:
     item, now = self.items[name], self.clock()
     if item.started_at is None:
       item.started_at = now
-    if item.first_report is None:
-      self.startups.append(now - item.started_at)
-      item.first_report = (now, done)
+    if item.last_report is None:
+      self.startups[item.kind].append(now - item.started_at)
     else:
-      t0, u0 = item.first_report
-      seconds, units = now - t0, done - u0
-      kind = item.kind
-      self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds - item.measured_s
-      self.units[kind] = self.units.get(kind, 0) + units - item.measured_units
-      item.measured_s, item.measured_units = seconds, units
+      t0, u0 = item.last_report
+      if done > u0:
+        self.segments.setdefault(item.kind, collections.deque()).append(
+            (now, now - t0, done - u0))
+    item.last_report = (now, done)
     item.done = done
 
   def finish(self, name: str) -> None:
+    """The item ended (early, for work that stops early: its `done` is what it ran)."""
     item = self.items[name]
     self.update(name, item.done if item.done else item.units)
-    item.finished = True
+    item.finished = item.ran = True
+
+  def _measured(self, kinds) -> tuple[float, int]:
+    """Seconds and units of the recent work of `kinds` (the last `window_s` of each)."""
+    seconds, units = 0.0, 0
+    for kind in kinds:
+      segments = self.segments.get(kind)
+      if not segments:
+        continue
+      end = segments[-1][0]
+      for t, dt, du in reversed(segments):
+        seconds += dt
+        units += du
+        if end - t >= self.window_s:
+          break
+    return seconds, units
 
   def rate(self, kind: str) -> float | None:
-    """Seconds per unit of `kind` (None before any measurement)."""
-    if self.units.get(kind):
-      return self.seconds[kind] / self.units[kind]
-    measured = [k for k in self.units if self.units[k]]
-    if not measured:
+    """Seconds per unit of `kind` (None while nothing has been measured long enough)."""
+    for kinds in ([kind], [k for k in self.segments if family(k) == family(kind)]):
+      seconds, units = self._measured(kinds)
+      if units:
+        return seconds / units
+    if not self.segments or self.measured_s() < self.min_measured_s:
       return None
-    scale = (sum(self.seconds[k] for k in measured)
-             / sum(self.units[k] * self.prior[k] for k in measured))
-    return self.prior[kind] * scale
+    # This machine against the priors over the whole run (one kind's prior may be off),
+    # times the drift of the last window's work against the whole run's (a load change).
+    history = {k: (sum(dt for _, dt, _ in v), sum(du for _, _, du in v))
+               for k, v in self.segments.items()}
+    scale = (sum(sec for sec, _ in history.values())
+             / sum(units * self._prior(k) for k, (_, units) in history.items()))
+    now = max(segments[-1][0] for segments in self.segments.values())
+    recent = expected = 0.0
+    for k, segments in self.segments.items():
+      sec, units = history[k]
+      for t, dt, du in reversed(segments):
+        if now - t > self.window_s:
+          break
+        recent += dt
+        expected += du * sec / units
+    drift = recent / expected if expected else 1.0
+    return self._prior(kind) * scale * drift
+
+  def _prior(self, kind: str) -> float:
+    return self.prior.get(kind, self.prior.get(family(kind), max(self.prior.values())))
+
+  def expected_units(self, item: Item, ran: dict[int, list[int]] | None = None) -> float:
+    """What an unfinished item is expected to run in all (early stops seen so far)."""
+    if ran is None:
+      ran = self._ran()
+    runs = ran.get(item.units)
+    expected = sum(runs) / len(runs) if runs else item.units
+    return min(item.units, max(item.done, expected))
+
+  def _ran(self) -> dict[int, list[int]]:
+    ran = collections.defaultdict(list)
+    for i in self.items.values():
+      if i.ran:
+        ran[i.units].append(i.done)
+    return ran
+
+  def startup(self, kind: str, first: bool) -> float:
+    """The start-up of an item of `kind` not yet started: a compilation when it is the
+    first of its kind in this process, else the median later start-up."""
+    if first:
+      firsts = [v[0] for v in self.startups.values() if v]
+      return sum(firsts) / len(firsts) if firsts else 0.0
+    later = self.startups.get(kind, [])[1:] or [
+        s for k in self.startups for s in self.startups[k][1:]]
+    return statistics.median(later) if later else 0.0
+
+  def measured_s(self) -> float:
+    """Seconds of work measured in this process (start-ups apart)."""
+    return sum(dt for segments in self.segments.values() for _, dt, _ in segments)
 
   def eta(self) -> float | None:
     """Seconds left for the whole plan (None until a rate is measured)."""
-    startup = sum(self.startups) / len(self.startups) if self.startups else 0.0
-    total = 0.0
-    for item in self.items.values():
+    if self.measured_s() < self.min_measured_s and not any(
+        i.ran for i in self.items.values()):
+      return None
+    total, starting, ran = 0.0, collections.Counter(), self._ran()
+    rates = {}
+    for name in self.order:
+      item = self.items[name]
       if item.finished:
         continue
-      rate = self.rate(item.kind)
+      if item.kind not in rates:
+        rates[item.kind] = self.rate(item.kind)
+      rate = rates[item.kind]
       if rate is None:
         return None
-      total += (item.units - item.done) * rate
-      if item.first_report is None:
-        total += startup
+      total += (self.expected_units(item, ran) - item.done) * rate
+      if item.started_at is None:
+        first = not self.startups.get(item.kind) and not starting[item.kind]
+        total += self.startup(item.kind, first)
+        starting[item.kind] += 1
     return total
 
   def line(self) -> str:
-    """`ETA 1234 s` for the whole run, or that it is not known yet."""
+    """`ETA ... s` for the whole run, or that it is still being measured."""
     eta = self.eta()
     return "ETA for the whole run: measuring" if eta is None else (
         f"ETA for the whole run {eta:.0f} s")
