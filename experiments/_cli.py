@@ -31,6 +31,12 @@ def fail(message: str) -> None:
   sys.exit(USAGE_ERROR)
 
 
+def check_output_folder(flag: str, path: str) -> None:
+  """A run's output folder, checked before any work (`folders.check_output_folder`):
+  a file, a path under a file, an unwritable or read-only place exit 2 with one line."""
+  folders.check_output_folder(path, flag)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)

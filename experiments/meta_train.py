@@ -99,13 +99,14 @@ def config_from_flags() -> meta_config.MetaTrainConfig:
 def main(argv):
   del argv
   config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
+  run_dir = _RUN_DIR.value or os.path.join("runs", "meta_train", _cli.safe_name(
+      f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}"))
+  _cli.check_output_folder("--run_dir", run_dir)
   _cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from flatl2o import meta, optimizers, tasks  # pylint: disable=g-import-not-at-top
   lopt = optimizers.learned(_OPTIMIZER.value)
   task = tasks.get(_TASK.value, _DATASET.value, data_dir=_DATA_DIR.value,
                    batch_size=_BATCH_SIZE.value)
-  run_dir = _RUN_DIR.value or os.path.join("runs", "meta_train", _cli.safe_name(
-      f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}"))
   stop = _cli.StopRequests()
   try:
     result = meta.meta_train(lopt, task, config, run_dir=run_dir,

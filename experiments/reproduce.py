@@ -31,7 +31,6 @@ titles begin by saying that its numbers mean nothing.
 from __future__ import annotations
 
 import os
-import time
 
 from absl import flags, logging
 
@@ -86,6 +85,8 @@ def _seeds(values):
 
 def main(argv):
   del argv
+  run_dir = _RUN_DIR.value or default_run_dir(_PRESET.value)
+  _cli.check_output_folder("--run_dir", run_dir)
   config = study.StudyConfig(
       preset=_PRESET.value, dataset=_DATASET.value, other_dataset=_OTHER.value,
       data_dir=_DATA_DIR.value, models=tuple(_MODELS.value) if _MODELS.value else None,
@@ -93,22 +94,18 @@ def main(argv):
       optimizees=tuple(_OPTIMIZEES.value) if _OPTIMIZEES.value else None,
       meta_seeds=_seeds(_META_SEEDS.value) if _META_SEEDS.value else None,
       sweep_file=_SWEEP_FILE.value)
-  run_dir = _RUN_DIR.value or default_run_dir(config.preset)
   stop = _cli.StopRequests()
-  start = time.perf_counter()
   try:
     results = study.run(config, run_dir, should_stop=stop.requested, log=logging.info)
   except study.StudyInterrupted as e:
     stop.exit(f"interrupted while {e}; finished cells are kept in {run_dir}; rerun "
               "the same command to continue")
-  results["wall_time_s"] = time.perf_counter() - start
   results["command"] = study.study_command(config)
-  results["date"] = time.strftime("%Y-%m-%d")
-  results["machine"] = study.machine()
   table = study.write_outputs(results, run_dir)
-  print(study.markdown(results, table))
-  print(f"wrote {os.path.join(run_dir, 'results.json')}, results.md and figures "
-        f"({results['wall_time_s']:.0f} s of this command)")
+  print(study.answer(results, table))
+  parts = (f" over {results['parts']} parts" if results.get("parts", 1) > 1 else "")
+  print(f"The whole report: {os.path.join(run_dir, 'results.md')} (results.json and the "
+        f"figures beside it; {results['wall_time_s']:.0f} s of computing{parts}).")
 
 
 if __name__ == "__main__":

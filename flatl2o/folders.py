@@ -48,6 +48,42 @@ def _plain(x):
   raise TypeError(f"cannot write {type(x).__name__} as JSON")
 
 
+class OutputFolderError(ValueError):
+  """An output folder that cannot be written: a file, under a file, unwritable, read-only."""
+
+
+def check_output_folder(path: str, what: str = "output folder") -> None:
+  """Refuses, before anything is written, a folder that outputs could not be written to.
+
+  Args:
+    path: the folder (new, or an earlier run's).
+    what: how the message names it (e.g. "--run_dir").
+
+  Raises:
+    OutputFolderError: `path` is empty, is a file, lies under a file, or its nearest
+      existing folder is on a read-only filesystem or not writable by this user; the
+      one-line message names the path and what is accepted. Nothing is created.
+  """
+  if not path:
+    raise OutputFolderError(f"{what} is empty; give a folder to write to")
+  absolute = os.path.abspath(path)
+  if os.path.exists(absolute) and not os.path.isdir(absolute):
+    raise OutputFolderError(f"{what}={path} is a file, not a folder; give a new folder or "
+                            "one an earlier run wrote")
+  existing = absolute
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise OutputFolderError(f"{what}={path} lies under {existing}, which is a file, not a "
+                            "folder; give a folder whose parents are folders")
+  if os.statvfs(existing).f_flag & os.ST_RDONLY:
+    raise OutputFolderError(f"{what}={path}: {existing} is on a read-only filesystem; give "
+                            "a folder on a writable one")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise OutputFolderError(f"{what}={path}: {existing} is not writable by this user; give a "
+                            "folder you can write to")
+
+
 def first_difference(old: Any, new: Any, prefix: str = "") -> str:
   """The first differing key of two JSON values (sorted, depth first), as 'key was X, now Y'."""
   if isinstance(old, dict) and isinstance(new, dict):

@@ -40,6 +40,12 @@ class EvaluateBinaryTest(parameterized.TestCase):
       self.assertGreater(summary["over_seeds"][measure]["mean"], 0.0)
     self.assertEqual(summary["config"]["seeds"], [0, 1])
     self.assertTrue(os.path.exists(os.path.join(out, "curves.png")))
+    with open(os.path.join(out, "table.md")) as f:
+      rows = f.read().splitlines()
+    self.assertEqual(rows[2].split(" | ")[:2], ["| optimizer", "test acc."])
+    self.assertTrue(rows[4].startswith(f"| {summary['label']} | "), rows)
+    self.assertRegex(proc.stderr.splitlines()[0], r"evaluate: mlp_sigmoid on .*, 60 steps x 2 "
+                     r"seeds each for adam; starting JAX")  # said before any work
     self.assertEmpty([f for f in os.listdir(out) if f.startswith(".tmp")])
 
   @parameterized.named_parameters(

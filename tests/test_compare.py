@@ -63,6 +63,22 @@ class CompareTest(absltest.TestCase):
                              places=9)
     self.assertNotIn("minus_first", per["sgd"])
 
+  def test_p_values_are_holm_adjusted_over_the_table_by_hand(self):
+    per = self.summary["per_optimizer"]
+    p = [per[s]["minus_first"]["test_accuracy"]["p"] for s in ("adam", "pretrained:rnnprop")]
+    low, high = sorted(p)
+    expected = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), min(1.0, high))}
+    for spec, raw in zip(("adam", "pretrained:rnnprop"), p):
+      self.assertAlmostEqual(per[spec]["minus_first"]["test_accuracy"]["p_holm"],
+                             expected[raw], places=12)
+    with open(os.path.join(self.out, "table.md")) as f:
+      text = f.read()
+    self.assertIn("| p | p (Holm) |", text)
+    self.assertIn("Holm-adjusted over the table's 2 comparisons", text)
+
+  def test_warm_up_is_timed_apart(self):
+    self.assertGreater(self.summary["warmup_s"], 0.0)
+
   def test_compilation_is_apart_from_the_time_per_run(self):
     for spec, e in self.summary["per_optimizer"].items():
       self.assertGreaterEqual(e["compile_s"], 0.0, spec)

@@ -121,6 +121,59 @@ class PrimaryComparisonTest(parameterized.TestCase):
     self.assertIn("would have been found with 80% power", line)
 
 
+  def test_an_unpaired_seed_is_a_visible_warning_not_a_silent_drop(self):
+    results = _results(self.REG, self.PLAIN, self.BUDGET)
+    del results["same_budget"]["l2o_dm-hessian-10-s3"]
+    results["unpaired"] = {"l2o_dm-hessian-10-s3": "every validation of plain collapsed"}
+    entries = analysis.comparisons(results)
+    (same,) = [e for e in entries if e["control"] == "same_budget"]
+    self.assertEqual(same["meta_seeds"], 4)
+    self.assertEqual(same["unpaired"], {"3": "every validation of plain collapsed"})
+    lines = analysis.answer_lines(entries)
+    self.assertLen(lines, 2)
+    self.assertIn("Warning: l2o_dm + hessian leaves out 1 meta-training seed", lines[1])
+    self.assertIn("seed 3: every validation of plain collapsed", lines[1])
+    self.assertIn(lines[1], study.markdown({**results, "primary": entries,
+                                            "matched_levels": {}, "sweep": []}, {}))
+
+
+class SameBudgetSelectionTest(parameterized.TestCase):
+  """The control is plain's best validation up to and including the regularized run's
+  selected meta-step: the budget is a validation step of plain too, so the boundary is the
+  common case."""
+
+  VALIDATIONS = [{"iteration": 50, "score": 0.90, "collapsed": False},
+                 {"iteration": 100, "score": 0.95, "collapsed": False},
+                 {"iteration": 150, "score": 0.97, "collapsed": False},
+                 {"iteration": 200, "score": 0.96, "collapsed": False}]
+
+  @parameterized.parameters(
+      (100, 100),   # the budget step itself is plain's validation: it is included
+      (99, 50), (149, 100), (150, 150), (200, 150), (49, None))
+  def test_best_within_the_budget(self, budget, expected):
+    self.assertEqual(study.best_within(self.VALIDATIONS, budget), expected)
+
+  def test_a_collapsed_validation_at_the_budget_is_never_picked(self):
+    records = [dict(v, collapsed=v["iteration"] == 100) for v in self.VALIDATIONS]
+    self.assertEqual(study.best_within(records, 100), 50)
+
+  def test_a_tie_keeps_the_first(self):
+    records = self.VALIDATIONS[:2] + [{"iteration": 150, "score": 0.95, "collapsed": False}]
+    self.assertEqual(study.best_within(records, 150), 100)
+
+  def test_unpaired_reasons(self):
+    from flatl2o.study import driver  # pylint: disable=g-import-not-at-top
+    plain = {"best_meta_step": 150, "validations": self.VALIDATIONS}
+    self.assertIsNone(driver.unpaired_reason({"best_meta_step": 100}, plain))
+    self.assertIn("regularized run collapsed",
+                  driver.unpaired_reason({"best_meta_step": -1}, plain))
+    self.assertIn("plain collapsed", driver.unpaired_reason(
+        {"best_meta_step": 100}, {**plain, "best_meta_step": -1}))
+    self.assertIn("up to meta-step 40", driver.unpaired_reason({"best_meta_step": 40}, plain))
+    self.assertTrue(driver.control_is_plain({"best_meta_step": 150}, plain))
+    self.assertFalse(driver.control_is_plain({"best_meta_step": 100}, plain))
+
+
 class SweepByDecadesTest(parameterized.TestCase):
 
   @staticmethod

@@ -31,7 +31,7 @@ from flatl2o.study.config import (BASELINES, MODELS, OTHER_DATA, PRESETS, REGULA
 from flatl2o.study import analysis, sweep
 from flatl2o.study.analysis import comparisons, correlations
 from flatl2o.study.figures import figures  # (numpy only, like tables; matplotlib when called)
-from flatl2o.study.tables import (METRICS, by_seed, group_label, markdown, over_seeds, paired,
+from flatl2o.study.tables import (METRICS, answer, by_seed, group_label, markdown, over_seeds, paired,
                                   summarize, units)
 
 # The rest imports JAX: loaded on first use (PEP 562), so
@@ -52,7 +52,7 @@ _MODULES = ("cells", "commands", "driver", "multiseed", "stages")
 
 
 __all__ = [
-    "analysis", "comparisons", "correlations", "machine", "matched_level", "sweep",
+    "analysis", "answer", "comparisons", "correlations", "machine", "matched_level", "sweep",
     "BASELINES", "Cells", "METRICS", "MODELS", "OTHER_DATA", "PRESETS", "Preset",
     "ProtocolConfig", "ProtocolInterrupted", "REGULARIZERS", "SEEN", "StudyConfig",
     "StudyInterrupted", "TEST_SEED_BASE", "TUNING_SEED_BASE", "UNSEEN", "architecture",

@@ -101,6 +101,7 @@ def comparisons(results: dict) -> list[dict[str, Any]]:
         metrics = ["test_accuracy"] + (["train_loss"] if optimizee != SEEN else [])
         for control in CONTROLS:
           reg_cells, control_cells, steps, control_steps = [], [], [], []
+          unpaired = {}
           for seed in seeds:
             name = _contender(model, kind, coefficient, seed)
             if control == "full_budget":
@@ -109,18 +110,21 @@ def comparisons(results: dict) -> list[dict[str, Any]]:
               other = same_budget.get(f"{model}-{regularizer_label(kind, coefficient)}-s{seed}")
             here, there = by.get((name, optimizee)), by.get((other, optimizee))
             if not here or not there:
+              unpaired[str(seed)] = results.get("unpaired", {}).get(name) or (
+                  f"no meta-test on {optimizee} of {name if not here else other or 'a control'}")
               continue
             reg_cells += here
             control_cells += there
             steps.append(contenders[name]["best_meta_step"])
             control_steps.append(contenders[other]["best_meta_step"])
           if not reg_cells:
-            continue
+            continue  # no seed of this model x term was meta-tested here (results.md says so)
           for metric in metrics:
             entry = {"model": model, "regularizer": kind, "coefficient": coefficient,
                      "optimizee": optimizee, "control": control, "metric": metric,
                      **difference(per_seed_differences(reg_cells, control_cells, metric)),
-                     "selected_meta_steps": steps, "control_meta_steps": control_steps}
+                     "selected_meta_steps": steps, "control_meta_steps": control_steps,
+                     "unpaired": unpaired}
             entry["family"] = ("primary" if (model == PRIMARY_MODEL and optimizee == SEEN
                                              and control == "same_budget"
                                              and metric == "test_accuracy") else "secondary")
@@ -154,8 +158,26 @@ def correlations(results: dict) -> list[dict[str, Any]]:
   return out
 
 
+def unpaired_lines(primary: list[dict]) -> list[str]:
+  """A warning per primary difference that left meta-training seeds out (unpaired)."""
+  lines = []
+  for e in primary:
+    if e["family"] == "primary" and e.get("unpaired"):
+      left = "; ".join(f"seed {k}: {v}" for k, v in e["unpaired"].items())
+      lines.append(f"- **Warning: {e['model']} + {e['regularizer']} leaves out "
+                   f"{len(e['unpaired'])} meta-training seed(s) that could not be paired with "
+                   f"a same-budget control** ({left}); its figures are over "
+                   f"{e['meta_seeds']} seeds.")
+  return lines
+
+
 def answer_lines(primary: list[dict]) -> list[str]:
-  """The opening of results.md: the primary differences, each in one sentence."""
+  """The opening of results.md: the primary differences, each in one sentence, then a
+  warning for any that left seeds out."""
+  return _difference_lines(primary) + unpaired_lines(primary)
+
+
+def _difference_lines(primary: list[dict]) -> list[str]:
   lines = []
   for e in primary:
     if e["family"] != "primary":

@@ -59,6 +59,7 @@ class Cells:
 
   def __init__(self, run_dir: str, config: StudyConfig):
     self.run_dir = run_dir
+    self.computed = 0  # cells written by this process
     check(run_dir, config)  # another configuration's folder is refused before the lock
     # One study per folder: held while this object lives (`release()`, process exit).
     self._lock = folders.lock_folder(run_dir, "run directory")
@@ -89,6 +90,7 @@ class Cells:
 
   def put(self, value: dict, *parts: str) -> dict:
     report.write_json(self.path(*parts), value)
+    self.computed += 1
     return value
 
 

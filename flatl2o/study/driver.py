@@ -22,7 +22,9 @@ The stages, in order (each result a cell under `run_dir/cells/`):
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -45,6 +47,11 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
         log: Callable[[str], Any] = print) -> dict:
   """Runs (or continues) every cell of the study; returns the results (`write_outputs`).
 
+  The results' `wall_time_s` is the time of every part of the run that
+  computed something (an interrupted part included; a rerun that finds every
+  cell done adds nothing), `date` and `machine` those of its last such part
+  (`run_dir/wall_time.json` keeps the parts).
+
   Args:
     config: what to compute.
     run_dir: the study folder (cells cached there; another configuration's is
@@ -52,16 +59,59 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
     should_stop: polled between cells and meta-steps; True raises
       `StudyInterrupted` (finished cells are kept: rerun to continue).
     log: receives one line per stage step (`print`, `logging.info`, ...).
+
+  Returns:
+    The results: every cell, the answers (`primary`, `correlations`) and the accounting.
+
+  Raises:
+    ValueError: a bad configuration, dataset or run directory (nothing written).
+    StudyInterrupted: `should_stop()` turned True (this part's time is kept).
   """
-  s = config.settings
   builders = optimizee_tasks(config)
-  seen = builders[SEEN]()  # bad dataset names fail here, before anything is written
+  builders[SEEN]()  # bad dataset names fail here, before anything is written
   if OTHER_DATA in builders:
     builders[OTHER_DATA]()
   cells = Cells(run_dir, config)
+  start, date = time.perf_counter(), time.strftime("%Y-%m-%d")
+
+  def keep_part():
+    parts = _parts(run_dir) + [{"date": date, "seconds": time.perf_counter() - start,
+                                "cells": cells.computed, "machine": machine()}]
+    report.write_json(os.path.join(run_dir, WALL_TIME_FILE), {"parts": parts})
+
+  try:
+    results = _compute(config, cells, builders, should_stop, log)
+  except StudyInterrupted:
+    keep_part()  # it may have meta-trained part of a cell: that time counts
+    raise
+  if cells.computed:
+    keep_part()
+  parts = _parts(run_dir)
+  results["wall_time_s"] = sum(p["seconds"] for p in parts)
+  results["parts"] = len(parts)
+  if parts:
+    results["date"], results["machine"] = parts[-1]["date"], parts[-1]["machine"]
+  return results
+
+
+WALL_TIME_FILE = "wall_time.json"
+
+
+def _parts(run_dir: str) -> list[dict]:
+  try:
+    with open(os.path.join(run_dir, WALL_TIME_FILE)) as f:
+      return list(json.load(f)["parts"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return []  # none yet (or unreadable: the time of earlier parts is then lost)
+
+
+def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> dict:
+  """Every stage of `run`, one after another (each cell computed or read from `cells`)."""
+  s = config.settings
+  seen = builders[SEEN]()
   if config.other_dataset is None:
-    log(f"{OTHER_DATA} is not meta-tested: no other_dataset given (--other_dataset=idx:PATH "
-        "adds the seen MLP on a second dataset)")
+    log(f"stage 1 (setup): {OTHER_DATA} is not meta-tested: no other_dataset given "
+        "(--other_dataset=idx:PATH adds the seen MLP on a second dataset)")
 
   def check_stop(where):
     if should_stop():
@@ -76,7 +126,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
     shipped = sweep_lib.load(config.sweep_file)
     for kind in kinds:
       coefficient[kind] = float(shipped["coefficients"][kind])
-    log(f"stage 1 (coefficients): from the sweep {config.sweep_file or 'shipped with flatl2o'} "
+    log(f"stage 1 (setup): coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
         + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
   else:
@@ -125,28 +175,35 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
         control_is_plain(trained[model, kind, seed], trained[model, "none", seed])):
       tracker.drop_control()  # no meta-test of its own: plain's selected optimizer is it
 
-  # 3. The plain optimizer selected at each regularized one's meta-step budget.
-  same_budget = {}
-  budget_contenders: dict[str, dict] = {}
+  # 3. The plain optimizer selected at each regularized one's meta-step budget. A seed that
+  # cannot be paired is named with its reason (results.json "unpaired", results.md), never
+  # dropped without a word.
+  same_budget, unpaired = {}, {}
   for (model, kind, seed), cell in trained.items():
-    if kind == "none" or cell["best_meta_step"] < 0:
-      continue  # a collapsed regularized run has no budget to compare at
-    plain = trained[model, "none", seed]
-    budget = cell["best_meta_step"]
-    pick = best_within(plain["validations"], budget)
-    if pick is None or plain["best_meta_step"] < 0:
+    if kind == "none":
       continue
+    label = f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}"
+    plain = trained[model, "none", seed]
+    reason = unpaired_reason(cell, plain)
+    if reason is not None:
+      unpaired[label] = reason
+      log(f"stage 3 (same-budget control): {label} has no same-budget control: {reason}")
+      continue
+    pick = best_within(plain["validations"], cell["best_meta_step"])
     if pick == plain["best_meta_step"]:
       same_budget[model, kind, seed] = plain
     elif plain.get("improvements") and pick in plain["improvements"]:
       name = f"{plain['name']}@{pick}"
       same_budget[model, kind, seed] = {**plain, "name": name, "best_meta_step": pick,
                                         "export": os.path.join("optimizers", name)}
-      budget_contenders[name] = same_budget[model, kind, seed]
     else:  # a run folder from before improvements were kept: retrain up to the budget
       same_budget[model, kind, seed] = meta_train_cell(
           cells, config, seen, model, "none", None, seed, should_stop,
-          num_meta_iterations=budget, log=log)
+          num_meta_iterations=cell["best_meta_step"], log=log)
+  own = sum(1 for (m, _, sd), c in same_budget.items() if c is trained[m, "none", sd])
+  log(f"stage 3 (same-budget control): {len(same_budget)} regularized cells paired with plain "
+      f"selected within their meta-step budget ({own} of them plain's own selection), "
+      f"{len(unpaired)} unpaired")
 
   # 4. Baselines.
   contenders: dict[str, dict] = {}
@@ -248,6 +305,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
                      for n, c in contenders.items()},
       "same_budget": {f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}": c["name"]
                       for (m, k, sd), c in same_budget.items()},
+      "unpaired": unpaired,
       "cells": [{"contender": name, "optimizee": o,
                  **{k: v for k, v in contenders[name].items() if k not in ("make",)},
                  **r, "matched": m}
@@ -326,13 +384,24 @@ def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:
   return StudyProgress(items, prior, config.optimizees, s.test_seeds)
 
 
+def unpaired_reason(cell: dict, plain: dict) -> str | None:
+  """Why a regularized cell has no same-budget control (None when it has one)."""
+  if cell["best_meta_step"] < 0:
+    return "every validation of the regularized run collapsed (no selected meta-step)"
+  if plain["best_meta_step"] < 0:
+    return "every validation of plain collapsed"
+  if best_within(plain["validations"], cell["best_meta_step"]) is None:
+    return (f"plain has no validation that did not collapse up to meta-step "
+            f"{cell['best_meta_step']}")
+  return None
+
+
 def control_is_plain(cell: dict, plain: dict) -> bool:
   """True when a regularized cell's same-budget control needs no meta-test of its own
   (plain's selected optimizer is it, or there is none to compare with)."""
-  if cell["best_meta_step"] < 0 or plain["best_meta_step"] < 0:
+  if unpaired_reason(cell, plain) is not None:
     return True
-  pick = best_within(plain["validations"], cell["best_meta_step"])
-  return pick is None or pick == plain["best_meta_step"]
+  return best_within(plain["validations"], cell["best_meta_step"]) == plain["best_meta_step"]
 
 
 def machine() -> str:

@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from flatl2o import checkpoints, evaluation, folders, optimizers, report, tasks
 from flatl2o.optimizers.resolve import (export_description, export_path, is_hand_designed,
@@ -150,6 +151,29 @@ def seed_records(result, seed: int, eval_every: int) -> list[dict[str, Any]]:
   return records
 
 
+TABLE_COLUMNS = (("test_accuracy", "test acc."), ("train_loss", "train loss"),
+                 ("test_loss", "test loss"), ("hessian_trace", "trace"),
+                 ("top_eigenvalue", "top eig."), ("local_entropy_gap", "entropy gap"),
+                 ("steps_per_second", "steps/s"))
+
+
+def table(summary: dict) -> str:
+  """table.md of one optimizer: its final metrics, mean ± 95% interval over seeds."""
+  config = summary["config"]
+  shown = [(m, name) for m, name in TABLE_COLUMNS if m in summary["over_seeds"]]
+  cells = []
+  for m, _ in shown:
+    s = summary["over_seeds"][m]
+    cells.append("—" if not np.isfinite(s["mean"]) else f"{s['mean']:.4g}" + (
+        f" ± {s['ci95']:.2g}" if np.isfinite(s["ci95"]) else ""))
+  return "\n".join([
+      f"{config['task']} on {summary['dataset_name']}, {config['num_steps']} steps, seeds "
+      f"{', '.join(map(str, config['seeds']))} (mean ± 95% interval over seeds)", "",
+      "| optimizer | " + " | ".join(name for _, name in shown) + " |",
+      "|---|" + "---|" * len(shown),
+      f"| {summary['label']} | " + " | ".join(cells) + " |"]) + "\n"
+
+
 def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
   """Runs every seed, writes the outputs, returns the summary (its "config" has the folder)."""
   # Everything that can be wrong with the input fails here, before compiling.
@@ -197,6 +221,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
         os.remove(os.path.join(config.out_dir, name))
   report.write_jsonl(os.path.join(config.out_dir, "metrics.jsonl"), records)
   report.write_json(os.path.join(config.out_dir, "summary.json"), summary)
+  report.write_text(os.path.join(config.out_dir, "table.md"), table(summary))
   report.plot_curves(os.path.join(config.out_dir, "curves.png"), {summary["label"]: results},
                      title=f"{config.task} on {summary['dataset_name']}")
   lock.release()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from flatl2o import checkpoints, evaluation, meta, optimizers, tasks
+from flatl2o import checkpoints, evaluation, meta, optimizers, report, tasks
 from flatl2o import flatness as flatness_lib
 from flatl2o.checkpoints import save_optimizer
 from flatl2o.study.cells import Cells
@@ -83,7 +83,7 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                             else []) if d.isdigit()]
   if saved:  # an interrupted run: meta_train resumes from its newest intact checkpoint
     log(f"{prefix}resuming {name} at meta-step {max(saved)}")
-  start = time.perf_counter()
+  start = time.perf_counter() - _earlier_seconds(run_dir)
   lopt = architecture(model)
   improvements = []
 
@@ -107,6 +107,8 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                              should_stop=should_stop,
                              on_improvement=keep if keep_improvements else None)
   except meta.MetaTrainingInterrupted as e:
+    report.write_json(os.path.join(run_dir, CELL_WALL_TIME_FILE),
+                      {"seconds": time.perf_counter() - start})
     raise StudyInterrupted(f"meta-training {name}, meta-step {e.iteration}") from None
   except meta.MetaTrainingDivergedError as e:
     # Too large a coefficient can blow the meta-training up: a cell like a collapse, with
@@ -122,6 +124,12 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
         "wall_time_s": time.perf_counter() - start}, "meta", name)
   if tracked:
     tracker.finish(name)
+  if keep_improvements and result.resumed_from is not None:
+    # Improvements up to the checkpoint resumed from were exported by the earlier part(s)
+    # (a meta-step's export comes before its checkpoint); later ones are made again.
+    improvements = sorted({*improvements, *(
+        step for step in exported_improvements(cells.run_dir, name)
+        if step <= result.resumed_from)})
   export = os.path.join(cells.run_dir, "optimizers", name)
   # A collapsed cell's export says so (evaluate warns); the sweep never chooses it.
   save_optimizer(export, lopt, result.meta_params, metadata=None if not result.collapsed else
@@ -140,6 +148,27 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
       "export": os.path.relpath(export, cells.run_dir),
       "improvements": improvements if keep_improvements else None,
       "grad_ratio": ratio, "wall_time_s": time.perf_counter() - start}, "meta", name)
+
+
+CELL_WALL_TIME_FILE = "cell_wall_time.json"
+
+
+def _earlier_seconds(run_dir: str) -> float:
+  """Meta-training time spent in this run directory by interrupted earlier parts."""
+  try:
+    with open(os.path.join(run_dir, CELL_WALL_TIME_FILE)) as f:
+      return float(json.load(f)["seconds"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return 0.0
+
+
+def exported_improvements(study_dir: str, name: str) -> list[int]:
+  """The meta-steps of the improvement exports `optimizers/NAME@STEP` in a study folder."""
+  folder = os.path.join(study_dir, "optimizers")
+  prefix = f"{name}@"
+  found = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(d[len(prefix):]) for d in found
+                if d.startswith(prefix) and d[len(prefix):].isdigit())
 
 
 def best_within(records: list[dict], budget: int) -> int | None:

@@ -35,11 +35,16 @@ def by_seed(cells: list[dict], metric: str, matched: bool = False) -> dict[Any, 
   return out
 
 
+def _nan_mean(values: list[float]) -> float:
+  """`np.nanmean`, NaN without numpy's warning when every value is NaN."""
+  return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+
+
 def units(seeds: dict[Any, dict[int, float]]) -> list[float]:
   """The values an interval is over: per-meta-seed means when there are several meta
   seeds, else the test seeds' values."""
   if len(seeds) > 1:
-    return [float(np.nanmean(list(v.values()))) for v in seeds.values()]
+    return [_nan_mean(list(v.values())) for v in seeds.values()]
   return list(next(iter(seeds.values())).values()) if seeds else []
 
 
@@ -160,6 +165,31 @@ def sweep_table(points: list[dict]) -> list[str]:
                  f"{p['collapsed_runs']}/{p['runs']} | {_number(p['grad_ratio'], '.3g')} | "
                  f"{', '.join(map(str, p['selected_meta_steps']))} |")
   return lines
+
+
+def answer(results: dict, table: dict | None = None) -> str:
+  """What a terminal shows at the end of a study: its answer, not the whole results.md.
+
+  Args:
+    results: a study's results (`flatl2o.study.run`).
+    table: unused (the same arguments as `markdown`).
+
+  Returns:
+    The smoke banner (if any), then each primary difference in one sentence (a
+    sweep: each term's summary line and the chosen coefficients).
+  """
+  del table
+  from flatl2o.study import analysis, sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  lines = [banner(results).replace("**", "")] if banner(results) is not None else []
+  if results.get("config", {}).get("settings", {}).get("sweep_only"):
+    lines += [sweep_lib.summary_line(t) for t in results["sweep_terms"].values()]
+    lines.append("coefficients chosen: " + ", ".join(
+        f"{k} {v:g}" for k, v in results["coefficients"].items()))
+  else:
+    found = analysis.answer_lines(results.get("primary", []))
+    lines += ["Answer:", *(line.replace("**", "") for line in found)] if found else [
+        "Answer: no primary comparison could be made (every regularized run collapsed?)"]
+  return "\n".join(lines)
 
 
 def markdown(results: dict, table: dict) -> str:
