@@ -65,7 +65,9 @@ _OPTIMIZER = flags.DEFINE_string(
     "learned optimizer shipped with flatl2o "
     f"({', '.join(builtin_names.pretrained()) or 'none'}).")
 _LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", None, "Learning rate; default: the optimizer's documented default.")
+    "learning_rate", None, "Learning rate of the hand-designed optimizer (in a comparison, of "
+    "its one hand-designed optimizer: e.g. --optimizer=adam,pretrained:l2o_dm "
+    "--learning_rate=0.1 compares with tuned Adam); default: its documented default.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 1000, "Training steps.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Minibatch size.", lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer(
@@ -147,16 +149,14 @@ def config_from_flags():
 
 def compare_main():
   from flatl2o.study import compare  # pylint: disable=g-import-not-at-top  (imports JAX)
-  if _LEARNING_RATE.value is not None:
-    raise ValueError("--learning_rate is for one optimizer; a comparison runs each "
-                     "hand-designed optimizer at its default learning rate")
   if _LANDSCAPE.value:
     raise ValueError("--landscape is for one optimizer, not a comparison")
   config = compare.CompareConfig(
       task=_TASK.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
       optimizers=compare.expand(_specs(_OPTIMIZER.value)), num_steps=_NUM_STEPS.value,
       batch_size=_BATCH_SIZE.value, eval_every=_EVAL_EVERY.value,
-      seeds=tuple(int(s) for s in _SEEDS.value), out_dir=_OUT_DIR.value)
+      seeds=tuple(int(s) for s in _SEEDS.value), out_dir=_OUT_DIR.value,
+      learning_rate=_LEARNING_RATE.value)
   summary = compare.compare(config, log=logging.info)
   print(compare.table(summary))
   out_dir = summary["config"]["out_dir"]

@@ -103,7 +103,8 @@ def main(argv):
   results["command"] = study.study_command(config)
   table = study.write_outputs(results, run_dir)
   print(study.answer(results, table))
-  parts = (f" over {results['parts']} parts" if results.get("parts", 1) > 1 else "")
+  parts = results.get("wall_time_parts", 1)
+  parts = f" over {parts} parts" if parts > 1 else ""
   print(f"The whole report: {os.path.join(run_dir, 'results.md')} (results.json and the "
         f"figures beside it; {results['wall_time_s']:.0f} s of computing{parts}).")
 

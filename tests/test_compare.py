@@ -116,7 +116,8 @@ class BadInputTest(parameterized.TestCase):
     proc = run_binary("experiments.evaluate", "--optimizer=adam,sgd", "--learning_rate=0.1",
                       f"--out_dir={out}")
     self.assertEqual(proc.returncode, 2, proc.stderr)
-    self.assertIn("--learning_rate is for one optimizer", proc.stderr)
+    self.assertIn("--learning_rate in a comparison is that of its one hand-designed "
+                  "optimizer", proc.stderr)
     self.assertFalse(os.path.exists(out))
 
 

@@ -23,7 +23,7 @@ RESUME_PRESET = study.Preset(
     coefficients="shipped", models=("l2o_dm",), optimizees=(study.SEEN,), baselines=())
 
 # Timing and its accounting differ between runs by nature; everything else must not.
-TIMING = {"wall_time_s", "date", "machine", "parts", "meta_steps_per_second"}
+TIMING = {"wall_time_s", "date", "machine", "wall_time_parts", "meta_steps_per_second"}
 
 
 def _without_timing(value):
@@ -85,7 +85,7 @@ class ResumeTest(absltest.TestCase):
     self.assertIn("meta-training l2o_dm-none-s0", str(stopped.exception))
     resumed = self._run(run_dir)
     self.assertEqual(_without_timing(resumed), _without_timing(self.whole))
-    self.assertEqual(resumed["parts"], 2)
+    self.assertEqual(resumed["wall_time_parts"], 2)
     mine, theirs = _exports(run_dir), _exports(self.whole_dir)
     self.assertEqual(list(mine), list(theirs))
     for name in mine:

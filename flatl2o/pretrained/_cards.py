@@ -95,10 +95,29 @@ def _is_number(x) -> bool:
 def _cell(summary) -> str:
   if not isinstance(summary, dict) or "mean" not in summary:
     return "-" if summary is None else str(summary)
-  text = f"{summary['mean']:.4f}"
+  signed = "+" if "p" in summary else ""  # a difference shows its sign and its p-value
+  text = f"{summary['mean']:{signed}.4f}"
   if _is_number(summary.get("ci95")):
     text += f" ± {summary['ci95']:.4f}"
+  if _is_number(summary.get("p")):
+    text += f" (p = {summary['p']:.2g}" + (
+        f", Holm {summary['p_holm']:.2g}" if _is_number(summary.get("p_holm")) else "") + ")"
   return text
+
+
+def versus_adam_line(card: dict) -> str | None:
+  """One line: the card's measured paired difference to tuned Adam on each optimizee."""
+  entry = next((e for e in card["measured"] if isinstance(e, dict)
+                and e.get("kind") == "versus_adam"), None)
+  if entry is None:
+    return None
+  parts = [f"{label.rsplit(' on ', 1)[-1]} {_cell(row.get(VERSUS_ADAM_METRIC))}"
+           for label, row in entry["results"].items()]
+  return (f"**Against {entry['baseline']}** (test accuracy, paired over "
+          f"{entry['seeds']} seeds, {entry['num_steps']} steps): " + "; ".join(parts) + ".")
+
+
+VERSUS_ADAM_METRIC = "test accuracy − tuned Adam"
 
 
 def _regularizer_line(regularizer: dict) -> str:
@@ -116,6 +135,7 @@ def render_card(card: dict) -> str:
       "",
       card["summary"],
       "",
+      *([versus_adam_line(card), ""] if versus_adam_line(card) else []),
       "```python",
       "import flatl2o",
       f"tx = flatl2o.pretrained.load({card['name']!r})   # an optax transformation",

@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+from typing import Any, Callable
 
 from flatl2o import folders, report
 from flatl2o.study.config import StudyConfig, upgrade_identity
@@ -60,6 +61,7 @@ class Cells:
   def __init__(self, run_dir: str, config: StudyConfig):
     self.run_dir = run_dir
     self.computed = 0  # cells written by this process
+    self.on_put: Callable[[], Any] | None = None  # called after each cell is written
     check(run_dir, config)  # another configuration's folder is refused before the lock
     # One study per folder: held while this object lives (`release()`, process exit).
     self._lock = folders.lock_folder(run_dir, "run directory")
@@ -91,6 +93,8 @@ class Cells:
   def put(self, value: dict, *parts: str) -> dict:
     report.write_json(self.path(*parts), value)
     self.computed += 1
+    if self.on_put is not None:
+      self.on_put()
     return value
 
 

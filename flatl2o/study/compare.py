@@ -47,7 +47,9 @@ PAIRED = ("test_accuracy", "train_loss", "test_loss")
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
-  """One comparison (fields as `multiseed.EvaluateConfig`; `optimizers` in table order)."""
+  """One comparison (fields as `multiseed.EvaluateConfig`; `optimizers` in table order;
+  `learning_rate`, when given, is that of the comparison's one hand-designed optimizer, e.g.
+  tuned Adam against learned ones; the others run at their defaults)."""
 
   task: str
   dataset: str | None
@@ -58,6 +60,7 @@ class CompareConfig:
   eval_every: int
   seeds: tuple[int, ...]
   out_dir: str | None
+  learning_rate: float | None = None
 
 
 def expand(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -82,9 +85,9 @@ def expand(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _label(spec: str, task: str) -> str:
+def _label(spec: str, task: str, learning_rate: float | None = None) -> str:
   single = multiseed.EvaluateConfig(task=task, dataset=None, data_dir=None, optimizer=spec,
-                                    learning_rate=None, num_steps=1, batch_size=1,
+                                    learning_rate=learning_rate, num_steps=1, batch_size=1,
                                     eval_every=1, seeds=(0,), out_dir=None)
   return multiseed.optimizer_label(single)
 
@@ -93,6 +96,9 @@ def default_out_dir(config: CompareConfig, dataset_name: str) -> str:
   """runs/evaluate/TASK-DATASET-compare-A-B-...: one folder per list of optimizers."""
   names = [s.split("pretrained:")[-1] if s.startswith("pretrained:") else
            os.path.basename(os.path.normpath(s)) for s in config.optimizers]
+  if config.learning_rate is not None:
+    names = [f"{n}-lr{config.learning_rate:g}" if is_hand_designed(s) else n
+             for n, s in zip(names, config.optimizers)]
   return os.path.join("runs", "evaluate", folders.safe_name(
       f"{config.task}-{dataset_name}-compare-{'-'.join(names)}"))
 
@@ -100,6 +106,8 @@ def default_out_dir(config: CompareConfig, dataset_name: str) -> str:
 def identity(config: CompareConfig) -> dict[str, Any]:
   out = dataclasses.asdict(config)
   out.pop("out_dir")
+  if out["learning_rate"] is None:
+    out.pop("learning_rate")  # as folders made before it existed say
   out["optimizer_sha256"] = {s: export_description(s)["sha256"]
                              for s in config.optimizers if not is_hand_designed(s)}
   return folders.as_json(out)
@@ -117,7 +125,13 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
   """Runs every optimizer on every seed, writes the folder, returns the summary."""
   specs = expand(config.optimizers)
   config = dataclasses.replace(config, optimizers=specs)
-  transforms = {s: optimizers.resolve(s) for s in specs}  # every bad name fails here
+  rate_of = {s: config.learning_rate if is_hand_designed(s) else None for s in specs}
+  hand_designed = [s for s in specs if is_hand_designed(s)]
+  if config.learning_rate is not None and len(hand_designed) != 1:
+    raise ValueError(f"--learning_rate in a comparison is that of its one hand-designed "
+                     f"optimizer (e.g. tuned adam against learned ones); this one has "
+                     f"{len(hand_designed)} ({', '.join(hand_designed) or 'none'})")
+  transforms = {s: optimizers.resolve(s, rate_of[s]) for s in specs}  # bad names fail here
   for s in specs:
     warning = multiseed.status_line(s)
     if warning is not None:
@@ -159,7 +173,7 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
   per_optimizer = {}
   for spec in specs:
     names = [m for m in METRICS if m in finals[spec][0]]
-    entry = {"label": _label(spec, config.task), "final": finals[spec],
+    entry = {"label": _label(spec, config.task, rate_of[spec]), "final": finals[spec],
              "over_seeds": {m: report.summarize([f[m] for f in finals[spec]]) for m in names},
              **_timing(runs[spec])}
     if spec != first:

@@ -50,7 +50,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   The results' `wall_time_s` is the time of every part of the run that
   computed something (an interrupted part included; a rerun that finds every
   cell done adds nothing), `date` and `machine` those of its last such part
-  (`run_dir/wall_time.json` keeps the parts).
+  (`run_dir/wall_time.json` keeps the parts, `wall_time_parts` counts them).
 
   Args:
     config: what to compute.
@@ -72,23 +72,26 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   if OTHER_DATA in builders:
     builders[OTHER_DATA]()
   cells = Cells(run_dir, config)
-  start, date = time.perf_counter(), time.strftime("%Y-%m-%d")
+  start, earlier = time.perf_counter(), _parts(run_dir)
+  part = {"date": time.strftime("%Y-%m-%d"), "seconds": 0.0, "cells": 0, "machine": machine()}
 
-  def keep_part():
-    parts = _parts(run_dir) + [{"date": date, "seconds": time.perf_counter() - start,
-                                "cells": cells.computed, "machine": machine()}]
-    report.write_json(os.path.join(run_dir, WALL_TIME_FILE), {"parts": parts})
+  def keep_part():  # after every cell: a killed part loses at most its last cell's time
+    part.update(seconds=time.perf_counter() - start, cells=cells.computed)
+    report.write_json(os.path.join(run_dir, WALL_TIME_FILE), {"parts": earlier + [part]})
 
+  cells.on_put = keep_part
   try:
     results = _compute(config, cells, builders, should_stop, log)
   except StudyInterrupted:
     keep_part()  # it may have meta-trained part of a cell: that time counts
     raise
+  finally:
+    cells.on_put = None
   if cells.computed:
     keep_part()
   parts = _parts(run_dir)
   results["wall_time_s"] = sum(p["seconds"] for p in parts)
-  results["parts"] = len(parts)
+  results["wall_time_parts"] = len(parts)
   if parts:
     results["date"], results["machine"] = parts[-1]["date"], parts[-1]["machine"]
   return results

@@ -84,10 +84,18 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
         ys = units(by_seed(cs, "test_accuracy"))
         ax.scatter([i] * len(ys), ys, s=5, c="tab:orange", zorder=3)
         points += [y for y in ys if np.isfinite(y)]
-      if points:  # accuracy lives in [0, 1]; an interval past it is cut at the frame
-        ax.set_ylim(max(0.0, min(points) - 0.02), min(1.0, max(points) + 0.01))
+      # Every dot and every whole interval in the frame (a t-interval may pass 1).
+      ends = points + [m - c for m, c in zip(means, cis) if np.isfinite(m)] + [
+          m + c for m, c in zip(means, cis) if np.isfinite(m)]
+      if ends:
+        low, high = min(ends), max(ends)
+        margin = 0.05 * max(high - low, 1e-3)
+        ax.set_ylim(low - margin, high + margin)
       ax.set_xticks(range(len(labels)))
-      ax.set_xticklabels(labels, rotation=90, fontsize=5)
+      if len(labels) <= 6:  # a few: horizontal, the term on a line of its own
+        ax.set_xticklabels([label.replace(" + ", "\n+ ") for label in labels], fontsize=7)
+      else:
+        ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=6)
       ax.set_title(optimizee, fontsize=9)
     axes[0][0].set_ylabel("test accuracy (mean ± 95%; dots: seeds)")
     fig.tight_layout()

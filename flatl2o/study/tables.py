@@ -163,8 +163,13 @@ def sweep_table(points: list[dict]) -> list[str]:
     lines.append(f"| {p['regularizer']} | {p['coefficient']:g} | "
                  f"{_number(p['validation_accuracy'], '.4f')} | {accs} | "
                  f"{p['collapsed_runs']}/{p['runs']} | {_number(p['grad_ratio'], '.3g')} | "
-                 f"{', '.join(map(str, p['selected_meta_steps']))} |")
+                 f"{', '.join(_meta_step(m) for m in p['selected_meta_steps'])} |")
   return lines
+
+
+def _meta_step(step: int) -> str:
+  """A selected meta-step; a run with none (every validation collapsed) says so."""
+  return str(step) if step >= 0 else "collapsed"
 
 
 def answer(results: dict, table: dict | None = None) -> str:
