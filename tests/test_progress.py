@@ -124,6 +124,24 @@ class KnownAnswersTest(absltest.TestCase):
     self.assertEqual(p.index("c"), "3/3")
     self.assertEqual(p.index("c", within="c"), "1/1")
 
+  def test_a_family_compiles_as_its_prior_says_until_one_is_measured(self):
+    clock = Clock()
+    p = Progress([("a", "x", 10), ("b", "test:one", 4), ("c", "test:two", 4)],
+                 {"x": 1.0, "test": 1.0}, clock, min_measured_s=0.0,
+                 prior_startup={"test": 1.5})
+    p.start("a")
+    clock.now = 20.0
+    p.update("a", 0)                    # x compiles for 20 s
+    clock.now = 30.0
+    p.update("a", 10)
+    p.finish("a")
+    # b and c: 4 units at x's scale (1.0) + each its family's prior compilation, not x's 20 s
+    self.assertAlmostEqual(p.eta(), 2 * (4 * 1.0 + 1.5))
+    p.start("b")
+    clock.now = 33.0
+    p.update("b", 0)                    # test compiles for 3 s: measured, it replaces the prior
+    self.assertAlmostEqual(p.startup("test:two", first=True), 3.0)
+
   def test_later_startups_and_early_stops(self):
     clock = Clock()
     plan = [("a", "x", 100), ("b", "x", 100), ("c", "x", 100)]

@@ -327,12 +327,15 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
   return results
 
 
-# Seconds per unit on this project's 2-core CPU (2026-12-06, digits MLP, L2O-DM, unroll 20,
-# meta-batch 4, validation included): the ETA's priors until the run has measured its own,
-# scaled by how fast the run's measured kinds went (`flatl2o.study.progress`). Units: a
-# meta-step; a training step of a meta-test or tuning run; one run's matched flatness.
-PRIOR_SECONDS = {"none": 0.1, "hessian": 0.2, "entropy": 0.25, "test": 0.002,
-                 "tuning": 0.002, "matched": 0.1}
+# Seconds per unit on this project's 2-core CPU, idle (the default study's run of 2026-12-07:
+# digits MLP, L2O-DM, unroll 20, meta-batch 4, validation included; scripts/eta_trace.py):
+# the ETA's priors until the run has measured its own, scaled by how fast the run's measured
+# kinds went (`flatl2o.study.progress`). Units: a meta-step; a training step of a meta-test
+# or tuning run; one run's matched flatness. PRIOR_STARTUP: the first item's compilation.
+PRIOR_SECONDS = {"none": 0.117, "hessian": 0.165, "entropy": 0.191, "test": 0.00033,
+                 "tuning": 0.0005, "matched": 0.005}
+PRIOR_STARTUP = {"none": 17.0, "hessian": 24.0, "entropy": 20.0, "test": 5.0, "tuning": 3.0,
+                 "matched": 0.5}
 
 
 class StudyProgress(Progress):
@@ -382,9 +385,9 @@ def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:
                s.test_seeds * s.test_horizon) for i in range(contenders)]
     items.append((f"matched {optimizee}", "matched", contenders * s.test_seeds))
   prior = {**{k: PRIOR_SECONDS.get(k, PRIOR_SECONDS["entropy"]) for _, k, _ in planned},
-           "test": PRIOR_SECONDS["test"], "tuning": PRIOR_SECONDS["tuning"],
-           "matched": PRIOR_SECONDS["matched"]}
-  return StudyProgress(items, prior, config.optimizees, s.test_seeds)
+           **{k: PRIOR_SECONDS[k] for k in ("test", "tuning", "matched")}}
+  return StudyProgress(items, prior, config.optimizees, s.test_seeds,
+                       prior_startup=PRIOR_STARTUP)
 
 
 def unpaired_reason(cell: dict, plain: dict) -> str | None:

@@ -25,9 +25,11 @@ where
 - **expected units** of an item that can stop early (a meta-training with
   patience) are the mean of what finished items of the same cap ran, never less
   than what it has done nor more than its cap.
-- **start-ups**: the first item of a kind in this process compiles (the mean
-  first start-up measured so far); later items of a kind only pay the median
-  of the later start-ups measured (a compiled program is reused).
+- **start-ups**: the first item of a kind in this process compiles: the mean
+  first start-up measured in its family, else its `prior_startup` (a reference
+  machine's compilation of that family), else the mean first start-up of any
+  kind; later items of a kind only pay the median of the later start-ups
+  measured (a compiled program is reused).
 
 A study skips cached items (`skip`). The clock is an argument, so tests drive it.
 """
@@ -78,16 +80,19 @@ class Progress:
     items: (name, kind, units) in the order they will run.
     prior: seconds per unit of each kind (or family) on a reference machine.
     clock: seconds, monotone (`time.perf_counter`).
+    prior_startup: seconds of a first start-up (compilation) per kind or family on
+      that machine, until one of the family is measured.
     window_s: how far back the rate of a kind looks.
     min_measured_s: measured seconds needed before an ETA is given.
   """
 
   def __init__(self, items: list[tuple[str, str, int]], prior: dict[str, float],
                clock: Callable[[], float] = time.perf_counter, window_s: float = 300.0,
-               min_measured_s: float = 10.0):
+               min_measured_s: float = 10.0, prior_startup: dict[str, float] | None = None):
     self.items = {name: Item(name, kind, units) for name, kind, units in items}
     self.order = [name for name, _, _ in items]
     self.prior = prior
+    self.prior_startup = prior_startup or {}
     self.clock = clock
     self.window_s = window_s
     self.min_measured_s = min_measured_s
@@ -197,6 +202,12 @@ class Progress:
     """The start-up of an item of `kind` not yet started: a compilation when it is the
     first of its kind in this process, else the median later start-up."""
     if first:
+      mine = [v[0] for k, v in self.startups.items() if v and family(k) == family(kind)]
+      if mine:
+        return sum(mine) / len(mine)
+      for key in (kind, family(kind)):
+        if key in self.prior_startup:
+          return self.prior_startup[key]
       firsts = [v[0] for v in self.startups.values() if v]
       return sum(firsts) / len(firsts) if firsts else 0.0
     later = self.startups.get(kind, [])[1:] or [
