@@ -16,8 +16,8 @@ from flatl2o.study import config as study_config
 # Small enough for the tests, large enough that plain L2O-DM validates without collapsing
 # (so it records improvements) and that the same-budget control has something to select.
 RESUME_PRESET = study.Preset(
-    meta_seeds=(0, 1), num_meta_iterations=12, unroll_length=10, num_inner_steps=40,
-    meta_batch_size=2, validation_every=3, validation_seeds=1, adam_grid=(0.03,),
+    meta_seeds=(0, 1), num_meta_iterations=24, unroll_length=10, num_inner_steps=40,
+    meta_batch_size=2, validation_every=4, validation_seeds=1, adam_grid=(0.03,),
     sgd_grid=(0.3,), tuning_seeds=1, test_seeds=1, test_horizon=20, eval_every=10,
     flatness_batch=64, trace_probes=1, lanczos_iters=2, entropy_gap_samples=2,
     coefficients="shipped", models=("l2o_dm",), optimizees=(study.SEEN,), baselines=())

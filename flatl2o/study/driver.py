@@ -197,7 +197,9 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
       same_budget[model, kind, seed] = plain
     elif plain.get("improvements") and pick in plain["improvements"]:
       name = f"{plain['name']}@{pick}"
+      score = next(v["score"] for v in plain["validations"] if v["iteration"] == pick)
       same_budget[model, kind, seed] = {**plain, "name": name, "best_meta_step": pick,
+                                        "best_validation_accuracy": score,
                                         "export": os.path.join("optimizers", name)}
     else:  # a run folder from before improvements were kept: retrain up to the budget
       same_budget[model, kind, seed] = meta_train_cell(

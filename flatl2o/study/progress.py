@@ -29,7 +29,8 @@ where
   first start-up measured in its family, else its `prior_startup` (a reference
   machine's compilation of that family), else the mean first start-up of any
   kind; later items of a kind only pay the median of the later start-ups
-  measured (a compiled program is reused).
+  measured in the kind (else its family; else none), since a compiled program is
+  reused.
 
 A study skips cached items (`skip`). The clock is an argument, so tests drive it.
 """
@@ -210,8 +211,9 @@ class Progress:
           return self.prior_startup[key]
       firsts = [v[0] for v in self.startups.values() if v]
       return sum(firsts) / len(firsts) if firsts else 0.0
+    # A meta-training's start-up (its first logged meta-steps) says nothing of a meta-test's.
     later = self.startups.get(kind, [])[1:] or [
-        s for k in self.startups for s in self.startups[k][1:]]
+        s for k in self.startups if family(k) == family(kind) for s in self.startups[k][1:]]
     return statistics.median(later) if later else 0.0
 
   def measured_s(self) -> float:
