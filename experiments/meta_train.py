@@ -98,10 +98,11 @@ def config_from_flags() -> meta_config.MetaTrainConfig:
 
 def main(argv):
   del argv
+  # Before anything imports JAX: a folder that cannot be written is one line at once.
+  _cli.check_output_folder("--run_dir", _RUN_DIR.value or os.path.join("runs", "meta_train"))
   config = config_from_flags()  # raises ValueError on bad values: exit 2, nothing written
   run_dir = _RUN_DIR.value or os.path.join("runs", "meta_train", _cli.safe_name(
       f"{_OPTIMIZER.value}-{_TASK.value}-{_DATASET.value or 'default'}-s{config.seed}"))
-  _cli.check_output_folder("--run_dir", run_dir)
   _cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from flatl2o import meta, optimizers, tasks  # pylint: disable=g-import-not-at-top
   lopt = optimizers.learned(_OPTIMIZER.value)

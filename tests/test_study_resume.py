@@ -84,6 +84,8 @@ class ResumeTest(absltest.TestCase):
       self._run(run_dir, should_stop=first)
     self.assertIn("meta-training l2o_dm-none-s0", str(stopped.exception))
     resumed = self._run(run_dir)
+    improvements = lambda r: {n: c["improvements"] for n, c in r["meta_training"].items()}
+    self.assertEqual(improvements(resumed), improvements(self.whole))  # the readable part
     self.assertEqual(_without_timing(resumed), _without_timing(self.whole))
     self.assertEqual(resumed["wall_time_parts"], 2)
     mine, theirs = _exports(run_dir), _exports(self.whole_dir)
