@@ -167,12 +167,6 @@ def compare_main():
 def main(argv):
   del argv
   _cli.check_output_folder("--out_dir", _OUT_DIR.value or os.path.join("runs", "evaluate"))
-  # Said at once: JAX's start, the data and the first compilation take a while before the
-  # first seed's line.
-  specs = _specs(_OPTIMIZER.value) if comparing() else [_OPTIMIZER.value]
-  logging.info("evaluate: %s on %s, %d steps x %d seeds each for %s; starting JAX and "
-               "compiling first", _TASK.value, _DATASET.value or "its default data",
-               _NUM_STEPS.value, len(_SEEDS.value), ", ".join(specs))
   if comparing():
     compare_main()
     return

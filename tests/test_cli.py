@@ -44,8 +44,8 @@ class EvaluateBinaryTest(parameterized.TestCase):
       rows = f.read().splitlines()
     self.assertEqual(rows[2].split(" | ")[:2], ["| optimizer", "test acc."])
     self.assertTrue(rows[4].startswith(f"| {summary['label']} | "), rows)
-    self.assertRegex(proc.stderr.splitlines()[0], r"evaluate: mlp_sigmoid on .*, 60 steps x 2 "
-                     r"seeds each for adam; starting JAX")  # said before any work
+    self.assertRegex(proc.stderr.splitlines()[0], r"adam \(lr 0.01, default\) on mlp_sigmoid / "
+                     r"digits: 2 seeds x 60 steps; the first seed compiles")  # before any seed
     self.assertEmpty([f for f in os.listdir(out) if f.startswith(".tmp")])
 
   @parameterized.named_parameters(

@@ -101,10 +101,20 @@ class PretrainedTest(parameterized.TestCase):
     self.assertBetween(training["selected_meta_step"], 1,
                        training["meta_train_config"]["num_meta_iterations"])
     self.assertNotEmpty(card["measured"])
-    # The first measurement is the one anybody can rerun against Adam on digits.
-    self.assertTrue(any(f"--optimizer=pretrained:{name}" in c
-                        for c in card["measured"][0]["commands"]))
-    self.assertIn(f"pretrained {name}", card["measured"][0]["results"])
+    # The first measurement is the paired difference to tuned Adam on the default study's
+    # three optimizees, with the commands that give it; card.md opens with it.
+    versus = card["measured"][0]
+    self.assertEqual(versus["kind"], "versus_adam")
+    self.assertLen(versus["commands"], 3)
+    for command in versus["commands"]:
+      self.assertRegex(command, rf"--optimizer=adam,pretrained:{name} --learning_rate=")
+    self.assertEqual(sorted(versus["results"]), [f"pretrained {name} on {t}" for t in
+                                                 ("mlp_deep", "mlp_relu", "mlp_sigmoid")])
+    for row in versus["results"].values():
+      d = row["test accuracy − tuned Adam"]
+      self.assertBetween(d["p"], 0.0, 1.0)
+      self.assertGreaterEqual(d["p_holm"], d["p"])
+    self.assertIn("**Against tuned Adam", pretrained.render_card(card).split("\n\n")[2])
     for entry in card["measured"]:
       self.assertNotEmpty(entry["commands"])
       self.assertTrue(any(label.startswith(f"pretrained {name}") for label in entry["results"]))

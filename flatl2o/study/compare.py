@@ -144,8 +144,10 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
   multiseed.claim(config.out_dir, wanted)
   lock = folders.lock_folder(config.out_dir, "--out_dir")
 
+  log(f"{len(specs)} optimizers on {config.task} / {task.dataset_name}: "
+      f"{len(config.seeds)} seeds x {config.num_steps} steps each, after a warm-up run")
   tic = time.perf_counter()
-  evaluation.train(task, optimizers.get("sgd", learning_rate=0.0), config.eval_every,
+  evaluation.train(task, optimizers.get("sgd", learning_rate=1e-3), config.eval_every,
                    jax.random.key(config.seeds[0]), eval_every=config.eval_every,
                    flatness_at=(config.eval_every,))
   warmup_s = time.perf_counter() - tic

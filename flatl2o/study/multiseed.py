@@ -188,6 +188,9 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
   wanted = identity(config)
   claim(config.out_dir, wanted)
   lock = folders.lock_folder(config.out_dir, "--out_dir")  # one writer; released at the end
+  # Said before the first seed, which compiles (its line comes much later).
+  log(f"{optimizer_label(config)} on {config.task} / {task.dataset_name}: "
+      f"{len(config.seeds)} seeds x {config.num_steps} steps; the first seed compiles")
 
   results = []
   for i, seed in enumerate(config.seeds, start=1):
