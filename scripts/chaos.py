@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The study's progress lines: one per cell as it is computed (meta-training and
 # tuning when a cell starts, so a cell redone after a kill prints it again).
-PROGRESS = re.compile(r"meta-training \S+ \(up to|\] tuning |: meta-tested ")
+PROGRESS = re.compile(r"meta-training \S+ \(up to|: tuned |: meta-tested ")
 
 # Keys whose values depend on the machine's speed, not on what was computed.
 TIMING = re.compile(r"wall|per_second|elapsed|seconds|(^|_)time(_s)?$|(^|_)eta(_s)?$")
