@@ -74,6 +74,18 @@ def _resolved_default(config, path: str):
   return value
 
 
+def _read_by_owner(config, path: str, owner: str | None) -> bool:
+  """Whether the field at `path` is read by its record's `kind` (metadata "owner": a kind,
+  or "any" kind but "none"); fields without an owner always are."""
+  if owner is None:
+    return True
+  record = config
+  for part in path.split(".")[:-1]:
+    record = getattr(record, part)
+  kind = getattr(record, "kind", None)
+  return kind != "none" if owner == "any" else kind == owner
+
+
 def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
   """The plain flags (`--NAME=VALUE`) that `_config_flags.define` + `build` read back as `config`.
 
@@ -92,6 +104,8 @@ def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
     # (the regularizer's alpha) is listed whenever it differs from that.
     if value == field.default:
       continue
+    if not _read_by_owner(config, path, field.metadata.get("owner")):
+      continue  # a field of another regularizer kind: its flag would be refused
     if field.metadata.get("resolved") and value == _resolved_default(config, path):
       continue  # what the field's None resolves to here (curriculum_horizons)
     name = renames.get(path, path.rsplit(".", 1)[-1])

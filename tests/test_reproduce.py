@@ -159,6 +159,10 @@ class MetaTrainCommandTest(parameterized.TestCase):
     self.assertEqual(parsed, study.meta_config(model, kind, coefficient, 1, study.PRESETS["cpu"]))
     if kind != "none":
       self.assertIn(f"--regularizer={kind}", command)
+    # Another kind's field would be refused by the binary (`--alpha belongs to ...hessian`).
+    for flag in {"none": ("--alpha", "--beta"), "hessian": ("--beta",),
+                 "entropy": ("--alpha",)}[kind]:
+      self.assertNotIn(f"{flag}=", command)
 
 
 class RunDirectoryIdentityTest(absltest.TestCase):
