@@ -21,6 +21,13 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "the same command then gives bit-identical results on the same GPU, somewhat slower. "
     "CPU runs are deterministic without it.")
 
+_IMPORT = flags.DEFINE_list(
+    "import", [], "Python modules to import before anything else (comma-separated): a "
+    "user's flatness terms, learned optimizers or tasks, registered with "
+    "flatl2o.meta.terms.register, flatl2o.optimizers.register or flatl2o.tasks.register "
+    "when the module is imported; e.g. --import=my_terms for my_terms.py in the current "
+    "folder.")
+
 
 safe_name = folders.safe_name  # `text` as one folder name (the library's)
 
@@ -35,6 +42,73 @@ def check_output_folder(flag: str, path: str) -> None:
   """A run's output folder, checked before any work (`folders.check_output_folder`):
   a file, a path under a file, an unwritable or read-only place exit 2 with one line."""
   folders.check_output_folder(path, flag)
+
+
+def import_modules(modules: list[str]) -> None:
+  """Imports `--import` modules (the current folder first on the path, as `python -m` has it).
+
+  Args:
+    modules: module names.
+
+  Raises:
+    ValueError: one line naming the module and why it could not be imported
+      (not found, a registration it refused, or any error inside it).
+  """
+  if os.getcwd() not in sys.path and "" not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      missing = e.name or module
+      raise ValueError(f"--import={module}: no module named {missing!r} (looked in the current "
+                       "folder and on PYTHONPATH; give a module name, e.g. my_terms for "
+                       "./my_terms.py)") from None
+    except Exception as e:  # pylint: disable=broad-except  (a user's module: any error, one line)
+      first = str(e).splitlines()[0] if str(e) else ""
+      raise ValueError(f"--import={module} failed: {type(e).__name__}: {first}") from None
+
+
+# Name flags whose accepted values a --import module may extend: (holder, built-in names,
+# "module:function" listing the registry's names).
+_NAME_FLAGS: list[tuple[flags.FlagHolder, tuple[str, ...], str]] = []
+
+
+def name_flag(name: str, default: str, builtin: tuple[str, ...], registry: str,
+              help_text: str) -> flags.FlagHolder:
+  """A flag naming a registered thing: the built-ins, or a name a `--import` module registers.
+
+  Args:
+    name: the flag's name.
+    default: its default (a built-in).
+    builtin: the built-in names (checked before anything imports JAX).
+    registry: 'module:function' returning every registered name (consulted only
+      when the value is not a built-in and `--import` was given).
+    help_text: the flag's help; the accepted names are added to it.
+
+  Returns:
+    The flag's holder.
+  """
+  holder = flags.DEFINE_string(name, default, f"{help_text} One of {', '.join(builtin)}, or a "
+                               "name registered by an --import module.")
+  _NAME_FLAGS.append((holder, builtin, registry))
+  return holder
+
+
+def _check_names(imported: bool) -> None:
+  for holder, builtin, registry in _NAME_FLAGS:
+    if holder.value in builtin:
+      continue
+    accepted = builtin
+    if imported:
+      import importlib  # pylint: disable=g-import-not-at-top
+      module, function = registry.split(":")
+      accepted = tuple(getattr(importlib.import_module(module), function)())
+      if holder.value in accepted:
+        continue
+    raise ValueError(f"unknown --{holder.name}={holder.value}; accepted: {', '.join(accepted)}"
+                     + ("" if imported else " (or a name registered by an --import module)"))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -66,6 +140,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     if _DETERMINISTIC.value:
       use_deterministic_kernels()
     try:
+      import_modules(_IMPORT.value)
+      _check_names(imported=bool(_IMPORT.value))
       main(argv)
     except ValueError as e:
       fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -54,20 +54,35 @@ class ConfigFlags:
   cls: type
   config: flags.FlagHolder
   flag_names: dict[str, str]
+  # `--config.PREFIX.FIELD=VALUE` of a field the dataclass does not have, under an
+  # `open_prefix` (a user's flatness term's own fields): field -> the text given.
+  open_args: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def define(cls, *, renames: dict[str, str] | None = None,
            flag_values: flags.FlagValues = flags.FLAGS,
-           argv: list[str] | None = None) -> ConfigFlags:
+           argv: list[str] | None = None, open_prefix: str | None = None) -> ConfigFlags:
   """Defines `--config` and one plain flag per leaf field of the dataclass `cls`.
 
-  `argv` (default `sys.argv`) is where ml_collections looks for the
-  `--config.PATH` overrides it must define.
+  Args:
+    cls: a frozen (possibly nested) configuration dataclass.
+    renames: field path -> flag name, where the flag is not the leaf's name.
+    flag_values: where the flags are defined.
+    argv: where ml_collections looks for the `--config.PATH` overrides it must
+      define (default `sys.argv`).
+    open_prefix: a nested record (e.g. 'regularizer') whose `--config.PREFIX.FIELD=VALUE`
+      arguments may name fields it does not declare (a user's flatness term's): they are
+      taken out of `argv` (absl never sees them) into `ConfigFlags.open_args`.
+
+  Returns:
+    The `ConfigFlags` that `build` reads.
   """
   argv = sys.argv if argv is None else argv
   renames = renames or {}
   flag_names = {}
   for path, field, tp, doc in _leaves(cls):
+    if field.metadata.get("flag") is False:
+      continue  # set another way (a term's own fields: open_prefix)
     name = renames.get(path, path.rsplit(".", 1)[-1])
     tp, default = _unoptional(tp), field.default
     help_text = f"{doc} (also --config.{path})"
@@ -88,12 +103,26 @@ def define(cls, *, renames: dict[str, str] | None = None,
     else:
       raise TypeError(f"{cls.__name__}.{path}: no flag type for {tp}")
     flag_names[path] = name
+  open_args = _take_open_args(argv, flag_names, open_prefix) if open_prefix else {}
   _check_config_overrides(argv[1:], flag_names)
   twin = _mutable_twin(cls)
   holder = config_flags.DEFINE_config_dataclass(
       "config", twin(), f"{cls.__name__} (set fields as --config.FIELD=VALUE).",
       flag_values=flag_values, sys_argv=argv)
-  return ConfigFlags(cls, holder, flag_names)
+  return ConfigFlags(cls, holder, flag_names, open_args)
+
+
+def _take_open_args(argv: list[str], flag_names: dict[str, str], prefix: str) -> dict[str, str]:
+  """Removes `--config.PREFIX.FIELD=VALUE` of undeclared FIELDs from `argv`; returns them."""
+  taken, kept = {}, [argv[0]] if argv else []
+  for arg in argv[1:]:
+    match = re.fullmatch(rf"--config\.{re.escape(prefix)}\.([A-Za-z_]\w*)=(.*)", arg, re.S)
+    if match and f"{prefix}.{match.group(1)}" not in flag_names:
+      taken[match.group(1)] = match.group(2)
+    else:
+      kept.append(arg)
+  argv[:] = kept
+  return taken
 
 
 def _check_config_overrides(argv: list[str], flag_names: dict[str, str]) -> None:

@@ -54,7 +54,8 @@ from flatl2o import builtin_names
 
 # Only light modules above: the flags are checked before JAX and the rest are
 # imported (in main), so a bad flag fails at once.
-_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", builtin_names.TASKS, "Optimizee.")
+_TASK = _cli.name_flag("task", "mlp_sigmoid", builtin_names.TASKS, "flatl2o.tasks:names",
+                       "Optimizee.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Dataset: digits (default; embedded), mnist, fashion_mnist, cifar10 "
     "(TFDS, prepared), or idx:PATH. The quadratic task takes none.")

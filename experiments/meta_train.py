@@ -15,7 +15,10 @@ Every field of `flatl2o.meta.MetaTrainConfig` is a flag of the same name
 (`--config.regularizer.alpha=0.01`); `--helpfull` lists them with their help.
 
 --regularizer=hessian|entropy adds the flatness term of Yang et al. (2023) to
-the meta-objective (see flatl2o/meta/objective.py). --optimizer=l2o_scale
+the meta-objective (see flatl2o/meta/terms.py). A term of your own, registered
+with `flatl2o.meta.terms.register` in a module of yours, is meta-trained with
+--import=MODULE --regularizer=NAME and its fields as --config.regularizer.FIELD=VALUE
+(`--import` also brings a user's optimizers and tasks to --optimizer and --task). --optimizer=l2o_scale
 meta-trains with --meta_loss=log_ratio unless told otherwise, as its paper did.
 
 A run always exports the best-validated meta-parameters. When no validation
@@ -48,12 +51,14 @@ from absl import flags
 from experiments import _cli, _config_flags
 from flatl2o import builtin_names
 from flatl2o.meta import config as meta_config
+from flatl2o.meta import terms
 
 # Only light modules above: the flags are checked before JAX and the rest are
 # imported (in main), so a bad flag fails at once.
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "l2o_dm", builtin_names.LEARNED,
-                               "Learned optimizer architecture.")
-_TASK = flags.DEFINE_enum("task", "mlp_sigmoid", builtin_names.TASKS, "Optimizee.")
+_OPTIMIZER = _cli.name_flag("optimizer", "l2o_dm", builtin_names.LEARNED,
+                            "flatl2o.optimizers:learned_names", "Learned optimizer architecture.")
+_TASK = _cli.name_flag("task", "mlp_sigmoid", builtin_names.TASKS, "flatl2o.tasks:names",
+                       "Optimizee.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset (default digits; see evaluate).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Inner minibatch size.")
@@ -69,13 +74,23 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host run: this pro
 # Every MetaTrainConfig field is a flag (--unroll_length, --alpha, ...) and a
 # --config.FIELD override, both derived from the dataclass and its docstring.
 _CONFIG = _config_flags.define(meta_config.MetaTrainConfig,
-                               renames=_config_flags.META_TRAIN_RENAMES)
+                               renames=_config_flags.META_TRAIN_RENAMES,
+                               open_prefix="regularizer")
 
 
 def config_from_flags() -> meta_config.MetaTrainConfig:
   """The MetaTrainConfig of the command line; ValueError on values that do not fit."""
   config, given = _config_flags.build(_CONFIG)
   kind = config.regularizer.kind
+  if _CONFIG.open_args:  # --config.regularizer.FIELD=VALUE of a user's term
+    if kind in meta_config.KINDS:
+      field = next(iter(_CONFIG.open_args))
+      raise ValueError(f"unknown configuration field --config.regularizer.{field}; "
+                       f"--regularizer={kind} takes: "
+                       f"{', '.join(p.split('.', 1)[1] for p in _CONFIG.flag_names if p.startswith('regularizer.'))}")
+    term = terms.build(kind, _CONFIG.open_args)
+    config = dataclasses.replace(config, regularizer=dataclasses.replace(
+        config.regularizer, term_fields=tuple((f, getattr(term, f)) for f in _CONFIG.open_args)))
   spelled = lambda field: "--" + _CONFIG.flag_names[f"regularizer.{field}"]
   # Settings that only mean something for one kind of regularizer (field metadata).
   owned = meta_config.owned_fields()
@@ -86,7 +101,8 @@ def config_from_flags() -> meta_config.MetaTrainConfig:
                          f"--regularizer={kind}")
   for field in owned["any"]:
     if f"regularizer.{field}" in given and kind == "none":
-      raise ValueError(f"{spelled(field)} needs --regularizer=hessian or --regularizer=entropy")
+      raise ValueError(f"{spelled(field)} needs a --regularizer (hessian, entropy, or a "
+                       "registered term of your own)")
   if "curriculum_horizons" in given and not config.curriculum:
     raise ValueError("--curriculum_horizons needs --curriculum")
   from flatl2o import optimizers  # pylint: disable=g-import-not-at-top  (imports JAX)
@@ -129,7 +145,9 @@ def main(argv):
         "(--num_meta_iterations)\n")
     return
   if result.status == "collapsed":
-    flag = "--alpha" if config.regularizer.kind == "hessian" else "--beta"
+    coefficient = terms.coefficient_field(config.regularizer.kind)
+    flag = (f"--{coefficient}" if config.regularizer.kind in terms.BUILTIN
+            else f"--config.regularizer.{coefficient}")
     sys.stderr.write(
         "meta_train: the learned optimizer collapsed: at every validation it no longer lowered "
         f"the training loss (--regularizer={config.regularizer.kind} taught it to stand "

@@ -11,6 +11,7 @@ import os
 
 LEARNED = ("l2o_dm", "rnnprop", "l2o_scale", "mlp_lopt")
 TASKS = ("mlp_sigmoid", "mlp_relu", "mlp_deep", "conv", "quadratic")
+TERMS = ("hessian", "entropy")  # flatl2o.meta.terms: the flatness terms of the meta-objective
 HAND_DESIGNED = ("sgd", "momentum", "adam", "rmsprop", "adagrad", "sam", "entropy_sgd")
 
 

@@ -93,6 +93,15 @@ def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
   the flag name `define` gives it (a rename, else the leaf field's name). A
   field marked `metadata["resolved"]` whose None default __post_init__ resolves
   (curriculum_horizons) is listed only when it differs from that resolution.
+  A field marked `metadata["flag"] = False` holds `(name, value)` pairs (a user's
+  flatness term's own fields): each is listed as `--config.HOLDER.NAME=VALUE`.
+
+  Args:
+    config: a configuration dataclass instance.
+    renames: field path -> flag name, as given to `_config_flags.define`.
+
+  Returns:
+    The flags, in field order.
   """
   renames = renames or {}
   args = []
@@ -100,6 +109,10 @@ def command_args(config, *, renames: dict[str, str] | None = None) -> list[str]:
     value = config
     for part in path.split("."):
       value = getattr(value, part)
+    if field.metadata.get("flag") is False:  # a user's flatness term's own fields
+      holder = path.rsplit(".", 1)[0]
+      args.extend(f"--config.{holder}.{name}={v}" for name, v in value)
+      continue
     # The declared default is the flag's: a field that __post_init__ resolves from others
     # (the regularizer's alpha) is listed whenever it differs from that.
     if value == field.default:

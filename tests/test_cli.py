@@ -175,7 +175,7 @@ class MetaTrainBinaryTest(parameterized.TestCase):
       ("entropy_flag_without_entropy", ["--entropy_steps=3"],
        "--entropy_steps belongs to --regularizer=entropy, but --regularizer=none"),
       ("when_without_regularizer", ["--regularize_when=first_half"],
-       "--regularize_when needs --regularizer=hessian or --regularizer=entropy"),
+       "--regularize_when needs a --regularizer (hessian, entropy"),
       ("unknown_estimator", ["--regularizer=hessian", "--hessian_estimator=frobenius"],
        "--hessian_estimator=frobenius"),
       ("unknown_config_field", ["--config.unroll_lenght=5"],

@@ -26,7 +26,7 @@ def _leaf_paths(cls, prefix=""):
   for f in dataclasses.fields(cls):
     if dataclasses.is_dataclass(f.default):
       yield from _leaf_paths(type(f.default), f"{prefix}{f.name}.")
-    else:
+    elif f.metadata.get("flag") is not False:  # a user's term's fields: --config.regularizer.F
       yield prefix + f.name
 
 
@@ -40,7 +40,7 @@ class ConfigFlagsTest(parameterized.TestCase):
     self.assertTrue(values["unroll_length"].help.startswith(
         "inner steps per truncation (one meta-gradient)."))
     self.assertIn("Each episode starts from fresh optimizee", values["num_inner_steps"].help)
-    self.assertIn("'none', 'hessian' or 'entropy'.", values["regularizer"].help)
+    self.assertIn("'none', 'hessian', 'entropy', or the name of a registered term", values["regularizer"].help)
     self.assertEqual(values["regularize_when"].default, "always")
     for cls in (meta.MetaTrainConfig, meta.RegularizerConfig):
       docs = _config_flags.field_docs(cls)

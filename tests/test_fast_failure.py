@@ -6,6 +6,7 @@ first use, and the binaries take their names from `flatl2o.builtin_names`, so
 on 2 contended cores).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -29,14 +30,21 @@ def _imported(stderr):
 
 class BuiltinNamesTest(absltest.TestCase):
 
-  def test_the_light_lists_are_the_registries_built_ins(self):
-    from flatl2o import builtin_names, optimizers, pretrained, tasks  # pylint: disable=g-import-not-at-top
-    n = len(builtin_names.LEARNED)
-    self.assertEqual(optimizers.learned_names()[:n], builtin_names.LEARNED)
-    self.assertEqual(tasks.names()[:len(builtin_names.TASKS)], builtin_names.TASKS)
-    self.assertEqual(optimizers.names()[:len(builtin_names.HAND_DESIGNED)],
-                     builtin_names.HAND_DESIGNED)
-    self.assertEqual(builtin_names.pretrained(), pretrained.names())
+  def test_the_light_lists_are_the_registries_whole(self):
+    """In a fresh process (nothing a test registered): each registry is its built-ins exactly."""
+    from flatl2o import builtin_names  # pylint: disable=g-import-not-at-top
+    proc = _run("-c", "import json; from flatl2o import optimizers, pretrained, tasks; "
+                "from flatl2o.meta import terms; print(json.dumps({"
+                "'learned': optimizers.learned_names(), 'tasks': tasks.names(), "
+                "'hand': optimizers.names(), 'pretrained': pretrained.names(), "
+                "'terms': terms.names()}))")
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    names = json.loads(proc.stdout.strip().splitlines()[-1])
+    self.assertEqual(tuple(names["learned"]), builtin_names.LEARNED)
+    self.assertEqual(tuple(names["tasks"]), builtin_names.TASKS)
+    self.assertEqual(tuple(names["hand"]), builtin_names.HAND_DESIGNED)
+    self.assertEqual(tuple(names["pretrained"]), builtin_names.pretrained())
+    self.assertEqual(tuple(names["terms"]), builtin_names.TERMS)
 
   def test_the_lazy_surfaces_still_answer(self):
     import flatl2o  # pylint: disable=g-import-not-at-top
@@ -53,7 +61,9 @@ class BuiltinNamesTest(absltest.TestCase):
 class FastFailureTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      ("experiments.meta_train", "--optimizer=nope", "value should be one of <l2o_dm|"),
+      ("experiments.meta_train", "--optimizer=nope", "accepted: l2o_dm, rnnprop"),
+      ("experiments.meta_train", "--regularizer=nope", "accepted: none, hessian, entropy"),
+      ("experiments.meta_train", "--import=no_such_module_xyz", "no module named"),
       ("experiments.meta_train", "--num_inner_steps=0", "num_inner_steps must be a positive"),
       ("experiments.meta_train", "--curriculum_horizons=20,200", "needs --curriculum"),
       ("experiments.evaluate", "--task=resnet", "--task=resnet"),

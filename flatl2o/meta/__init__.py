@@ -1,7 +1,8 @@
 """Meta-training of learned optimizers: `meta_train(lopt, task, MetaTrainConfig(...))`.
 
 Modules: `config` (MetaTrainConfig, the flag-facing record; UnrollConfig, what
-compiled steps read; the flatness terms HessianTerm | EntropyTerm), `inner`
+compiled steps read), `terms` (the flatness terms as registered plug-ins:
+HessianTerm, EntropyTerm, a user's own via `terms.register`), `inner`
 (the unrolled inner training), `objective` (the flatness terms), `estimators`
 (truncated backprop, PES, ES), `selection` (best by validation, the collapse
 rule), `schedules` (curriculum, imitation), `trainer` (the jitted steps and the
@@ -12,7 +13,7 @@ term's share of the meta-gradient).
 
 from flatl2o import _lazy
 
-from flatl2o.meta import config
+from flatl2o.meta import config, terms
 from flatl2o.meta.config import (ESTIMATORS, META_LOSSES, EntropyTerm, FlatnessTerm,
                                  HessianTerm, MetaTrainConfig, RegularizerConfig, UnrollConfig)
 
@@ -34,6 +35,6 @@ __all__ = ["ESTIMATORS", "META_LOSSES", "EntropyTerm", "FlatnessTerm", "HessianT
            "MetaTrainingDivergedError", "MetaTrainingInterrupted", "RegularizerConfig",
            "UnrollConfig", "config", "diagnostics", "estimators", "gradient_ratio", "imitation", "imitation_step", "init_inner",
            "init_meta_batch", "meta_optimizer", "meta_step", "meta_train", "num_devices",
-           "rollout", "run_dir", "schedules", "selection", "sharding", "unroll", "validate"]
+           "rollout", "run_dir", "schedules", "selection", "sharding", "terms", "unroll", "validate"]
 
 __getattr__, __dir__ = _lazy.attach(__name__, _MODULES, _NAMES, __all__)

@@ -5,85 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from typing import Any
+
 from flatl2o import _checks
+from flatl2o.meta import terms
+from flatl2o.meta.terms import HESSIAN_ESTIMATORS, WHEN, EntropyTerm, HessianTerm
 
 META_LOSSES = ("mean", "log_ratio")
 ESTIMATORS = ("truncated", "pes", "es")
-KINDS = ("none", "hessian", "entropy")
-HESSIAN_ESTIMATORS = ("trace", "eigenvalue", "lanczos")
-WHEN = ("always", "first_half", "second_half")
+KINDS = ("none",) + terms.BUILTIN  # the built-in kinds; `terms.names()` adds a user's
 
 
-def _check_choice(name: str, value, accepted) -> None:
-  if value not in accepted:
-    raise ValueError(f"unknown regularizer {name} {value!r}; accepted: {', '.join(accepted)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class HessianTerm:
-  """`alpha * R_hessian(x_t)` in the meta-objective (`flatl2o.meta.objective`).
-
-  Attributes:
-    alpha: the coefficient.
-    estimator: 'trace' (Hutchinson, divided by the number of coordinates),
-      'eigenvalue' (power iteration) or 'lanczos' (top Ritz value).
-    probes: Rademacher probes per trace estimate.
-    power_iters: Hessian-vector products per eigenvalue estimate.
-    when: 'always', 'first_half' or 'second_half' of each episode.
-    add_to_inner_loss: also regularize the loss the learned optimizer sees.
-  """
-
-  alpha: float = 1.0
-  estimator: str = "trace"
-  probes: int = 4
-  power_iters: int = 10
-  when: str = "always"
-  add_to_inner_loss: bool = False
-
-  def __post_init__(self):
-    _check_choice("estimator", self.estimator, HESSIAN_ESTIMATORS)
-    _check_choice("when", self.when, WHEN)
-    _checks.positive_number("alpha", self.alpha)
-    _checks.positive_int("probes", self.probes)
-    _checks.positive_int("power_iters", self.power_iters)
-
-
-@dataclasses.dataclass(frozen=True)
-class EntropyTerm:
-  """`beta * R_entropy(x_t)`: the local-entropy surrogate from Langevin chains.
-
-  Attributes:
-    beta: the coefficient.
-    gamma: the inverse width of the local region.
-    chains: K, Langevin chains (vmapped).
-    steps: L, Langevin steps per chain.
-    step_size: Langevin step size.
-    noise: Langevin noise scale (1 samples the local Gibbs measure).
-    when: 'always', 'first_half' or 'second_half' of each episode.
-    add_to_inner_loss: also regularize the loss the learned optimizer sees.
-  """
-
-  beta: float = 1.0
-  gamma: float = 1.0
-  chains: int = 4
-  steps: int = 5
-  step_size: float = 0.1
-  noise: float = 0.01
-  when: str = "always"
-  add_to_inner_loss: bool = False
-
-  def __post_init__(self):
-    _check_choice("when", self.when, WHEN)
-    for name in ("beta", "gamma", "step_size"):
-      _checks.positive_number(name, getattr(self, name))
-    _checks.positive_int("chains", self.chains)
-    _checks.positive_int("steps", self.steps)
-    if not isinstance(self.noise, (int, float)) or not 0 <= self.noise < math.inf:
-      raise ValueError(f"noise must be a non-negative number, got {self.noise!r}")
-
-
-# The flatness term of a meta-objective: one of these, or None for none.
-FlatnessTerm = HessianTerm | EntropyTerm
+# The built-in flatness terms live in `flatl2o.meta.terms` (with a user's, registered there).
+FlatnessTerm = HessianTerm | EntropyTerm  # the built-ins; any registered term is accepted
 _TERMS = {"hessian": HessianTerm, "entropy": EntropyTerm}
 
 
@@ -99,13 +33,17 @@ class RegularizerConfig:
   """Which flatness term the meta-objective adds, as one flat record of settings.
 
   This is how the flags spell a term (`--regularizer=hessian --alpha=...`); the
-  compiled steps see only `term()`, a `HessianTerm`, an `EntropyTerm` or None,
-  which carries the settings of its own kind and nothing else. Each field's
-  metadata names the kind that owns it (`owner`). `MetaTrainConfig` also takes
-  a `HessianTerm` or `EntropyTerm` directly (`RegularizerConfig.of`).
+  compiled steps see only `term()`, the term object itself (`flatl2o.meta.terms`)
+  or None, which carries the settings of its own kind and nothing else. Each
+  built-in field's metadata names the kind that owns it (`owner`). A term of
+  your own (registered with `flatl2o.meta.terms.register`) is `kind=NAME` with
+  its fields in `term_fields` (`--config.regularizer.FIELD=VALUE` on the command
+  line). `MetaTrainConfig` also takes a term object directly
+  (`RegularizerConfig.of`).
 
   Attributes:
-    kind: 'none', 'hessian' or 'entropy'.
+    kind: 'none', 'hessian', 'entropy', or the name of a registered term (a
+      term of your own: `flatl2o.meta.terms.register`, and --import its module).
     hessian_estimator: 'trace' (Hutchinson, divided by the number of
       coordinates), 'eigenvalue' (power iteration) or 'lanczos' (top Ritz value).
     alpha: coefficient of the Hessian term; None picks the estimator's default,
@@ -123,9 +61,12 @@ class RegularizerConfig:
     entropy_noise: Langevin noise scale (1 samples the local Gibbs measure).
     when: 'always', 'first_half' or 'second_half' of each episode.
     add_to_inner_loss: also regularize the loss the learned optimizer sees.
+    term_fields: `(field, value)` pairs of a registered term of your own (not
+      of 'hessian' or 'entropy', whose settings are the fields above); the
+      fields left out take the term's defaults.
   """
 
-  kind: str = dataclasses.field(default="none", metadata={"choices": KINDS})
+  kind: str = "none"
   hessian_estimator: str = dataclasses.field(
       default="trace", metadata={"choices": HESSIAN_ESTIMATORS, "owner": "hessian",
                                  "term_field": "estimator"})
@@ -141,12 +82,15 @@ class RegularizerConfig:
   when: str = dataclasses.field(default="always",
                                 metadata={"choices": WHEN, "owner": "any"})
   add_to_inner_loss: bool = _owned("any", False)
+  term_fields: tuple[tuple[str, Any], ...] = dataclasses.field(
+      default=(), metadata={"flag": False})
 
   def __post_init__(self):
     if self.alpha is None:
       object.__setattr__(self, "alpha", 1.0 if self.hessian_estimator == "trace" else 0.01)
-    for name, accepted in (("kind", KINDS), ("hessian_estimator", HESSIAN_ESTIMATORS),
-                           ("when", WHEN)):
+    if self.kind != "none":
+      terms.get(self.kind)  # an unknown kind: TermError listing the registered ones
+    for name, accepted in (("hessian_estimator", HESSIAN_ESTIMATORS), ("when", WHEN)):
       if getattr(self, name) not in accepted:
         raise ValueError(f"unknown regularizer {name} {getattr(self, name)!r}; accepted: "
                          f"{', '.join(accepted)}")
@@ -156,28 +100,67 @@ class RegularizerConfig:
       _checks.positive_number(name, getattr(self, name))
     if not isinstance(self.entropy_noise, (int, float)) or not 0 <= self.entropy_noise < math.inf:
       raise ValueError(f"entropy_noise must be a non-negative number, got {self.entropy_noise!r}")
+    pairs = self.term_fields.items() if isinstance(self.term_fields, dict) else self.term_fields
+    object.__setattr__(self, "term_fields", tuple((str(k), v) for k, v in pairs))
+    if self.term_fields and self.kind in ("none",) + tuple(_TERMS):
+      raise ValueError(f"term_fields are the settings of a registered term of your own; "
+                       f"--regularizer={self.kind} takes its own flags (--alpha, --beta, ...)")
+    if self.kind not in _TERMS and self.active:
+      self.term()  # the term's own checks, now rather than at the first meta-step
 
   @property
   def active(self) -> bool:
     return self.kind != "none"
 
-  def term(self) -> FlatnessTerm | None:
-    """The term this record spells: its own kind's settings only, or None."""
+  def term(self) -> Any:
+    """The term this record spells (its own kind's settings only), or None for 'none'.
+
+    Returns:
+      A `HessianTerm`, an `EntropyTerm`, a registered term of your own, or None.
+
+    Raises:
+      TermError: a field the term does not have (`when` or `add_to_inner_loss`
+        set for a term without that field included).
+    """
     if not self.active:
       return None
-    return _TERMS[self.kind](**{
-        f.metadata.get("term_field") or f.name: getattr(self, f.name)
-        for f in dataclasses.fields(self) if f.metadata.get("owner") in (self.kind, "any")})
+    if self.kind in _TERMS:
+      return _TERMS[self.kind](**{
+          f.metadata.get("term_field") or f.name: getattr(self, f.name)
+          for f in dataclasses.fields(self) if f.metadata.get("owner") in (self.kind, "any")})
+    values = dict(self.term_fields)
+    for name, default in _SCHEDULE_DEFAULTS.items():
+      if getattr(self, name) != default:  # only a term with such a field can be scheduled
+        values.setdefault(name, getattr(self, name))
+    return terms.build(self.kind, values)
 
   @classmethod
-  def of(cls, term: FlatnessTerm | None) -> "RegularizerConfig":
-    """The flat record of `term` (None: no term); `of(t).term() == t`."""
+  def of(cls, term: Any) -> "RegularizerConfig":
+    """The flat record of `term` (None: no term); `of(t).term() == t`.
+
+    Args:
+      term: None or an instance of a registered term.
+
+    Returns:
+      The `RegularizerConfig` that spells it.
+
+    Raises:
+      TermError: `term` is not an instance of a registered term.
+    """
     if term is None:
       return cls()
-    kind = next(k for k, t in _TERMS.items() if isinstance(term, t))
-    return cls(kind=kind, **{
-        f.name: getattr(term, f.metadata.get("term_field") or f.name)
-        for f in dataclasses.fields(cls) if f.metadata.get("owner") in (kind, "any")})
+    kind = terms.name_of(term)
+    if kind in _TERMS:
+      return cls(kind=kind, **{
+          f.name: getattr(term, f.metadata.get("term_field") or f.name)
+          for f in dataclasses.fields(cls) if f.metadata.get("owner") in (kind, "any")})
+    values = terms.fields_of(term)
+    flat = {name: values.pop(name) for name in _SCHEDULE_DEFAULTS if name in values}
+    return cls(kind=kind, term_fields=tuple(values.items()), **flat)
+
+
+# The settings of the objective's schedule, passed to a term of your own that has them.
+_SCHEDULE_DEFAULTS = {"when": "always", "add_to_inner_loss": False}
 
 
 def owned_fields() -> dict[str, tuple[str, ...]]:
@@ -333,11 +316,12 @@ class MetaTrainConfig:
       _checks.positive_number(name, getattr(self, name))
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
-    if self.regularizer is None or isinstance(self.regularizer, (HessianTerm, EntropyTerm)):
-      object.__setattr__(self, "regularizer", RegularizerConfig.of(self.regularizer))
     if not isinstance(self.regularizer, RegularizerConfig):
-      raise ValueError("regularizer must be a RegularizerConfig, HessianTerm, EntropyTerm or "
-                       f"None, got {type(self.regularizer).__name__}")
+      if self.regularizer is not None and type(self.regularizer) not in map(
+          terms.get, terms.names()):
+        raise ValueError("regularizer must be a RegularizerConfig, a registered flatness term "
+                         f"(flatl2o.meta.terms) or None, got {type(self.regularizer).__name__}")
+      object.__setattr__(self, "regularizer", RegularizerConfig.of(self.regularizer))
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
     for name in ("random_scaling", "convex_term"):
@@ -437,7 +421,7 @@ class UnrollConfig:
   meta_grad_clip: float = 1.0
   meta_loss: str = "mean"
   second_order: bool = False
-  regularizer: HessianTerm | EntropyTerm | None = None
+  regularizer: Any = None  # a flatness term (flatl2o.meta.terms) or None
   random_scaling: float = 0.0
   convex_term: float = 0.0
   remat_block_length: int = 1

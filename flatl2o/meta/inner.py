@@ -29,7 +29,7 @@ import optax
 
 from flatl2o import flatness
 from flatl2o.meta import objective
-from flatl2o.meta.config import FlatnessTerm, MetaTrainConfig, UnrollConfig
+from flatl2o.meta.config import MetaTrainConfig, UnrollConfig
 
 
 class InnerState(NamedTuple):
@@ -118,7 +118,7 @@ def init_inner(lopt, task, meta_params, keys: jax.Array,
 
 
 def _step_fn(task, tx, differentiate_gradients: bool,
-             regularizer: FlatnessTerm | None = None,
+             regularizer: Any = None,
              reg_weight: jax.Array | float = 0.0, scale=None, anchor=None,
              convex_term: float = 0.0, meta_batch_slice=None):
   """`((params, opt_state), key) -> ((params, opt_state), (losses[B], reg[B]))` on a meta-batch.
@@ -148,7 +148,7 @@ def _step_fn(task, tx, differentiate_gradients: bool,
           lambda q: (reg_weight * objective.term(
               regularizer, loss_fn, q, jax.random.fold_in(key, 1))).astype(loss.dtype),
           lambda q: jnp.zeros((), loss.dtype), p)
-      total = loss + reg if regularizer.add_to_inner_loss else loss
+      total = loss + reg if getattr(regularizer, "add_to_inner_loss", False) else loss
       return total, (loss, reg)
 
     (_, (loss, reg)), grads = jax.value_and_grad(regularized, has_aux=True)(params)

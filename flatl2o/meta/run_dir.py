@@ -68,8 +68,17 @@ def describe(lopt, task, config) -> dict[str, Any]:
       "optimizer": {"architecture": lopt.name,
                     "hparams": lopt_base.architecture_hparams(lopt)},
       "task": {"name": task.name, "dataset": task.dataset_name, "batch_size": task.batch_size},
-      "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY},
+      "config": _config_identity(config),
   }
+
+
+def _config_identity(config) -> dict[str, Any]:
+  identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY}
+  regularizer = identity.get("regularizer")
+  if isinstance(regularizer, dict) and not regularizer.get("term_fields"):
+    # A built-in term (or none) has no term_fields: run.json stays as older versions wrote it.
+    regularizer.pop("term_fields", None)
+  return identity
 
 
 def first_difference(old, new, prefix: str = "") -> str:

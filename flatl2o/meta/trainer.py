@@ -44,9 +44,21 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from flatl2o.meta import estimators, imitation, inner, schedules, selection, sharding
+from flatl2o.meta import estimators, imitation, inner, schedules, selection, sharding, terms
 from flatl2o.meta import run_dir as run_dir_lib
 from flatl2o.meta.config import MetaTrainConfig, UnrollConfig
+
+
+def _with_user_term(metadata: dict[str, Any] | None, regularizer) -> dict[str, Any] | None:
+  """`metadata` naming a flatness term of the user's own (`flatness_term`: its name, the
+  module that registers it, its fields), so an export says what trained it. A built-in
+  term adds nothing: those exports stay byte for byte what they were."""
+  if not regularizer.active or regularizer.kind in terms.BUILTIN:
+    return metadata
+  term_class = terms.get(regularizer.kind)
+  return {**(metadata or {}), "flatness_term": {
+      "name": regularizer.kind, "module": term_class.__module__,
+      "fields": {k: v for k, v in regularizer.term_fields}}}
 
 
 @dataclasses.dataclass
@@ -462,6 +474,7 @@ class _Parts:
       # Always exported; one that never validated well says so in its optimizer.json.
       metadata = None if found else {"status": status, "meta_step": selected_iteration,
                                      "validation_score": selected_score}
+      metadata = _with_user_term(metadata, self.config.regularizer)
       self.run.export(self.lopt, selected, metadata=metadata)
       self.run.release()
     return MetaTrainResult(meta_params=selected, last_meta_params=self.local(state.meta_params),
