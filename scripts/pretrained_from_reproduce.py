@@ -31,6 +31,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 import flatl2o  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import _cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flatl2o import evaluation, optimizers, report, study, tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flatl2o.meta import terms  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A finished experiments.reproduce run directory.")
 _NAMES = flags.DEFINE_list("names", None, "NAME=MODEL:REGULARIZER entries.")
@@ -94,7 +95,7 @@ def main(argv):
     meta_config = study.meta_config(model, kind, coefficient, best["meta_seed"], config.settings)
     reg = {"kind": kind, "config": dataclasses.asdict(meta_config.regularizer)}
     if kind != "none":
-      reg.update(coefficient_name="alpha" if kind == "hessian" else "beta",
+      reg.update(coefficient_name=terms.coefficient_field(kind),
                  coefficient=coefficient)
     cells = [c for c in results["cells"] if c["contender"] == best["name"]]
     per_optimizee = {}

@@ -9,6 +9,7 @@ derivative come from Gauss-Hermite quadrature of those closed forms.
 """
 
 import dataclasses
+import doctest
 
 import jax
 import jax.numpy as jnp
@@ -281,10 +282,53 @@ class MetaTrainWithEstimatorTest(parameterized.TestCase):
     self.assertLess(float(grad["log_lr"]), 0.0)  # a larger lr lowers the loss here
 
 
+@estimators.register("test_central_difference")
+@struct.dataclass
+class CentralDifference(estimators.Base):
+  """A user's estimator: one truncation's meta-loss differentiated by central differences in
+  every meta-parameter at once (exact for the one meta-parameter of `LearnedLR`)."""
+
+  def init(self, meta_params, key):
+    return self.fresh(meta_params, key)
+
+  def estimate(self, meta_params, state, key):
+    h = 1e-3
+    shifted = lambda d: jax.tree.map(lambda x: x + d, meta_params)
+    up, _ = self.unroll(shifted(h), state, key)
+    down, _ = self.unroll(shifted(-h), state, key)
+    loss, (new_state, traces) = self.unroll(meta_params, state, key)
+    grads = jax.tree.map(lambda x: jnp.full_like(x, (up - down) / (2 * h)), meta_params)
+    return loss, grads, new_state, self.metrics(traces)
+
+
+class RegistryTest(absltest.TestCase):
+
+  def test_a_users_estimator_gives_the_episode_gradient(self):
+    # Differences see the inner gradients' dependence on theta: the second-order answer.
+    self.assertIn("test_central_difference", estimators.names())
+    (got,) = episode_estimates("test_central_difference", 20, 20, 1)
+    np.testing.assert_allclose(got, episode_grad(THETA, 20), rtol=1e-2)
+
+  def test_built_ins_come_first_and_names_are_checked(self):
+    self.assertEqual(estimators.names()[:3], ("truncated", "pes", "es"))
+    self.assertEqual(meta.MetaTrainConfig(estimator="test_central_difference").estimator,
+                     "test_central_difference")
+    with self.assertRaisesRegex(ValueError, "'pes' is already registered"):
+      estimators.register("pes")(CentralDifference)
+    with self.assertRaisesRegex(ValueError, "lacks init, estimate"):
+      estimators.register("test_incomplete")(type("Incomplete", (), {}))
+
+  def test_the_module_example_runs(self):
+    result = doctest.testmod(estimators)
+    self.assertGreater(result.attempted, 5)
+    self.assertEqual(result.failed, 0)
+
+
 class BadEstimatorInputTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      ({"estimator": "reinforce"}, "unknown estimator 'reinforce'; accepted: truncated, pes, es"),
+      ({"estimator": "reinforce"}, "unknown estimator 'reinforce'; accepted: truncated, pes, es"
+       ", test_central_difference"),
       ({"es_pairs": 0}, "es_pairs must be a positive integer"),
       ({"es_std": 0.0}, "es_std must be a positive"),
       ({"es_std": -1.0}, "es_std must be a positive"))

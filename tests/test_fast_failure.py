@@ -34,10 +34,10 @@ class BuiltinNamesTest(absltest.TestCase):
     """In a fresh process (nothing a test registered): each registry is its built-ins exactly."""
     from flatl2o import builtin_names  # pylint: disable=g-import-not-at-top
     proc = _run("-c", "import json; from flatl2o import optimizers, pretrained, tasks; "
-                "from flatl2o.meta import terms; print(json.dumps({"
+                "from flatl2o.meta import estimators, terms; print(json.dumps({"
                 "'learned': optimizers.learned_names(), 'tasks': tasks.names(), "
                 "'hand': optimizers.names(), 'pretrained': pretrained.names(), "
-                "'terms': terms.names()}))")
+                "'terms': terms.names(), 'estimators': estimators.names()}))")
     self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
     names = json.loads(proc.stdout.strip().splitlines()[-1])
     self.assertEqual(tuple(names["learned"]), builtin_names.LEARNED)
@@ -45,6 +45,7 @@ class BuiltinNamesTest(absltest.TestCase):
     self.assertEqual(tuple(names["hand"]), builtin_names.HAND_DESIGNED)
     self.assertEqual(tuple(names["pretrained"]), builtin_names.pretrained())
     self.assertEqual(tuple(names["terms"]), builtin_names.TERMS)
+    self.assertEqual(tuple(names["estimators"]), ("truncated", "pes", "es"))
 
   def test_the_lazy_surfaces_still_answer(self):
     import flatl2o  # pylint: disable=g-import-not-at-top
@@ -63,6 +64,7 @@ class FastFailureTest(parameterized.TestCase):
   @parameterized.parameters(
       ("experiments.meta_train", "--optimizer=nope", "accepted: l2o_dm, rnnprop"),
       ("experiments.meta_train", "--regularizer=nope", "accepted: none, hessian, entropy"),
+      ("experiments.meta_train", "--estimator=nope", "accepted: truncated, pes, es"),
       ("experiments.meta_train", "--import=no_such_module_xyz", "no module named"),
       ("experiments.meta_train", "--num_inner_steps=0", "num_inner_steps must be a positive"),
       ("experiments.meta_train", "--curriculum_horizons=20,200", "needs --curriculum"),

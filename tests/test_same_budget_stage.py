@@ -2,6 +2,7 @@
 meta-tests stubbed by hand-made histories: which plain optimizer is each regularized one
 compared with, and does the primary figure follow from it."""
 
+import dataclasses
 import os
 import tempfile
 from unittest import mock
@@ -10,6 +11,7 @@ import numpy as np
 from absl.testing import absltest
 
 from flatl2o import study
+from flatl2o.meta import terms
 from flatl2o.study import config as study_config
 from flatl2o.study import driver
 
@@ -74,6 +76,8 @@ def fake_run_test(task, tx, s, seed, horizon, measure, snapshots=None):
 
 class SameBudgetStageTest(absltest.TestCase):
 
+  KIND = "hessian"
+
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
@@ -87,20 +91,20 @@ class SameBudgetStageTest(absltest.TestCase):
     for p in patches:
       p.start()
       cls.addClassCleanup(p.stop)
-    config = study.StudyConfig(preset="stub", regularizers=("none", "hessian"))
-    cls.results = study.run(config, tempfile.mkdtemp(prefix="flatl2o-stub-"),
+    cls.config = study.StudyConfig(preset="stub", regularizers=("none", cls.KIND))
+    cls.results = study.run(cls.config, tempfile.mkdtemp(prefix="flatl2o-stub-"),
                             log=lambda line: None)
-    cls.coefficient = config.shipped_coefficients()["hessian"]
+    cls.coefficient = cls.config.shipped_coefficients()[cls.KIND]
 
   def test_each_seed_is_paired_with_plain_selected_within_its_budget(self):
-    label = study.regularizer_label("hessian", self.coefficient)
+    label = study.regularizer_label(self.KIND, self.coefficient)
     self.assertEqual(self.results["same_budget"],
                      {f"l2o_dm-{label}-s{m}": CONTROL[m] for m in range(3)})
     self.assertEqual(self.results["unpaired"], {})
 
   def test_the_primary_figure_follows_from_those_controls(self):
     (primary,) = [e for e in self.results["primary"] if e["family"] == "primary"]
-    label = study.regularizer_label("hessian", self.coefficient)
+    label = study.regularizer_label(self.KIND, self.coefficient)
     tests = [1000, 1001]
     d = [np.mean([accuracy_of(f"l2o_dm-{label}-s{m}", t) - accuracy_of(CONTROL[m], t)
                   for t in tests]) for m in range(3)]
@@ -108,6 +112,34 @@ class SameBudgetStageTest(absltest.TestCase):
     self.assertEqual(primary["meta_seeds"], 3)
     self.assertEqual(primary["control_meta_steps"], [100, 100, 50])
     self.assertEqual(primary["unpaired"], {})
+
+
+
+@terms.register("stage_grad_norm")
+@dataclasses.dataclass(frozen=True)
+class StageGradNorm:
+  """A user's term, named by a study (its coefficient: this default, 0.25)."""
+  coefficient: float = 0.25
+
+  def __call__(self, loss_fn, params, key):
+    raise AssertionError("meta-training is stubbed here")
+
+
+class UserTermStageTest(SameBudgetStageTest):
+  """The same study with a term of the user's own in place of the Hessian term."""
+
+  KIND = "stage_grad_norm"
+
+  def test_the_study_names_the_users_term(self):
+    self.assertEqual(self.coefficient, 0.25)
+    self.assertEqual(self.results["coefficients"]["stage_grad_norm"], 0.25)
+    (primary,) = [e for e in self.results["primary"] if e["family"] == "primary"]
+    self.assertEqual((primary["regularizer"], primary["coefficient"]), (self.KIND, 0.25))
+    command = study.meta_train_command(self.config, "l2o_dm", self.KIND, 0.25, 0)
+    self.assertIn(f"--import={__name__}", command)
+    self.assertIn("--regularizer=stage_grad_norm", command)
+    self.assertIn("--config.regularizer.coefficient=0.25", command)
+    self.assertNotIn("--alpha", command)
 
 
 if __name__ == "__main__":

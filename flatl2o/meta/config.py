@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 
 from typing import Any
 
@@ -135,6 +136,24 @@ class RegularizerConfig:
     return terms.build(self.kind, values)
 
   @classmethod
+  def with_coefficient(cls, kind: str, coefficient: float | None) -> "RegularizerConfig":
+    """Term `kind` with its coefficient field (`terms.coefficient_field`) set, the rest default.
+
+    Args:
+      kind: 'none' or a registered term.
+      coefficient: the coefficient (ignored for 'none').
+
+    Returns:
+      The record (a study cell's regularizer: alpha for 'hessian', beta for 'entropy').
+    """
+    if kind == "none":
+      return cls()
+    field = terms.coefficient_field(kind)
+    if kind in _TERMS:
+      return cls(kind=kind, **{field: coefficient})
+    return cls(kind=kind, term_fields=((field, coefficient),))
+
+  @classmethod
   def of(cls, term: Any) -> "RegularizerConfig":
     """The flat record of `term` (None: no term); `of(t).term() == t`.
 
@@ -161,6 +180,14 @@ class RegularizerConfig:
 
 # The settings of the objective's schedule, passed to a term of your own that has them.
 _SCHEDULE_DEFAULTS = {"when": "always", "add_to_inner_loss": False}
+
+
+def estimator_names() -> tuple[str, ...]:
+  """The meta-gradient estimators: the built-ins, and any registered since
+  (`flatl2o.meta.estimators.register`; only importing that module can add one, so
+  until then the built-ins are all, and this stays free of JAX)."""
+  registry = sys.modules.get("flatl2o.meta.estimators")
+  return registry.names() if registry is not None else ESTIMATORS
 
 
 def owned_fields() -> dict[str, tuple[str, ...]]:
@@ -245,7 +272,8 @@ class MetaTrainConfig:
     estimator: how the meta-gradient is estimated (`flatl2o.meta.estimators`):
       'truncated' (backpropagation through each truncation), 'pes'
       (Persistent Evolution Strategies: unbiased over the whole episode) or
-      'es' (antithetic evolution strategies over one truncation).
+      'es' (antithetic evolution strategies over one truncation), or one
+      registered with `flatl2o.meta.estimators.register` (--import its module).
     es_std: standard deviation of the Gaussian perturbations of 'pes' and 'es'.
     es_pairs: antithetic pairs of perturbations per meta-step ('pes', 'es').
     patience: stop early once this many meta-steps have passed since the best
@@ -283,7 +311,7 @@ class MetaTrainConfig:
   imitation_ratio: float = 0.0
   remat_block_length: int = _not_identity(1)
   num_devices: int | None = None
-  estimator: str = dataclasses.field(default="truncated", metadata={"choices": ESTIMATORS})
+  estimator: str = "truncated"
   es_std: float = 0.01
   es_pairs: int = 8
   patience: int | None = _not_identity(None)
@@ -314,8 +342,9 @@ class MetaTrainConfig:
                        f"unroll_length ({self.unroll_length})")
     for name in ("meta_learning_rate", "meta_grad_clip", "es_std"):
       _checks.positive_number(name, getattr(self, name))
-    if self.estimator not in ESTIMATORS:
-      raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
+    accepted = estimator_names()
+    if self.estimator not in accepted:
+      raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(accepted)}")
     if not isinstance(self.regularizer, RegularizerConfig):
       if self.regularizer is not None and type(self.regularizer) not in map(
           terms.get, terms.names()):

@@ -38,7 +38,7 @@ def _norms(lopt, config: UnrollConfig, task, meta_params, state, key):
   estimator = estimators.get("truncated", lopt, task, config)
 
   def parts(p):
-    loss, (new_state, traces) = estimator._unroll(p, state, key)  # pylint: disable=protected-access
+    loss, (new_state, traces) = estimator.unroll(p, state, key)
     flat = jnp.mean(traces["regularizer"])
     return jnp.stack([loss - flat, flat]), new_state
 

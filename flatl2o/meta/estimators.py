@@ -45,15 +45,33 @@ functions and equal configurations share one compilation. On a device mesh each
 device estimates on its share of the meta-batch (`meta_batch_offset`) and the
 losses are averaged across devices (`flatl2o.meta.sharding`).
 
+Estimators are registered by name (`names()`: 'truncated', 'pes', 'es'); a
+user's own is a `flax.struct` dataclass subclassing `Base` (or meeting the
+`Estimator` protocol) under `@register("name")`, then `MetaTrainConfig(estimator=
+"name")` or `--import=MODULE --estimator=name`.
+
 Example:
-  >>> est = estimators.get("pes", lopt, task, config.unroll_config())
-  >>> state = est.init(meta_params, jax.random.key(0))
-  >>> loss, grad, state, metrics = est.estimate(meta_params, state, jax.random.key(1))
+
+>>> import jax
+>>> from flatl2o import meta, optimizers, tasks
+>>> from flatl2o.meta import estimators
+>>> estimators.names()[:3]
+('truncated', 'pes', 'es')
+>>> lopt, task = optimizers.learned("l2o_dm"), tasks.get("quadratic", batch_size=4)
+>>> config = meta.MetaTrainConfig(unroll_length=2, num_inner_steps=4, meta_batch_size=2,
+...                               estimator="pes", es_pairs=2)
+>>> est = estimators.get("pes", lopt, task, config)
+>>> meta_params = lopt.init(jax.random.key(0))
+>>> state = est.init(meta_params, jax.random.key(1))
+>>> loss, grad, state, metrics = est.estimate(meta_params, state, jax.random.key(2))
+>>> int(state.step), sorted(metrics)
+(2, ['inner_loss_last', 'regularizer'])
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+import re
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +82,20 @@ from flatl2o.meta.config import ESTIMATORS, MetaTrainConfig, UnrollConfig
 
 
 class Estimator(Protocol):
-  """What `meta_train` needs of a meta-gradient estimator."""
+  """What `meta_train` needs of a meta-gradient estimator (`Base` provides all but
+  `estimate`).
+
+  The trainer builds one per compiled step as `cls(task=..., lopt=..., config=...,
+  meta_batch_offset=...)` (a `flax.struct` dataclass: `task` a pytree field, the
+  rest static), so it must be a pure description with no state of its own. The
+  episode state it returns must have:
+
+  - `params`: the optimizees' parameters (the trainer's non-finite check reads it);
+  - `step`: inner steps taken in the episode (a shared scalar; the trainer starts a
+    fresh episode with `init` when it reaches `config.num_inner_steps`).
+  """
+
+  config: UnrollConfig
 
   def init(self, meta_params: Any, key: jax.Array) -> Any:
     """The state of a fresh episode of the meta-batch (optimizees and any noise sums)."""
@@ -76,6 +107,14 @@ class Estimator(Protocol):
 
     `metrics` holds `inner_loss_last` and `regularizer` (means over the meta-batch).
     """
+    ...
+
+  def state_specs(self, state: Any) -> Any:
+    """Partition specs of `state` on the device mesh (`flatl2o.meta.sharding`)."""
+    ...
+
+  def per_device(self, fn: Callable[[Any], Any], state: Any) -> Any:
+    """`fn` applied to the leaves of `state` that each device holds its own share of."""
     ...
 
 
@@ -129,8 +168,8 @@ def _weighted_sum(weights: jax.Array, stacked):
 
 
 @struct.dataclass
-class _Base:
-  """Fields every estimator has.
+class Base:
+  """Fields every estimator has, and what an `inner.InnerState` episode needs.
 
   Attributes:
     task: the optimizee (a pytree: its data are arguments, not constants).
@@ -149,11 +188,12 @@ class _Base:
   def sharded(self) -> bool:
     return self.meta_batch_offset is not None
 
-  def _average(self, x):
-    """Across devices: each holds the mean over its share of the meta-batch."""
+  def average(self, x):
+    """`x` averaged across devices (each holds the mean over its share of the meta-batch);
+    `x` itself on one device."""
     return jax.lax.pmean(x, sharding.AXIS) if self.sharded else x
 
-  def _fresh(self, meta_params, key: jax.Array) -> inner.InnerState:
+  def fresh(self, meta_params, key: jax.Array) -> inner.InnerState:
     keys = jax.random.split(key, self.config.meta_batch_size)
     if self.sharded:
       local = self.config.meta_batch_size // sharding.resolve_num_devices(
@@ -161,35 +201,72 @@ class _Base:
       keys = jax.lax.dynamic_slice_in_dim(keys, self.meta_batch_offset, local)
     return inner.init_inner(self.lopt, self.task, meta_params, keys, self.config)
 
-  def _unroll(self, meta_params, state: inner.InnerState, key: jax.Array):
+  def unroll(self, meta_params, state: inner.InnerState, key: jax.Array):
+    """`inner.unroll` of one truncation on this estimator's share of the meta-batch.
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      state: the optimizees in training.
+      key: the truncation's key.
+
+    Returns:
+      `(meta_loss, (new_state, {'losses', 'regularizer'}))`.
+    """
     return inner.unroll(self.lopt, self.task, self.config, meta_params, state, key,
                         self.meta_batch_offset)
 
-  def _metrics(self, traces) -> dict[str, jax.Array]:
-    return {"inner_loss_last": self._average(traces["losses"][..., -1, :].mean()),
-            "regularizer": self._average(traces["regularizer"].mean())}
+  def state_specs(self, state: inner.InnerState) -> inner.InnerState:
+    """Partition specs of an episode state on the mesh (`flatl2o.meta.sharding`).
+
+    Args:
+      state: an episode state (or its shapes).
+
+    Returns:
+      Every optimizee leaf split by device along its leading (stacked) axis, but the
+      episode step, which all devices share.
+    """
+    P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+    split = lambda tree: jax.tree.map(lambda _: P(sharding.AXIS), tree)
+    return inner.InnerState(split(state.params), split(state.opt_state), P(sharding.AXIS), P(),
+                            split(state.scale), split(state.anchor))
+
+  def per_device(self, fn, state: inner.InnerState) -> inner.InnerState:
+    """`fn` applied to the per-device leaves of an episode state (all but `step`).
+
+    Args:
+      fn: a function of a pytree (`sharding.stack` or `sharding.unstack`).
+      state: an episode state.
+
+    Returns:
+      The state with `fn` applied to those leaves.
+    """
+    return state._replace(**{k: fn(v) for k, v in state._asdict().items() if k != "step"})
+
+  def metrics(self, traces) -> dict[str, jax.Array]:
+    return {"inner_loss_last": self.average(traces["losses"][..., -1, :].mean()),
+            "regularizer": self.average(traces["regularizer"].mean())}
 
 
 @struct.dataclass
-class Truncated(_Base):
+class Truncated(Base):
   """Backpropagation through one truncation (the default estimator)."""
 
   def init(self, meta_params, key: jax.Array) -> inner.InnerState:
-    return self._fresh(meta_params, key)
+    return self.fresh(meta_params, key)
 
   def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
     def loss_fn(p):
-      loss, aux = self._unroll(p, state, key)
-      return self._average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
+      loss, aux = self.unroll(p, state, key)
+      return self.average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
 
     (loss, (new_state, traces)), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta_params)
-    return loss, grads, new_state, self._metrics(traces)
+    return loss, grads, new_state, self.metrics(traces)
 
 
-def _unroll_many(estimator: _Base, stacked_params, states: inner.InnerState, key: jax.Array):
+def _unroll_many(estimator: Base, stacked_params, states: inner.InnerState, key: jax.Array):
   """`inner.unroll` of each run (leading axis) with its own meta-parameters and state."""
   def one(p, s):
-    loss, (new_state, traces) = estimator._unroll(p, s, key)  # pylint: disable=protected-access
+    loss, (new_state, traces) = estimator.unroll(p, s, key)
     return loss, new_state, traces
 
   axes = _axes(states)
@@ -197,11 +274,11 @@ def _unroll_many(estimator: _Base, stacked_params, states: inner.InnerState, key
 
 
 @struct.dataclass
-class ES(_Base):
+class ES(Base):
   """Antithetic evolution strategies over one truncation, from the carried state."""
 
   def init(self, meta_params, key: jax.Array) -> inner.InnerState:
-    return self._fresh(meta_params, key)
+    return self.fresh(meta_params, key)
 
   def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
     pairs, std = self.config.es_pairs, self.config.es_std
@@ -210,21 +287,21 @@ class ES(_Base):
                            meta_params, eps)
     losses, new_states, traces = _unroll_many(self, stacked, _broadcast(state, 2 * pairs + 1),
                                               key)
-    losses = self._average(losses)
+    losses = self.average(losses)
     weights = (losses[1:pairs + 1] - losses[pairs + 1:]) / (2 * pairs * std ** 2)
     grads = _weighted_sum(weights, eps)
-    new_state = per_device(lambda tree: jax.tree.map(lambda x: x[0], tree), new_states)
-    return losses[0], grads, new_state, self._metrics(jax.tree.map(lambda x: x[0], traces))
+    new_state = self.per_device(lambda tree: jax.tree.map(lambda x: x[0], tree), new_states)
+    return losses[0], grads, new_state, self.metrics(jax.tree.map(lambda x: x[0], traces))
 
 
 @struct.dataclass
-class PES(_Base):
+class PES(Base):
   """Persistent evolution strategies: + and - runs kept across truncations, `xi` summed."""
 
   def init(self, meta_params, key: jax.Array) -> PESState:
     pairs = self.config.es_pairs
     noise_sum = jax.tree.map(lambda x: jnp.zeros((pairs,) + jnp.shape(x), x.dtype), meta_params)
-    return PESState(_broadcast(self._fresh(meta_params, key), 2 * pairs), noise_sum)
+    return PESState(_broadcast(self.fresh(meta_params, key), 2 * pairs), noise_sum)
 
   def estimate(self, meta_params, state: PESState, key: jax.Array):
     pairs, std = self.config.es_pairs, self.config.es_std
@@ -232,43 +309,92 @@ class PES(_Base):
     noise_sum = jax.tree.map(jnp.add, state.noise_sum, eps)
     stacked = jax.tree.map(lambda p, e: jnp.concatenate([p + e, p - e]), meta_params, eps)
     losses, particles, traces = _unroll_many(self, stacked, state.particles, key)
-    losses = self._average(losses)
+    losses = self.average(losses)
     weights = (losses[:pairs] - losses[pairs:]) / (2 * pairs * std ** 2)
     grads = _weighted_sum(weights, noise_sum)
-    metrics = self._metrics(jax.tree.map(lambda x: x.mean(0), traces))
+    metrics = self.metrics(jax.tree.map(lambda x: x.mean(0), traces))
     return losses.mean(), grads, PESState(particles, noise_sum), metrics
 
+  def state_specs(self, state: PESState) -> PESState:
+    """The runs' specs as `Base.state_specs`; the noise sums are the same on every device."""
+    P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+    return PESState(super().state_specs(state.particles),
+                    jax.tree.map(lambda _: P(), state.noise_sum))
 
-_BY_NAME = {"truncated": Truncated, "pes": PES, "es": ES}
-assert tuple(_BY_NAME) == ESTIMATORS
+  def per_device(self, fn, state: PESState) -> PESState:
+    """`fn` on the runs' per-device leaves; the noise sums are shared."""
+    return PESState(super().per_device(fn, state.particles), state.noise_sum)
+
+
+_REGISTRY: dict[str, type] = {}
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def register(name: str, *, overwrite: bool = False) -> Callable[[type], type]:
+  """A class decorator that adds a meta-gradient estimator under `name`.
+
+  Args:
+    name: a letter, then letters, digits or '_' (`MetaTrainConfig.estimator`,
+      `--estimator=NAME`).
+    overwrite: replace an estimator already registered under `name`.
+
+  Returns:
+    The decorator; it returns the class unchanged.
+
+  Raises:
+    ValueError: a bad name, a name already registered (without `overwrite`), or a
+      class without `init` and `estimate`.
+  """
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise ValueError(f"cannot register estimator name {name!r}: use a letter, then letters, "
+                     "digits or '_'")
+
+  def decorate(cls: type) -> type:
+    if not all(callable(getattr(cls, m, None)) for m in
+               ("init", "estimate", "state_specs", "per_device")):
+      raise ValueError(f"cannot register estimator {name!r}: {cls!r} lacks init, estimate, "
+                       "state_specs or per_device (subclass flatl2o.meta.estimators.Base)")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not cls:
+      raise ValueError(f"estimator {name!r} is already registered; pick another name, or pass "
+                       "overwrite=True to replace it")
+    _REGISTRY[name] = cls
+    return cls
+
+  return decorate
+
+
+def names() -> tuple[str, ...]:
+  """The registered estimators: 'truncated', 'pes', 'es', then a user's.
+
+  Returns:
+    A tuple of names.
+  """
+  return tuple(_REGISTRY)
+
+
+for _name, _cls in zip(ESTIMATORS, (Truncated, PES, ES)):
+  register(_name)(_cls)
 
 
 def get(name: str, lopt, task, config: MetaTrainConfig | UnrollConfig,
-        meta_batch_offset: Any = None) -> Truncated | PES | ES:
-  """The estimator `name` ('truncated', 'pes' or 'es') of `lopt` on `task` under `config`."""
-  if name not in _BY_NAME:
-    raise ValueError(f"unknown estimator {name!r}; accepted: {', '.join(_BY_NAME)}")
-  return _BY_NAME[name](task=task, lopt=lopt, config=config.unroll_config(),
-                        meta_batch_offset=meta_batch_offset)
+        meta_batch_offset: Any = None) -> Estimator:
+  """The estimator `name` of `lopt` on `task` under `config`.
 
+  Args:
+    name: one of `names()`.
+    lopt: the learned-optimizer architecture.
+    task: the optimizee.
+    config: a `MetaTrainConfig` or `UnrollConfig`.
+    meta_batch_offset: on a device mesh, the first row of this device's share of the
+      meta-batch (traced); None on one device.
 
-def state_specs(state) -> Any:
-  """Partition specs of an estimator state on the mesh (`flatl2o.meta.sharding`).
+  Returns:
+    The estimator.
 
-  Every leaf of the optimizees' states is split by device along its leading
-  (stacked) axis, but the episode step, which all devices share; PES's noise
-  sums are the same on every device.
+  Raises:
+    ValueError: `name` is not registered.
   """
-  P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
-  split = lambda tree: jax.tree.map(lambda _: P(sharding.AXIS), tree)
-  if isinstance(state, PESState):
-    return PESState(state_specs(state.particles), jax.tree.map(lambda _: P(), state.noise_sum))
-  return inner.InnerState(split(state.params), split(state.opt_state), P(sharding.AXIS), P(),
-                          split(state.scale), split(state.anchor))
-
-
-def per_device(fn, state):
-  """`fn` applied to the per-device leaves of an estimator state (all but `step`, noise sums)."""
-  if isinstance(state, PESState):
-    return PESState(per_device(fn, state.particles), state.noise_sum)
-  return state._replace(**{k: fn(v) for k, v in state._asdict().items() if k != "step"})
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown estimator {name!r}; accepted: {', '.join(_REGISTRY)}")
+  return _REGISTRY[name](task=task, lopt=lopt, config=config.unroll_config(),
+                         meta_batch_offset=meta_batch_offset)

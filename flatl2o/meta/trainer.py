@@ -145,13 +145,12 @@ def init_meta_batch(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_par
   def local(task, meta_params, key):
     offset = jax.lax.axis_index(sharding.AXIS) * local_batch
     estimator = estimators.get(config.estimator, lopt, task, config, offset)
-    return estimators.per_device(sharding.stack, estimator.init(meta_params, key))
+    return estimator.per_device(sharding.stack, estimator.init(meta_params, key))
 
-  shapes = jax.eval_shape(lambda: estimators.get(
-      config.estimator, lopt, task, dataclasses.replace(config, meta_batch_size=1)).init(
-          meta_params, key))
+  one = estimators.get(config.estimator, lopt, task, dataclasses.replace(config, meta_batch_size=1))
+  shapes = jax.eval_shape(lambda: one.init(meta_params, key))
   return jax.shard_map(local, mesh=sharding.mesh(devices), in_specs=(_P(), _P(), _P()),
-                       out_specs=estimators.state_specs(shapes))(task, meta_params, key)
+                       out_specs=one.state_specs(shapes))(task, meta_params, key)
 
 
 def _apply_meta_gradient(config, loss, grads, meta_params, meta_opt_state):
@@ -187,11 +186,11 @@ def meta_step(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_params, m
     offset = jax.lax.axis_index(sharding.AXIS) * local_batch
     estimator = estimators.get(config.estimator, lopt, task, config, offset)
     meta_params, meta_opt_state, states, metrics = _meta_step(
-        estimator, meta_params, meta_opt_state, estimators.per_device(sharding.unstack, states),
+        estimator, meta_params, meta_opt_state, estimator.per_device(sharding.unstack, states),
         key)
-    return meta_params, meta_opt_state, estimators.per_device(sharding.stack, states), metrics
+    return meta_params, meta_opt_state, estimator.per_device(sharding.stack, states), metrics
 
-  specs = estimators.state_specs(states)
+  specs = estimators.get(config.estimator, lopt, task, config).state_specs(states)
   return jax.shard_map(local, mesh=sharding.mesh(devices),
                        in_specs=(_P(), _P(), _P(), specs, _P()),
                        out_specs=(_P(), _P(), specs, _P()))(

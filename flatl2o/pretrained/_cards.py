@@ -24,12 +24,13 @@ import json
 import math
 from typing import Any
 
+from flatl2o.meta import terms
+
 CARD_FIELDS = ("name", "summary", "architecture", "hparams", "export_sha256", "regularizer",
                "training", "measured")
 TRAINING_FIELDS = ("task", "dataset", "command", "meta_train_config", "meta_seed",
                    "selected_meta_step", "validation_accuracy", "date", "machine")
 MEASURED_FIELDS = ("what", "commands", "date", "machine", "results")
-_COEFFICIENTS = {"none": None, "hessian": "alpha", "entropy": "beta"}
 
 
 def complete(name: str, card: Any, description: dict, lopt, error: type[ValueError]) -> dict:
@@ -52,14 +53,16 @@ def complete(name: str, card: Any, description: dict, lopt, error: type[ValueErr
 
   regularizer = card["regularizer"]
   kind = regularizer.get("kind") if isinstance(regularizer, dict) else None
-  if kind not in _COEFFICIENTS:
-    raise error(f"card field 'regularizer' needs 'kind' in {', '.join(_COEFFICIENTS)}, got "
+  accepted = ("none",) + terms.names()
+  if kind not in accepted:
+    raise error(f"card field 'regularizer' needs 'kind' in {', '.join(accepted)}, got "
                 f"{regularizer!r}")
-  if _COEFFICIENTS[kind] is not None:
-    if regularizer.get("coefficient_name") != _COEFFICIENTS[kind] or not _is_number(
+  if kind != "none":
+    name = terms.coefficient_field(kind)
+    if regularizer.get("coefficient_name") != name or not _is_number(
         regularizer.get("coefficient")):
       raise error(f"a {kind} regularizer's card gives coefficient_name "
-                  f"{_COEFFICIENTS[kind]!r} and its numeric coefficient")
+                  f"{name!r} and its numeric coefficient")
 
   training = card["training"]
   if not isinstance(training, dict):

@@ -26,11 +26,7 @@ def regularizer_label(kind: str, coefficient: float | None) -> str:
 def meta_config(model: str, kind: str, coefficient: float | None, seed: int, s: Preset,
                 num_meta_iterations: int | None = None) -> meta.MetaTrainConfig:
   """The meta-training configuration of one cell under the preset's budgets."""
-  if kind == "none":
-    reg = meta.RegularizerConfig()
-  else:
-    reg = meta.RegularizerConfig(kind=kind, **{"hessian": {"alpha": coefficient},
-                                               "entropy": {"beta": coefficient}}[kind])
+  reg = meta.RegularizerConfig.with_coefficient(kind, coefficient)
   extra = {}
   if model == "l2o_dm_enhanced":  # Chen et al. 2020: horizon curriculum + imitation of Adam
     u, h = s.unroll_length, s.num_inner_steps
@@ -58,6 +54,8 @@ def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: 
   mconfig = meta_config(model, kind, coefficient, seed, config.settings)
   args = [f"--optimizer={architecture(model).name}", f"--task={SEEN}",
           f"--dataset={config.dataset}"]
+  if kind not in ("none",) + meta.terms.BUILTIN:  # a user's term: the module that registers it
+    args.insert(0, f"--import={meta.terms.get(kind).__module__}")
   if config.data_dir:
     args.append(f"--data_dir={config.data_dir}")
   args += config_fields.command_args(mconfig, renames=config_fields.META_TRAIN_RENAMES)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from flatl2o.meta import terms as meta_terms
+
 MODELS = ("l2o_dm", "rnnprop", "l2o_scale", "mlp_lopt", "l2o_dm_enhanced")
 REGULARIZERS = ("none", "hessian", "entropy")
 BASELINES = ("adam", "sgd", "sam", "entropy_sgd")
@@ -191,7 +193,8 @@ class StudyConfig:
     object.__setattr__(self, "optimizees", tuple(self.optimizees))
     object.__setattr__(self, "meta_seeds", tuple(self.meta_seeds))
     for what, given, accepted in (("model", self.models, MODELS),
-                                  ("regularizer", self.regularizers, REGULARIZERS),
+                                  ("regularizer", self.regularizers,
+                                   ("none",) + meta_terms.names()),
                                   ("optimizee", self.optimizees, (SEEN,) + UNSEEN + (OTHER_DATA,))):
       unknown = [v for v in given if v not in accepted]
       if unknown or not given or len(set(given)) != len(given):
@@ -217,11 +220,17 @@ class StudyConfig:
     return dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
 
   def shipped_coefficients(self) -> dict[str, float] | None:
-    """The coefficients a preset with `coefficients="shipped"` uses (None for the others)."""
+    """The coefficients a preset with `coefficients="shipped"` uses (None for the others):
+    the sweep file's, and for a term of the user's own that it lacks, that term's default."""
     if self.settings.coefficients != "shipped":
       return None
     from flatl2o.study import sweep  # pylint: disable=g-import-not-at-top
-    return {k: float(v) for k, v in sweep.load(self.sweep_file)["coefficients"].items()}
+    shipped = sweep.load(self.sweep_file)
+    coefficients = {k: float(v) for k, v in shipped["coefficients"].items()}
+    for kind in self.regularizers:
+      if kind != "none" and kind not in coefficients:
+        coefficients[kind] = sweep.shipped_coefficient(shipped, kind)
+    return coefficients
 
   def identity(self) -> dict[str, Any]:
     # The coefficients, not the file's path, define the run.

@@ -127,8 +127,7 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
   sweep_cells: list[dict] = []
   if s.coefficients == "shipped":
     shipped = sweep_lib.load(config.sweep_file)
-    for kind in kinds:
-      coefficient[kind] = float(shipped["coefficients"][kind])
+    coefficient.update({kind: config.shipped_coefficients()[kind] for kind in kinds})
     log(f"stage 1 (setup): coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
         + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))

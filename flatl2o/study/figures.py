@@ -10,11 +10,13 @@ flatness_vs_gap.png (flatness at matched loss against the generalization gap).
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
 
 from flatl2o import report
+from flatl2o.meta import terms
 from flatl2o.study.tables import banner, by_seed, group_label, units
 
 
@@ -32,7 +34,9 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
           if not c.get("seen_only") and not c.get("control")}
 
   note = banner(results)
-  colours = {None: "k", "none": "tab:blue", "hessian": "tab:red", "entropy": "tab:green"}
+  colours = collections.defaultdict(lambda: "tab:purple",  # a user's term
+                                    {None: "k", "none": "tab:blue", "hessian": "tab:red",
+                                     "entropy": "tab:green"})
 
   def save(fig, name):
     if note is not None:  # a smoke run's figures say so first
@@ -126,7 +130,7 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
   # flatness term's share of the meta-gradient, against the coefficient.
   points = results.get("sweep") or []
   plain = next((p for p in points if p["regularizer"] == "none"), None)
-  kinds = [k for k in ("hessian", "entropy") if any(p["regularizer"] == k for p in points)]
+  kinds = list(dict.fromkeys(p["regularizer"] for p in points if p["regularizer"] != "none"))
   if kinds:
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
@@ -144,7 +148,7 @@ def figures(results: dict, table: dict, out_dir: str) -> list[str]:
         ax.axhline(plain["validation_accuracy"], color="k", lw=0.6, ls="--",
                    label="plain (no term)")
       ax.set_xscale("log")
-      ax.set_xlabel("alpha" if kind == "hessian" else "beta")
+      ax.set_xlabel(terms.coefficient_field(kind))
       ax.set_ylabel("best validation accuracy")
       ax.set_title(f"L2O-DM + {kind} (red: collapsed, dotted: some seeds)", fontsize=8)
       ratio_ax = ax.twinx()

@@ -23,12 +23,15 @@ where the default study (`--preset=primary`) takes its coefficients from;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from typing import Any, Callable
 
 import numpy as np
+
+from flatl2o.meta import terms
 
 SWEEP_FILE = os.path.join(os.path.dirname(__file__), "sweep.json")
 
@@ -104,6 +107,28 @@ def summary_line(term: dict) -> str:
   pick = f"coefficient {chosen:g} chosen on validation" if chosen is not None else (
       "every point collapsed in some seed: nothing to choose")
   return f"{kind}: {edge}; {pick}"
+
+
+def shipped_coefficient(shipped: dict[str, Any], kind: str) -> float:
+  """Term `kind`'s coefficient in a sweep (`load`); a term of the user's own that the sweep
+  did not cover takes its coefficient field's default (`flatl2o.meta.terms`).
+
+  Args:
+    shipped: a sweep, as `load` returns it.
+    kind: a registered term.
+
+  Returns:
+    The coefficient.
+  """
+  if kind in shipped["coefficients"]:
+    return float(shipped["coefficients"][kind])
+  field = next(f for f in dataclasses.fields(terms.get(kind))
+               if f.name == terms.coefficient_field(kind))
+  if not isinstance(field.default, (int, float)):
+    raise ValueError(f"the sweep has no coefficient for {kind!r} and its field "
+                     f"{field.name!r} has no numeric default; sweep it (--preset=sweep "
+                     f"--regularizers=none,{kind})")
+  return float(field.default)
 
 
 def load(path: str | None = None) -> dict[str, Any]:
