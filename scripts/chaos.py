@@ -10,12 +10,13 @@ r"""A chaos run: a study killed with SIGKILL at random moments ends as an uninte
    random moment (seeded: `--seed`), restarts it, `--kills` times. The moments
    are spread over the study by its progress, not by the clock (on a shared
    machine a run's speed varies several-fold with the load): `--kills`
-   positions are drawn uniformly among the first 90% of the reference run's
-   progress lines (one per cell computed: "meta-training ...", "tuning ...",
-   "meta-tested ..."), and start i is killed a uniform 0 to `--jitter_s` seconds
-   after the progress lines of all starts so far reach position i (a cell
-   redone after a kill prints its line again, so the count runs ahead of the
-   study, not behind, and the kills land before it ends).
+   positions are drawn uniformly among the first 75% of the reference run's
+   progress lines (one per cell computed: "meta-training NAME", "tuned NAME",
+   "meta-tested NAME on OPTIMIZEE"), and start i is killed a uniform 0 to
+   `--jitter_s` seconds after the distinct progress lines of all starts so far
+   reach position i. Distinct: a cell redone after a kill prints its line again
+   and counts once, a finished cell prints nothing, so the count is the study's
+   own progress and every kill lands before it ends.
 3. Lets the last start finish and compares the two `results.json` with every
    timing field (wall time, speeds) left out and the folder names replaced.
 
@@ -43,7 +44,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The study's progress lines: one per cell as it is computed (meta-training and
 # tuning when a cell starts, so a cell redone after a kill prints it again).
-PROGRESS = re.compile(r"meta-training \S+ \(up to|: tuned |: meta-tested ")
+PROGRESS = re.compile(r"meta-training (\S+) \(up to|: tuned (\S+):|: meta-tested (\S+ on \S+);")
+
+
+def progress_key(line: str) -> str | None:
+  """The cell a progress line is about ("meta-training NAME", ...), or None for other lines."""
+  match = PROGRESS.search(line)
+  if match is None:
+    return None
+  kinds = ("meta-training", "tuned", "meta-tested")
+  return next(f"{k} {g}" for k, g in zip(kinds, match.groups()) if g is not None)
 
 # Keys whose values depend on the machine's speed, not on what was computed.
 TIMING = re.compile(r"wall|per_second|elapsed|seconds|(^|_)time(_s)?$|(^|_)eta(_s)?$")
@@ -94,17 +104,19 @@ def start(cmd: list[str]) -> subprocess.Popen:
 
 
 def follow(proc: subprocess.Popen, log_path: str, kill_at_line: float | None = None,
-           jitter_s: float = 0.0, lines_before: int = 0) -> tuple[int, int]:
-  """Copies `proc`'s output to `log_path`; kills its process group `jitter_s` after progress
-  line `kill_at_line` (counting `lines_before` too). Returns (exit code, progress lines)."""
-  lines, killed = 0, False
+           jitter_s: float = 0.0, seen: set[str] | None = None) -> int:
+  """Copies `proc`'s output to `log_path`, adding its progress keys to `seen`; kills its
+  process group `jitter_s` after `seen` holds `kill_at_line` keys. Returns the exit code."""
+  seen = set() if seen is None else seen
+  killed = False
   with open(log_path, "a") as log:
     for line in proc.stdout:  # after a kill: what the process wrote before it, then EOF
       log.write(line)
-      if not PROGRESS.search(line):
+      key = progress_key(line)
+      if key is None:
         continue
-      lines += 1
-      if not killed and kill_at_line is not None and lines_before + lines >= kill_at_line:
+      seen.add(key)
+      if not killed and kill_at_line is not None and len(seen) >= kill_at_line:
         log.flush()
         time.sleep(jitter_s)
         try:
@@ -113,7 +125,7 @@ def follow(proc: subprocess.Popen, log_path: str, kill_at_line: float | None = N
           pass  # it ended first
         killed = True
     proc.stdout.close()
-  return proc.wait(), lines
+  return proc.wait()
 
 
 def cells_done(run_dir: str) -> int:
@@ -148,12 +160,14 @@ def main(argv=None) -> int:
     with open(timing_file) as f:
       reference_s = json.load(f)["wall_s"]
     with open(reference_log) as f:
-      reference_lines = sum(bool(PROGRESS.search(line)) for line in f)
+      reference_lines = len({progress_key(line) for line in f} - {None})
     print(f"reference: reused {reference} ({reference_s:.0f} s)", flush=True)
   else:
     tic = time.monotonic()
-    code, reference_lines = follow(start(command(args.preset, reference, args.study_flags)),
-                                   reference_log)
+    reference_keys: set[str] = set()
+    code = follow(start(command(args.preset, reference, args.study_flags)), reference_log,
+                  seen=reference_keys)
+    reference_lines = len(reference_keys)
     if code != 0:
       print(f"reference run failed (exit {code}); see {reference_log}")
       return 1
@@ -164,16 +178,15 @@ def main(argv=None) -> int:
   outcome["reference_s"] = reference_s
 
   rng = random.Random(args.seed)
-  positions = sorted(rng.uniform(1, max(1, 0.9 * reference_lines)) for _ in range(args.kills))
+  positions = sorted(rng.uniform(1, max(1, 0.75 * reference_lines)) for _ in range(args.kills))
   tic = time.monotonic()
   log_path = os.path.join(work, "chaos.log")
-  seen = 0
+  seen: set[str] = set()
   for i, position in enumerate(positions, start=1):
     jitter = rng.uniform(0, args.jitter_s)
     started = time.monotonic()
-    code, lines = follow(start(command(args.preset, chaos, args.study_flags)), log_path,
-                         position, jitter, seen)
-    seen += lines
+    code = follow(start(command(args.preset, chaos, args.study_flags)), log_path,
+                  position, jitter, seen)
     if code != -signal.SIGKILL:
       print(f"start {i} ended by itself (exit {code}) before its kill", flush=True)
       outcome["ended_early"] = {"start": i, "exit": code}
@@ -182,12 +195,12 @@ def main(argv=None) -> int:
         return 1
       break
     after = time.monotonic() - started
-    outcome["kills"].append({"after_s": round(after, 1), "progress_line": seen,
+    outcome["kills"].append({"after_s": round(after, 1), "progress_line": len(seen),
                              "cells_done": cells_done(chaos)})
     print(f"kill {i}/{args.kills}: SIGKILL {after:.1f} s into start {i}, at progress line "
-          f"{seen} of the chaos run ({cells_done(chaos)} cells done)", flush=True)
+          f"{len(seen)} of the chaos run ({cells_done(chaos)} cells done)", flush=True)
   if "ended_early" not in outcome:
-    code, _ = follow(start(command(args.preset, chaos, args.study_flags)), log_path)
+    code = follow(start(command(args.preset, chaos, args.study_flags)), log_path, seen=seen)
     if code != 0:
       print(f"the last start failed (exit {code}); see {log_path}")
       return 1
