@@ -22,6 +22,7 @@ The stages, in order (each result a cell under `run_dir/cells/`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -108,88 +109,166 @@ def _parts(run_dir: str) -> list[dict]:
     return []  # none yet (or unreadable: the time of earlier parts is then lost)
 
 
+@dataclasses.dataclass
+class _Study:
+  """What every stage of one study process reads: the configuration, its cells, the
+  optimizees, the stop request, the log, and (from stage 2 on) the ETA tracker."""
+
+  config: StudyConfig
+  cells: Cells
+  builders: dict
+  should_stop: Callable[[], bool]
+  log: Callable[[str], Any]
+  tracker: Any = None
+
+  @property
+  def s(self):
+    return self.config.settings
+
+  def check_stop(self, where: str) -> None:
+    if self.should_stop():
+      raise StudyInterrupted(where)
+
+  def label(self, model: str, kind: str, seed: int, coefficient: dict) -> str:
+    return f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}"
+
+
 def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> dict:
   """Every stage of `run`, one after another (each cell computed or read from `cells`)."""
-  s = config.settings
+  study = _Study(config, cells, builders, should_stop, log)
   seen = builders[SEEN]()
   if config.other_dataset is None:
     log(f"stage 1 (setup): {OTHER_DATA} is not meta-tested: no other_dataset given "
         "(--other_dataset=idx:PATH adds the seen MLP on a second dataset)")
+  coefficient, sweep, sweep_cells, shipped = _stage_coefficients(study, seen)
+  if config.settings.sweep_only:
+    return {"config": config.identity(),
+            "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
+            "sweep_terms": sweep,
+            "sweep": sweep_points(sweep),
+            "meta_training": {c["name"]: c for c in sweep_cells}}
+  trained = _stage_meta_training(study, seen, coefficient)
+  same_budget, unpaired = _stage_same_budget(study, seen, trained, coefficient)
+  contenders = _stage_contenders(study, seen, trained, same_budget)
+  tests, matched = _stage_meta_tests(study, contenders)
+  results = {
+      "config": config.identity(),
+      "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
+      "meta_training": {c["name"]: c for c in [*trained.values(), *same_budget.values(),
+                                               *sweep_cells]},
+      "sweep_terms": sweep,
+      "sweep": sweep_points(sweep),
+      "tuning": {n: cells.get("tuning", n) for n in ("adam", "sgd")},
+      "contenders": {n: {k: v for k, v in c.items() if k != "make"}
+                     for n, c in contenders.items()},
+      "same_budget": {study.label(m, k, sd, coefficient): c["name"]
+                      for (m, k, sd), c in same_budget.items()},
+      "unpaired": unpaired,
+      "cells": [{"contender": name, "optimizee": o,
+                 **{k: v for k, v in contenders[name].items() if k not in ("make",)},
+                 **r, "matched": m}
+                for (o, name), cell in tests.items()
+                for r, m in zip(cell["runs"], matched[o, name]["runs"])],
+      "matched_levels": {o: matched[o, n]["level"] for (o, n) in matched},
+      "test_seeds": _test_seeds(config.settings),
+  }
+  if shipped is not None:
+    results["sweep"] = shipped.get("sweep", [])
+    results["sweep_terms"] = shipped.get("sweep_terms", {})
+    results["sweep_source"] = {k: shipped.get(k) for k in ("command", "date", "machine",
+                                                           "wall_time_s")}
+  results["primary"] = analysis.comparisons(results)
+  results["correlations"] = analysis.correlations(results)
+  return results
 
-  def check_stop(where):
-    if should_stop():
-      raise StudyInterrupted(where)
 
-  # 1. Coefficients: swept here by decades to collapse, or the shipped sweep's.
+def _test_seeds(s) -> list[int]:
+  return [TEST_SEED_BASE + i for i in range(s.test_seeds)]
+
+
+def _stage_coefficients(study: _Study, seen):
+  """1. Each term's coefficient: swept here by decades to collapse, or the shipped sweep's.
+
+  Returns:
+    `(coefficient by kind, sweep by kind, the sweep's cells, the shipped sweep or None)`.
+  """
+  config, s, log = study.config, study.s, study.log
   kinds = [k for k in config.regularizers if k != "none"]
   coefficient: dict[str, float | None] = {"none": None}
-  sweep: dict[str, dict] = {}
-  sweep_cells: list[dict] = []
   if s.coefficients == "shipped":
     shipped = sweep_lib.load(config.sweep_file)
     coefficient.update({kind: config.shipped_coefficients()[kind] for kind in kinds})
     log(f"stage 1 (setup): coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
         + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
-  else:
-    for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
-      sweep_cells.append(meta_train_cell(cells, config, seen, "l2o_dm", "none", None, seed,
-                                         should_stop, log=log, measure_ratio=True,
-                                         progress="stage 1 (sweep): plain"))
-    plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
-    for kind in kinds:
-      def train_point(c, kind=kind):
-        runs = [meta_train_cell(cells, config, seen, "l2o_dm", kind, c, seed, should_stop,
-                                log=log, measure_ratio=True, progress=f"stage 1 (sweep): {kind} {c:g}")
-                for seed in s.sweep_seeds]
-        sweep_cells.extend(runs)
-        return runs
-      sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
-      sweep[kind]["plain"] = plain_point
-      log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}")
-      coefficient[kind] = sweep[kind]["chosen"]
-      if coefficient[kind] is None:
-        coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
-        log(f"stage 1 (sweep): {kind}: the smallest swept coefficient, "
-            f"{coefficient[kind]:g}, is kept")
-  if s.sweep_only:
-    return {"config": config.identity(),
-            "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
-            "sweep_terms": sweep,
-            "sweep": sweep_points(sweep),
-            "meta_training": {c["name"]: c for c in sweep_cells}}
+    return coefficient, {}, [], shipped
+  sweep: dict[str, dict] = {}
+  sweep_cells: list[dict] = []
+  for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
+    sweep_cells.append(meta_train_cell(study.cells, config, seen, "l2o_dm", "none", None, seed,
+                                       study.should_stop, log=log, measure_ratio=True,
+                                       progress="stage 1 (sweep): plain"))
+  plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
+  for kind in kinds:
+    def train_point(c, kind=kind):
+      runs = [meta_train_cell(study.cells, config, seen, "l2o_dm", kind, c, seed,
+                              study.should_stop, log=log, measure_ratio=True,
+                              progress=f"stage 1 (sweep): {kind} {c:g}")
+              for seed in s.sweep_seeds]
+      sweep_cells.extend(runs)
+      return runs
+    sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
+    sweep[kind]["plain"] = plain_point
+    log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}")
+    coefficient[kind] = sweep[kind]["chosen"]
+    if coefficient[kind] is None:
+      coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
+      log(f"stage 1 (sweep): {kind}: the smallest swept coefficient, "
+          f"{coefficient[kind]:g}, is kept")
+  return coefficient, sweep, sweep_cells, None
 
-  # 2. Every model x regularizer x seed (plain runs keep each improvement for step 3).
+
+def _stage_meta_training(study: _Study, seen, coefficient) -> dict:
+  """2. Every model x regularizer x seed (plain runs keep each improvement for stage 3);
+  sets `study.tracker`, the ETA of the rest of the study."""
+  config, s = study.config, study.s
   trained = {}
   planned = [(m, k, sd) for m in config.models for k in config.regularizers for sd in s.meta_seeds]
-  names = [f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}" for m, k, sd in planned]
-  tracker = plan_progress(config, planned, names)
-  cached = sum(cells.get("meta", n) is not None for n in names)
+  names = [study.label(m, k, sd, coefficient) for m, k, sd in planned]
+  study.tracker = tracker = plan_progress(config, planned, names)
+  cached = sum(study.cells.get("meta", n) is not None for n in names)
   if cached:
-    log(f"stage 2 (meta-training): continuing: {cached} of {len(planned)} meta-training "
-        "cells done")
+    study.log(f"stage 2 (meta-training): continuing: {cached} of {len(planned)} meta-training "
+              "cells done")
   for i, (model, kind, seed) in enumerate(planned):
     trained[model, kind, seed] = meta_train_cell(
-        cells, config, seen, model, kind, coefficient[kind], seed, should_stop, log=log,
-        keep_improvements=kind == "none", progress=f"stage 2 (meta-training), cell "
-        f"{i + 1}/{len(planned)}", tracker=tracker)
+        study.cells, config, seen, model, kind, coefficient[kind], seed, study.should_stop,
+        log=study.log, keep_improvements=kind == "none", progress=f"stage 2 (meta-training), "
+        f"cell {i + 1}/{len(planned)}", tracker=tracker)
     if kind != "none" and (model, "none", seed) in trained and (
         control_is_plain(trained[model, kind, seed], trained[model, "none", seed])):
       tracker.drop_control()  # no meta-test of its own: plain's selected optimizer is it
+  return trained
 
-  # 3. The plain optimizer selected at each regularized one's meta-step budget. A seed that
-  # cannot be paired is named with its reason (results.json "unpaired", results.md), never
-  # dropped without a word.
+
+def _stage_same_budget(study: _Study, seen, trained, coefficient):
+  """3. The plain optimizer selected at each regularized one's meta-step budget. A seed that
+  cannot be paired is named with its reason (results.json "unpaired", results.md), never
+  dropped without a word.
+
+  Returns:
+    `(same_budget: (model, kind, seed) -> the plain cell, unpaired: label -> reason)`.
+  """
   same_budget, unpaired = {}, {}
   for (model, kind, seed), cell in trained.items():
     if kind == "none":
       continue
-    label = f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}"
+    label = study.label(model, kind, seed, coefficient)
     plain = trained[model, "none", seed]
     reason = unpaired_reason(cell, plain)
     if reason is not None:
       unpaired[label] = reason
-      log(f"stage 3 (same-budget control): {label} has no same-budget control: {reason}")
+      study.log(f"stage 3 (same-budget control): {label} has no same-budget control: {reason}")
       continue
     pick = best_within(plain["validations"], cell["best_meta_step"])
     if pick == plain["best_meta_step"]:
@@ -202,14 +281,19 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
                                         "export": os.path.join("optimizers", name)}
     else:  # a run folder from before improvements were kept: retrain up to the budget
       same_budget[model, kind, seed] = meta_train_cell(
-          cells, config, seen, model, "none", None, seed, should_stop,
-          num_meta_iterations=cell["best_meta_step"], log=log)
+          study.cells, study.config, seen, model, "none", None, seed, study.should_stop,
+          num_meta_iterations=cell["best_meta_step"], log=study.log)
   own = sum(1 for (m, _, sd), c in same_budget.items() if c is trained[m, "none", sd])
-  log(f"stage 3 (same-budget control): {len(same_budget)} regularized cells paired with plain "
-      f"selected within their meta-step budget ({own} of them plain's own selection), "
-      f"{len(unpaired)} unpaired")
+  study.log(f"stage 3 (same-budget control): {len(same_budget)} regularized cells paired with "
+            f"plain selected within their meta-step budget ({own} of them plain's own "
+            f"selection), {len(unpaired)} unpaired")
+  return same_budget, unpaired
 
-  # 4. Baselines.
+
+def _stage_contenders(study: _Study, seen, trained, same_budget) -> dict[str, dict]:
+  """4. The baselines (Adam and SGD tuned on validation), then every trained optimizer and
+  every same-budget control: name -> identity and `make` (builds its transformation)."""
+  s, cells, tracker = study.s, study.cells, study.tracker
   contenders: dict[str, dict] = {}
   for name in s.baselines:
     if name in ("adam", "sgd"):
@@ -217,10 +301,10 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
       if tuned is None:
         tracker.start(f"tuning {name}")
         tuned = cells.put(tune(seen, name, s.adam_grid if name == "adam" else s.sgd_grid, s,
-                               should_stop), "tuning", name)
+                               study.should_stop), "tuning", name)
         tracker.finish(f"tuning {name}")
-        log(f"stage 4 (baselines): tuned {name}: learning rate {tuned['learning_rate']:g}; "
-            f"{tracker.line()}")
+        study.log(f"stage 4 (baselines): tuned {name}: learning rate "
+                  f"{tuned['learning_rate']:g}; {tracker.line()}")
       elif f"tuning {name}" in tracker.items:
         tracker.skip(f"tuning {name}")
       lr = tuned["learning_rate"]
@@ -229,103 +313,96 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
     contenders[name] = {"model": name, "regularizer": None, "coefficient": None,
                         "meta_seed": None, "learning_rate": lr,
                         "make": lambda name=name, lr=lr: optimizers.get(name, learning_rate=lr)}
-  for (model, kind, seed), cell in trained.items():
+  for cell in trained.values():
     if cell["export"] is not None:  # None: the meta-training diverged
       contenders[cell["name"]] = {**contender_identity(cell), "make": loader(cells, cell)}
-  for key, cell in same_budget.items():  # meta-tested everywhere: a control of each question
+  for cell in same_budget.values():  # meta-tested everywhere: a control of each question
     if cell["name"] not in contenders and cell["export"] is not None:
       contenders[cell["name"]] = {**contender_identity(cell), "make": loader(cells, cell),
                                   "control": True}
+  return contenders
 
-  # 5. Meta-test every contender x optimizee x test seed; 6. flatness at matched training
-  # loss, per optimizee once all its runs are in (the level is their median). Runs made in
-  # this process keep their parameters at every evaluation, so matching needs no replay.
-  measure = flatness_fn(s)
-  test_seeds = [TEST_SEED_BASE + i for i in range(s.test_seeds)]
+
+def _stage_meta_tests(study: _Study, contenders):
+  """5. Meta-test every contender x optimizee x test seed; 6. flatness at matched training
+  loss, per optimizee once all its runs are in. Runs made in this process keep their
+  parameters at every evaluation, so matching needs no replay.
+
+  Returns:
+    `(tests, matched)`, both keyed by (optimizee, contender).
+  """
   tests: dict[tuple[str, str], dict] = {}
   matched = {}
-  todo = [(o, c) for o in builders for c in contenders
+  todo = [(o, c) for o in study.builders for c in contenders
           if o == SEEN or not contenders[c].get("seen_only")]  # (older folders' sweep cells)
-  slot_of = tracker.assign_tests(todo)
-  for optimizee in builders:
-    snapshots: dict[str, dict[int, dict]] = {}
-    for o, name in todo:
-      if o != optimizee:
-        continue
-      cell = cells.get("test", optimizee, name)
-      slot = slot_of.get((optimizee, name))
-      if cell is None:
-        check_stop(f"meta-testing {name} on {optimizee}")
-        if slot is not None:
-          tracker.start(slot)
-        task, tx = builders[optimizee](), contenders[name]["make"]()
-        snapshots[name] = {t: {} for t in test_seeds}
-        runs = []
-        for t in test_seeds:
-          runs.append(run_test(task, tx, s, t, s.test_horizon, measure, snapshots[name][t]))
-          if slot is not None:
-            tracker.update(slot, len(runs) * s.test_horizon)
-        cell = cells.put({"contender": name, "optimizee": optimizee, "runs": runs},
-                         "test", optimizee, name)
-        if slot is not None:
-          tracker.finish(slot)
-        log(f"stage 5 (meta-tests), cell {todo.index((optimizee, name)) + 1}/{len(todo)}: "
-            f"meta-tested {name} on {optimizee}; {tracker.line()}")
-      elif slot is not None:
-        tracker.skip(slot)
-      tests[optimizee, name] = cell
+  slot_of = study.tracker.assign_tests(todo)
+  measure = flatness_fn(study.s)  # one jitted function: every optimizee shares its compilations
+  for optimizee in study.builders:
+    snapshots = _meta_test_optimizee(study, contenders, optimizee, todo, slot_of, tests, measure)
+    matched.update(_matched_flatness(study, contenders, optimizee, tests, snapshots, measure))
+  return tests, matched
 
-    level = matched_level([r for (o, n), c in tests.items() if o == optimizee
-                           and not contenders[n].get("control") for r in c["runs"]])
-    item = f"matched {optimizee}"
-    tracker.start(item)
-    tracker.update(item, 0)
-    for j, ((o, name), cell) in enumerate((k, c) for k, c in tests.items() if k[0] == optimizee):
-      got = cells.get("matched", optimizee, name)
-      same_level = got is not None and (got["level"] == level or (
-          np.isnan(got["level"]) and np.isnan(level)))
-      if not same_level:
-        check_stop(f"matched-loss flatness of {name} on {optimizee}")
-        task, tx = builders[optimizee](), contenders[name]["make"]()
-        kept = snapshots.get(name, {})
-        got = cells.put({"level": level, "runs": [
-            matched_run(task, tx, s, r, level, measure, kept.get(r["test_seed"]))
-            for r in cell["runs"]]}, "matched", optimizee, name)
-      matched[optimizee, name] = got
-      tracker.update(item, (j + 1) * s.test_seeds)
-    tracker.finish(item)
-    log(f"stage 6 (flatness at matched training loss): {optimizee} at training loss "
-        f"{level:.4g}; {tracker.line()}")
 
-  results = {
-      "config": config.identity(),
-      "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
-      "meta_training": {c["name"]: c for c in [*trained.values(), *same_budget.values(),
-                                               *sweep_cells]},
-      "sweep_terms": sweep,
-      "sweep": sweep_points(sweep),
-      "tuning": {n: cells.get("tuning", n) for n in ("adam", "sgd")},
-      "contenders": {n: {k: v for k, v in c.items() if k != "make"}
-                     for n, c in contenders.items()},
-      "same_budget": {f"{m}-{regularizer_label(k, coefficient[k])}-s{sd}": c["name"]
-                      for (m, k, sd), c in same_budget.items()},
-      "unpaired": unpaired,
-      "cells": [{"contender": name, "optimizee": o,
-                 **{k: v for k, v in contenders[name].items() if k not in ("make",)},
-                 **r, "matched": m}
-                for (o, name), cell in tests.items()
-                for r, m in zip(cell["runs"], matched[o, name]["runs"])],
-      "matched_levels": {o: matched[o, n]["level"] for (o, n) in matched},
-      "test_seeds": test_seeds,
-  }
-  if s.coefficients == "shipped":
-    results["sweep"] = shipped.get("sweep", [])
-    results["sweep_terms"] = shipped.get("sweep_terms", {})
-    results["sweep_source"] = {k: shipped.get(k) for k in ("command", "date", "machine",
-                                                           "wall_time_s")}
-  results["primary"] = analysis.comparisons(results)
-  results["correlations"] = analysis.correlations(results)
-  return results
+def _meta_test_optimizee(study: _Study, contenders, optimizee, todo, slot_of, tests, measure):
+  """Stage 5 on one optimizee: fills `tests`; returns the kept parameters of the runs made
+  in this process (contender -> test seed -> evaluation step -> parameters)."""
+  s, cells, tracker = study.s, study.cells, study.tracker
+  snapshots: dict[str, dict[int, dict]] = {}
+  for o, name in todo:
+    if o != optimizee:
+      continue
+    cell = cells.get("test", optimizee, name)
+    slot = slot_of.get((optimizee, name))
+    if cell is None:
+      study.check_stop(f"meta-testing {name} on {optimizee}")
+      if slot is not None:
+        tracker.start(slot)
+      task, tx = study.builders[optimizee](), contenders[name]["make"]()
+      snapshots[name] = {t: {} for t in _test_seeds(s)}
+      runs = []
+      for t in _test_seeds(s):
+        runs.append(run_test(task, tx, s, t, s.test_horizon, measure, snapshots[name][t]))
+        if slot is not None:
+          tracker.update(slot, len(runs) * s.test_horizon)
+      cell = cells.put({"contender": name, "optimizee": optimizee, "runs": runs},
+                       "test", optimizee, name)
+      if slot is not None:
+        tracker.finish(slot)
+      study.log(f"stage 5 (meta-tests), cell {todo.index((optimizee, name)) + 1}/{len(todo)}: "
+                f"meta-tested {name} on {optimizee}; {tracker.line()}")
+    elif slot is not None:
+      tracker.skip(slot)
+    tests[optimizee, name] = cell
+  return snapshots
+
+
+def _matched_flatness(study: _Study, contenders, optimizee, tests, snapshots, measure) -> dict:
+  """Stage 6 on one optimizee: flatness where each run first reaches the training loss
+  that the optimizee's runs share (the level: `matched_level`; controls left out of it)."""
+  s, cells, tracker = study.s, study.cells, study.tracker
+  level = matched_level([r for (o, n), c in tests.items() if o == optimizee
+                         and not contenders[n].get("control") for r in c["runs"]])
+  matched = {}
+  item = f"matched {optimizee}"
+  tracker.start(item)
+  tracker.update(item, 0)
+  for j, ((_, name), cell) in enumerate((k, c) for k, c in tests.items() if k[0] == optimizee):
+    got = cells.get("matched", optimizee, name)
+    same_level = got is not None and (got["level"] == level or (
+        np.isnan(got["level"]) and np.isnan(level)))
+    if not same_level:
+      study.check_stop(f"matched-loss flatness of {name} on {optimizee}")
+      task, tx = study.builders[optimizee](), contenders[name]["make"]()
+      kept = snapshots.get(name, {})
+      got = cells.put({"level": level, "runs": [
+          matched_run(task, tx, s, r, level, measure, kept.get(r["test_seed"]))
+          for r in cell["runs"]]}, "matched", optimizee, name)
+    matched[optimizee, name] = got
+    tracker.update(item, (j + 1) * s.test_seeds)
+  tracker.finish(item)
+  study.log(f"stage 6 (flatness at matched training loss): {optimizee} at training loss "
+            f"{level:.4g}; {tracker.line()}")
+  return matched
 
 
 # Seconds per unit on this project's 2-core CPU, idle (the default study's run of 2026-12-07:
