@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from flatl2o import report
+from flatl2o import atomic_files
 from flatl2o.optimizers import base as lopt_base
 from flatl2o.optimizers import registry
 
@@ -92,7 +92,7 @@ def save_optimizer(path: str, lopt, meta_params, metadata: dict[str, Any] | None
     with open(os.path.join(folder, _META_FILE), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
 
-  report.write_folder(path, fill)
+  atomic_files.write_folder(path, fill)
 
 
 def load_learned(path: str):

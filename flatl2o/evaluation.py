@@ -236,6 +236,20 @@ def _run_chunk(make_tx, task, params, opt_state, data_key, first_step, length):
   return params, opt_state, losses
 
 
+def _evaluation_steps(num_steps: int, eval_every: int, flatness_at, keep_params_at):
+  """`flatness_at` and `keep_params_at` sorted and checked against the evaluation grid."""
+  _checks.positive_int("num_steps", num_steps)
+  _checks.positive_int("eval_every", eval_every)
+  flatness_at = sorted(set(flatness_at))
+  keep_params_at = sorted(set(keep_params_at))
+  for name, steps in (("flatness_at", flatness_at), ("keep_params_at", keep_params_at)):
+    off_grid = [s for s in steps if s != num_steps and (s <= 0 or s % eval_every or s > num_steps)]
+    if off_grid:
+      raise ValueError(f"{name} steps {off_grid} are not evaluation steps; accepted: "
+                       f"multiples of eval_every ({eval_every}) up to num_steps, or num_steps")
+  return flatness_at, keep_params_at
+
+
 def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array,
           eval_every: int = 100,
           eval_splits: Sequence[str] = ("validation", "test"),
@@ -260,15 +274,8 @@ def train(task, tx: optax.GradientTransformation, num_steps: int, key: jax.Array
   Returns:
     A `TrainResult`.
   """
-  _checks.positive_int("num_steps", num_steps)
-  _checks.positive_int("eval_every", eval_every)
-  flatness_at = sorted(set(flatness_at))
-  keep_params_at = sorted(set(keep_params_at))
-  for name, steps in (("flatness_at", flatness_at), ("keep_params_at", keep_params_at)):
-    off_grid = [s for s in steps if s != num_steps and (s <= 0 or s % eval_every or s > num_steps)]
-    if off_grid:
-      raise ValueError(f"{name} steps {off_grid} are not evaluation steps; accepted: "
-                       f"multiples of eval_every ({eval_every}) up to num_steps, or num_steps")
+  flatness_at, keep_params_at = _evaluation_steps(num_steps, eval_every, flatness_at,
+                                                  keep_params_at)
   params_at = {}
   flatness_key = jax.random.fold_in(key, 0xF1A7)
   measures = {}

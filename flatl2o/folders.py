@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flatl2o import report
+from flatl2o import atomic_files
 
 
 def safe_name(text: str) -> str:
@@ -166,7 +166,7 @@ def claim_folder(path: str, identity: dict[str, Any], *, filename: str = "identi
     raise FolderClaimError(f"folder {path} is not empty and holds no {filename}; use an empty "
                            "or new folder", path, "foreign", identity=wanted)
   if write and key is None:
-    report.write_json(file, wanted)
+    atomic_files.write_json(file, wanted)
   return True
 
 
@@ -252,7 +252,7 @@ def lock_folder(path: str, what: str = "folder") -> FolderLock:
       return FolderLock(path, key)
     os.makedirs(path, exist_ok=True)
     fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 report.umask_mode())
+                 atomic_files.umask_mode())
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -1,34 +1,42 @@
-"""Summaries, tables, JSON lines and figures of training runs; files written atomically.
+"""Summaries, tables and figures of training runs.
 
-Every file is written to a temporary name in its folder and renamed into place,
-so an interrupted run never leaves a half-written file behind; a write that
-fails (a full disk) raises `WriteError` in one line and leaves the previous file
-or folder as it was.
+Files are written with `flatl2o.atomic_files` (whole or not at all); its names
+(`write_json`, `WriteError`, ...) stay importable from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from flatl2o import stats
+from flatl2o.atomic_files import (WriteError, atomic_write, umask_mode, write_failed,  # pylint: disable=unused-import
+                                  write_folder, write_json, write_jsonl, write_text)
+
+_atomic_write = atomic_write  # the name older callers used
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-  """Mean, standard deviation, 95% t-interval half-width, min, max and count."""
+  """Mean, standard deviation, 95% t-interval half-width, min, max and count.
+
+  Unlike `stats.interval`, a non-finite value is not left out: a seed that
+  diverged makes the mean NaN (or infinite), as a run report should show.
+
+  Args:
+    values: one number per unit (seed).
+
+  Returns:
+    {"mean", "std", "ci95" (the `stats.interval` half width; NaN below two units or
+    with a non-finite value), "min", "max", "n"}.
+  """
   v = np.asarray(values, np.float64)
   n = int(v.size)
   std = float(v.std(ddof=1)) if n > 1 else float("nan")
-  if n > 1:
-    half = float(stats.t_quantile(0.975, n - 1) * std / math.sqrt(n))
-  else:
-    half = float("nan")
+  finite = bool(np.all(np.isfinite(v)))
+  half = stats.interval(v)["ci95"] if finite else float("nan")
   return {"mean": float(v.mean()), "std": std, "ci95": half, "min": float(v.min()),
           "max": float(v.max()), "n": n}
 
@@ -54,109 +62,6 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
   fmt = lambda line: "  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip()
   rule = "  ".join("-" * w for w in widths)
   return "\n".join([fmt(header), rule] + [fmt(line) for line in body])
-
-
-def umask_mode(base: int = 0o666) -> int:
-  """`base` less the process umask: the mode `open()` would give a new file (0o777: a folder).
-
-  `tempfile.mkstemp` / `mkdtemp` create 0600 / 0700 entries whatever the umask;
-  results renamed from them into place must get the mode users expect.
-  """
-  mask = os.umask(0)
-  os.umask(mask)
-  return base & ~mask
-
-
-class WriteError(OSError, ValueError):
-  """A write that failed (a full disk, a read-only folder); what was there is intact.
-
-  An `OSError` (its `errno` is the cause's) and a `ValueError`, so the binaries
-  print its one line and exit with a non-zero code.
-  """
-
-
-def write_failed(path: str, error: OSError, kept: str = "nothing there was replaced") -> WriteError:
-  """`error` (raised writing `path`) as a one-line `WriteError`; `kept` says what is intact."""
-  if isinstance(error, WriteError):
-    return error
-  reason = error.strerror or (str(error).splitlines()[0] if str(error) else type(error).__name__)
-  out = WriteError(f"cannot write {path}: {reason}; {kept}: free space (or fix the folder) and "
-                   "rerun")
-  out.errno = error.errno
-  return out
-
-
-def _atomic_write(path: str, write) -> None:
-  tmp = None
-  try:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, umask_mode())
-    os.replace(tmp, path)
-  except BaseException as e:
-    if tmp is not None and os.path.exists(tmp):
-      os.unlink(tmp)
-    if isinstance(e, OSError):
-      raise write_failed(path, e) from None
-    raise
-
-
-def write_folder(path: str, fill) -> None:
-  """Writes the folder `path` whole or not at all: `fill(tmp)` fills a folder beside it,
-  which then replaces `path` (a previous `path` is put back if the swap fails)."""
-  try:
-    _write_folder(os.path.abspath(path), fill)
-  except OSError as e:
-    raise write_failed(path, e, "any previous folder there is intact") from None
-
-
-def _write_folder(path: str, fill) -> None:
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-  try:
-    os.chmod(tmp, umask_mode(0o777))
-    fill(tmp)
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-      try:
-        os.replace(path, os.path.join(old, "previous"))
-        try:
-          os.replace(tmp, path)
-        except BaseException:
-          os.replace(os.path.join(old, "previous"), path)
-          raise
-      finally:
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: str, obj: Any) -> None:
-  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-
-
-def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
-  write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n"
-                           for r in records))
-
-
-def _jsonable(x):
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  raise TypeError(f"cannot write {type(x).__name__} as JSON")
 
 
 def zoomed_limits(series: Sequence[np.ndarray], pad: float = 0.1) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""flatl2o.optimizers.resolve: a name, pretrained:NAME or an export folder -> optax."""
+"""flatl2o.optimizers.resolve (flatl2o/resolve.py): a name, pretrained:NAME or an export folder -> optax."""
 
 import jax
 import jax.numpy as jnp

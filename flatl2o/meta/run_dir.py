@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flatl2o import checkpoints, environment, folders, report
+from flatl2o import atomic_files, checkpoints, environment, folders
 from flatl2o.checkpoints import CheckpointError
 from flatl2o.meta.config import MetaTrainConfig
 from flatl2o.optimizers import base as lopt_base
@@ -151,7 +151,7 @@ class RunCheckpointer:
     self._manager.reload()
 
   def save(self, step: int, state: Any) -> None:
-    """Writes step `step`; a failed write (a full disk) raises `report.WriteError`.
+    """Writes step `step`; a failed write (a full disk) raises `atomic_files.WriteError`.
 
     orbax writes a step into a temporary folder and renames it when complete,
     so a failed save leaves the steps before it as they were.
@@ -168,7 +168,7 @@ class RunCheckpointer:
               else "no earlier checkpoint exists")
       if cause is None:
         cause = OSError(None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-      raise report.write_failed(os.path.join(self.directory, str(step)), cause, kept) from None
+      raise atomic_files.write_failed(os.path.join(self.directory, str(step)), cause, kept) from None
 
   def restore(self, step: int, template: Any) -> Any:
     try:
@@ -202,7 +202,7 @@ class MetricsWriter:
             break  # a line cut by a crash ends the readable part
           if record.get("iteration", 0) <= keep_through:
             kept.append(record)
-    report.write_jsonl(self.path, kept)
+    atomic_files.write_jsonl(self.path, kept)
     self._file = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -215,7 +215,7 @@ class MetricsWriter:
       self._file.write(json.dumps(record, sort_keys=True) + "\n")
       self._file.flush()
     except OSError as e:  # a line cut here is dropped at the next resume
-      raise report.write_failed(self.path, e, "the lines before it are intact") from None
+      raise atomic_files.write_failed(self.path, e, "the lines before it are intact") from None
     if self._tb is not None:
       for k, v in record.items():
         if k != "iteration" and isinstance(v, (int, float)) and np.isfinite(v):
@@ -239,7 +239,7 @@ class RunDirectory:
     claim(path, description, write=self.primary)
     self.path = path
     if self.primary:
-      report.write_json(os.path.join(path, "versions.json"), environment.describe())
+      atomic_files.write_json(os.path.join(path, "versions.json"), environment.describe())
     self._checkpointer = RunCheckpointer(path)
     self._writer: MetricsWriter | None = None
 

@@ -16,8 +16,16 @@ from flatl2o.optimizers.l2o_dm import L2ODM, L2ODMState  # isort: skip
 from flatl2o.optimizers.rnnprop import RNNProp, RNNPropState  # isort: skip
 from flatl2o.optimizers.l2o_scale import L2OScale, L2OScaleState  # isort: skip
 from flatl2o.optimizers.mlp_lopt import MLPLOpt, MLPLOptState  # isort: skip
-from flatl2o.optimizers.resolve import resolve  # isort: skip
 
 __all__ = ["L2ODM", "L2ODMState", "L2OScale", "L2OScaleState", "LearnedOptimizer", "MLPLOpt", "MLPLOptState",
            "OptimizerError", "RNNProp", "RNNPropState", "default_hparams", "get", "learned",
-           "learned_names", "names", "register"]
+           "learned_names", "names", "register", "resolve"]
+
+
+def __getattr__(name):  # pylint: disable=invalid-name  (PEP 562)
+  # `resolve` loads from checkpoints and pretrained, which import this package: it lives
+  # above them (flatl2o/resolve.py) and comes here when first asked for.
+  if name == "resolve":
+    from flatl2o.resolve import resolve  # pylint: disable=g-import-not-at-top
+    return resolve
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ from typing import Any
 
 import optax
 
-from flatl2o import _checks, checkpoints, report
+from flatl2o import _checks, atomic_files, checkpoints
 from flatl2o.pretrained import _cards
 from flatl2o.pretrained._cards import CARD_FIELDS, TRAINING_FIELDS, render_card
 
@@ -119,14 +119,14 @@ def add(name: str, export_dir: str, card: dict[str, Any], root: str | None = Non
     description = json.load(f)
   full_card = _cards.complete(name, card, description, lopt, PretrainedError)
   # card.md from the card as card.json stores it (keys sorted), so card(name) renders the same.
-  full_card = json.loads(json.dumps(full_card, sort_keys=True, default=report._jsonable))  # pylint: disable=protected-access
+  full_card = json.loads(json.dumps(full_card, sort_keys=True, default=atomic_files.jsonable))
 
   def fill(folder):
     for filename in checkpoints.EXPORT_FILES:
       shutil.copyfile(os.path.join(export_dir, filename), os.path.join(folder, filename))
-    report.write_json(os.path.join(folder, CARD_JSON), full_card)
-    report.write_text(os.path.join(folder, CARD_MD), render_card(full_card))
+    atomic_files.write_json(os.path.join(folder, CARD_JSON), full_card)
+    atomic_files.write_text(os.path.join(folder, CARD_MD), render_card(full_card))
     checkpoints.load_learned(folder)  # the copy is whole
 
-  report.write_folder(target, fill)
+  atomic_files.write_folder(target, fill)
   return target

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any, Callable
 
-from flatl2o import folders, report
+from flatl2o import atomic_files, folders
 from flatl2o.study.config import StudyConfig, upgrade_identity
 
 IDENTITY_FILE = "protocol.json"
@@ -91,7 +91,7 @@ class Cells:
       return None
 
   def put(self, value: dict, *parts: str) -> dict:
-    report.write_json(self.path(*parts), value)
+    atomic_files.write_json(self.path(*parts), value)
     self.computed += 1
     if self.on_put is not None:
       self.on_put()

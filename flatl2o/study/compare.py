@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from flatl2o import evaluation, folders, optimizers, pretrained, report, stats, tasks
-from flatl2o.optimizers.resolve import export_description, is_hand_designed
+from flatl2o.resolve import export_description, is_hand_designed
 from flatl2o.study import multiseed
 
 METRICS = ("train_loss", "test_accuracy", "test_loss", "hessian_trace", "top_eigenvalue",

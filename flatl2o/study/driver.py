@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flatl2o import environment, optimizers, report
+from flatl2o import atomic_files, environment, optimizers
 from flatl2o.study import analysis
 from flatl2o.study import sweep as sweep_lib
 from flatl2o.study.cells import Cells
@@ -78,7 +78,7 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
 
   def keep_part():  # after every cell: a killed part loses at most its last cell's time
     part.update(seconds=time.perf_counter() - start, cells=cells.computed)
-    report.write_json(os.path.join(run_dir, WALL_TIME_FILE), {"parts": earlier + [part]})
+    atomic_files.write_json(os.path.join(run_dir, WALL_TIME_FILE), {"parts": earlier + [part]})
 
   cells.on_put = keep_part
   try:
@@ -504,7 +504,7 @@ def sweep_points(sweep: dict[str, dict]) -> list[dict]:
 def write_outputs(results: dict, out_dir: str) -> dict:
   """results.json, results.md and the figures; returns the table."""
   table = summarize(results)
-  report.write_json(os.path.join(out_dir, "results.json"), {**results, "table": table})
-  report.write_text(os.path.join(out_dir, "results.md"), markdown(results, table))
+  atomic_files.write_json(os.path.join(out_dir, "results.json"), {**results, "table": table})
+  atomic_files.write_text(os.path.join(out_dir, "results.md"), markdown(results, table))
   figures(results, table, out_dir)
   return table

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from flatl2o import checkpoints, evaluation, folders, optimizers, report, tasks
-from flatl2o.optimizers.resolve import (export_description, export_path, is_hand_designed,
+from flatl2o.resolve import (export_description, export_path, is_hand_designed,
                                         pretrained_name)
 
 LANDSCAPE_FILES = ("landscape_1d.png", "landscape_2d.png")

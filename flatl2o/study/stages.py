@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from flatl2o import checkpoints, evaluation, meta, optimizers, report, tasks
+from flatl2o import atomic_files, checkpoints, evaluation, meta, optimizers, tasks
 from flatl2o import flatness as flatness_lib
 from flatl2o.checkpoints import save_optimizer
 from flatl2o.study.cells import Cells
@@ -51,38 +51,27 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                     progress: str = "", tracker=None) -> dict:
   """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir.
 
-  With `keep_improvements` every improvement of the selected optimizer is also
-  exported (`optimizers/NAME@STEP`), so the best within any earlier budget is
-  at hand without retraining (the same-budget control). With `measure_ratio`
-  the cell records `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected
-  meta-parameters). `progress` prefixes its log lines (e.g. "cell 3/15");
-  `tracker` (a `flatl2o.study.progress.Progress` with an item of the cell's name)
-  is told of every logged meta-step, and its ETA ends each validation's line.
+  With `keep_improvements` every improvement of the selected optimizer is also exported
+  (`optimizers/NAME@STEP`): the best within any earlier budget is at hand without
+  retraining (the same-budget control). With `measure_ratio` the cell records
+  `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected meta-parameters).
+  `progress` prefixes its log lines ("cell 3/15"); `tracker` (a `Progress` with an item
+  of the cell's name) is told of every logged meta-step and ends each validation's line.
   """
-  name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}"
-  if num_meta_iterations is not None:
-    name += f"-budget{num_meta_iterations}"
+  name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}" + (
+      f"-budget{num_meta_iterations}" if num_meta_iterations is not None else "")
+  tracked = tracker is not None and name in tracker.items
   cached = cells.get("meta", name)
   if cached is not None:
-    if tracker is not None and name in tracker.items:
+    if tracked:
       tracker.skip(name)
     return cached
-  s = config.settings
-  tracked = tracker is not None and name in tracker.items
   if tracked:
     tracker.start(name)
-  mconfig = meta_config(model, kind, coefficient, seed, s, num_meta_iterations)
+  mconfig = meta_config(model, kind, coefficient, seed, config.settings, num_meta_iterations)
   run_dir = os.path.join(cells.run_dir, "meta", name)
   prefix = f"{progress} " if progress else ""
-  cap = mconfig.num_meta_iterations
-  stop_rule = (f", stops {mconfig.patience} without improvement after "
-               f"{mconfig.min_meta_iterations}" if mconfig.patience else "")
-  log(f"{prefix}meta-training {name} (up to {cap} meta-steps{stop_rule})")
-  checkpoints_dir = os.path.join(run_dir, "checkpoints")
-  saved = [int(d) for d in (os.listdir(checkpoints_dir) if os.path.isdir(checkpoints_dir)
-                            else []) if d.isdigit()]
-  if saved:  # an interrupted run: meta_train resumes from its newest intact checkpoint
-    log(f"{prefix}resuming {name} at meta-step {max(saved)}")
+  _announce(log, prefix, name, mconfig, run_dir)
   start = time.perf_counter() - _earlier_seconds(run_dir)
   lopt = architecture(model)
   improvements = []
@@ -92,32 +81,24 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                    meta_params)
     improvements.append(step)
 
-  def show(record):
-    if tracked:
-      tracker.update(name, record["iteration"])
-    if "validation_score" in record:
-      rate = record.get("meta_steps_per_second", float("nan"))
-      eta = f"; {tracker.line()}" if tracker is not None else ""
-      log(f"{prefix}{name}: meta-step {record['iteration']}/{cap}, validation "
-          f"{record['validation_score']:.4f}{' (collapsed)' if record['collapsed'] else ''}, "
-          f"{rate:.1f} meta-steps/s{eta}")
-
+  identity = {"name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
+              "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations}
   try:
-    result = meta.meta_train(lopt, task, mconfig, run_dir=run_dir, callback=show,
-                             should_stop=should_stop,
-                             on_improvement=keep if keep_improvements else None)
+    result = meta.meta_train(
+        lopt, task, mconfig, run_dir=run_dir, should_stop=should_stop,
+        callback=_validation_lines(log, prefix, name, mconfig.num_meta_iterations,
+                                   tracker if tracked else None, tracker),
+        on_improvement=keep if keep_improvements else None)
   except meta.MetaTrainingInterrupted as e:
-    report.write_json(os.path.join(run_dir, CELL_WALL_TIME_FILE),
-                      {"seconds": time.perf_counter() - start})
+    atomic_files.write_json(os.path.join(run_dir, CELL_WALL_TIME_FILE),
+                            {"seconds": time.perf_counter() - start})
     raise StudyInterrupted(f"meta-training {name}, meta-step {e.iteration}") from None
   except meta.MetaTrainingDivergedError as e:
     # Too large a coefficient can blow the meta-training up: a cell like a collapse, with
     # nothing to meta-test, instead of a run that stops (and stops again when resumed).
     log(f"{name}: {e}")
     return cells.put({
-        "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
-        "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
-        "meta_steps_done": None,
+        **identity, "meta_steps_done": None,
         "best_validation_accuracy": float("-inf"), "best_meta_step": -1, "collapsed": True,
         "diverged": True, "validations": validations(run_dir), "export": None,
         "grad_ratio": {"ratio": float("nan")} if measure_ratio else None,
@@ -127,27 +108,50 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
   if keep_improvements and result.resumed_from is not None:
     # Improvements up to the checkpoint resumed from were exported by the earlier part(s)
     # (a meta-step's export comes before its checkpoint); later ones are made again.
-    improvements = sorted({*improvements, *(
-        step for step in exported_improvements(cells.run_dir, name)
-        if step <= result.resumed_from)})
+    improvements = sorted({*improvements, *exported_improvements(
+        cells.run_dir, name, up_to=result.resumed_from)})
   export = os.path.join(cells.run_dir, "optimizers", name)
   # A collapsed cell's export says so (evaluate warns); the sweep never chooses it.
   save_optimizer(export, lopt, result.meta_params, metadata=None if not result.collapsed else
                  {"status": result.status, "meta_step": result.selected_iteration})
-  ratio = None
-  if measure_ratio:
-    ratio = meta.gradient_ratio(lopt, task, mconfig, result.meta_params,
-                                jax.random.fold_in(jax.random.key(seed), 0x6AD))
+  ratio = meta.gradient_ratio(lopt, task, mconfig, result.meta_params, jax.random.fold_in(
+      jax.random.key(seed), 0x6AD)) if measure_ratio else None
   return cells.put({
-      "name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
-      "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations,
-      "meta_steps_done": int(result.meta_steps_done),
+      **identity, "meta_steps_done": int(result.meta_steps_done),
       "best_validation_accuracy": float(result.best_score),
       "best_meta_step": int(result.best_iteration), "collapsed": bool(result.collapsed),
       "skipped_meta_steps": int(result.num_skipped), "validations": validations(run_dir),
       "export": os.path.relpath(export, cells.run_dir),
       "improvements": improvements if keep_improvements else None,
       "grad_ratio": ratio, "wall_time_s": time.perf_counter() - start}, "meta", name)
+
+
+def _announce(log, prefix: str, name: str, mconfig, run_dir: str) -> None:
+  """The cell's first line (its budget and stop rule), and where it resumes, if it does."""
+  stop_rule = (f", stops {mconfig.patience} without improvement after "
+               f"{mconfig.min_meta_iterations}" if mconfig.patience else "")
+  log(f"{prefix}meta-training {name} (up to {mconfig.num_meta_iterations} meta-steps"
+      f"{stop_rule})")
+  checkpoints_dir = os.path.join(run_dir, "checkpoints")
+  saved = [int(d) for d in (os.listdir(checkpoints_dir) if os.path.isdir(checkpoints_dir)
+                            else []) if d.isdigit()]
+  if saved:  # an interrupted run: meta_train resumes from its newest intact checkpoint
+    log(f"{prefix}resuming {name} at meta-step {max(saved)}")
+
+
+def _validation_lines(log, prefix: str, name: str, cap: int, tracked, tracker):
+  """meta_train's callback: tells `tracked` (the tracker, when the cell is one of its items)
+  of every meta-step, and logs each validation with the study's ETA (`tracker`)."""
+  def show(record):
+    if tracked is not None:
+      tracked.update(name, record["iteration"])
+    if "validation_score" in record:
+      rate = record.get("meta_steps_per_second", float("nan"))
+      eta = f"; {tracker.line()}" if tracker is not None else ""
+      log(f"{prefix}{name}: meta-step {record['iteration']}/{cap}, validation "
+          f"{record['validation_score']:.4f}{' (collapsed)' if record['collapsed'] else ''}, "
+          f"{rate:.1f} meta-steps/s{eta}")
+  return show
 
 
 CELL_WALL_TIME_FILE = "cell_wall_time.json"
@@ -162,13 +166,23 @@ def _earlier_seconds(run_dir: str) -> float:
     return 0.0
 
 
-def exported_improvements(study_dir: str, name: str) -> list[int]:
-  """The meta-steps of the improvement exports `optimizers/NAME@STEP` in a study folder."""
+def exported_improvements(study_dir: str, name: str, up_to: int | None = None) -> list[int]:
+  """The meta-steps of the improvement exports `optimizers/NAME@STEP` in a study folder.
+
+  Args:
+    study_dir: the study folder.
+    name: the cell's name.
+    up_to: only steps up to this one (None: all).
+
+  Returns:
+    The steps, increasing.
+  """
   folder = os.path.join(study_dir, "optimizers")
   prefix = f"{name}@"
   found = os.listdir(folder) if os.path.isdir(folder) else []
-  return sorted(int(d[len(prefix):]) for d in found
-                if d.startswith(prefix) and d[len(prefix):].isdigit())
+  steps = sorted(int(d[len(prefix):]) for d in found
+                 if d.startswith(prefix) and d[len(prefix):].isdigit())
+  return [step for step in steps if up_to is None or step <= up_to]
 
 
 def best_within(records: list[dict], budget: int) -> int | None:

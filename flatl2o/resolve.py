@@ -7,8 +7,8 @@ A spec is
   (`flatl2o.pretrained.names()`);
 - the folder of an exported learned optimizer (`RUN_DIR/optimizer`).
 
-`checkpoints` and `pretrained` import `optimizers`, so they are imported here
-inside the functions that need them.
+This module sits above `checkpoints` and `pretrained` (it loads from both);
+`flatl2o.optimizers.resolve` is this `resolve`, imported when first asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 
+from flatl2o import checkpoints, pretrained
 from flatl2o.optimizers import registry
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -36,7 +37,6 @@ def export_path(spec: str) -> str:
   name = pretrained_name(spec)
   if name is None:
     return spec
-  from flatl2o import pretrained  # pylint: disable=g-import-not-at-top  (imports optimizers)
   return pretrained.path(name)
 
 
@@ -58,9 +58,19 @@ def resolve(spec: str, learning_rate: float | None = None):
     ValueError: an unknown spec (one line naming what is accepted), a learning
       rate given to a learned optimizer, an unknown pretrained NAME, or a
       missing or corrupted export (`checkpoints.CheckpointError`).
+
+  Returns:
+    An optax transformation (a learned one takes `loss=` in `update` where its
+    architecture reads it).
+
+  Example:
+
+  >>> from flatl2o.resolve import resolve
+  >>> type(resolve("adam", learning_rate=0.01)).__name__
+  'GradientTransformationExtraArgs'
+  >>> resolve("pretrained:l2o_dm") is not None
+  True
   """
-  # pylint: disable=g-import-not-at-top  (both import optimizers)
-  from flatl2o import checkpoints, pretrained
   if is_hand_designed(spec):
     return registry.get(spec, learning_rate=learning_rate)
   name = pretrained_name(spec)
