@@ -24,6 +24,12 @@ def umask_mode(base: int = 0o666) -> int:
 
   `tempfile.mkstemp` / `mkdtemp` create 0600 / 0700 entries whatever the umask;
   results renamed from them into place must get the mode users expect.
+
+  Args:
+    base: the requested permission bits; 0o666 (a file) by default, 0o777 for a folder.
+
+  Returns:
+    `base` with the bits of the current umask cleared (the umask itself is left unchanged).
   """
   mask = os.umask(0)
   os.umask(mask)
@@ -39,7 +45,18 @@ class WriteError(OSError, ValueError):
 
 
 def write_failed(path: str, error: OSError, kept: str = "nothing there was replaced") -> WriteError:
-  """`error` (raised writing `path`) as a one-line `WriteError`; `kept` says what is intact."""
+  """`error` (raised writing `path`) as a one-line `WriteError`; `kept` says what is intact.
+
+  Args:
+    path: the file or folder whose write failed, named in the message.
+    error: the `OSError` raised while writing `path`.
+    kept: what is still intact, appended to the message.
+
+  Returns:
+    `error` itself if it is already a `WriteError`; otherwise a new `WriteError` whose message
+    gives `path`, the reason (`error.strerror` or the first line of `error`) and `kept`, and
+    whose `errno` is `error.errno`.
+  """
   if isinstance(error, WriteError):
     return error
   reason = error.strerror or (str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -78,7 +95,15 @@ def atomic_write(path: str, write) -> None:
 
 def write_folder(path: str, fill) -> None:
   """Writes the folder `path` whole or not at all: `fill(tmp)` fills a folder beside it,
-  which then replaces `path` (a previous `path` is put back if the swap fails)."""
+  which then replaces `path` (a previous `path` is put back if the swap fails).
+
+  Args:
+    path: the folder to write; its parent is created if missing.
+    fill: called with the path of a temporary folder beside `path`, to fill it.
+
+  Raises:
+    WriteError: the write failed (an `OSError`); any previous folder at `path` is intact.
+  """
   try:
     _write_folder(os.path.abspath(path), fill)
   except OSError as e:
@@ -111,23 +136,51 @@ def _write_folder(path: str, fill) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  """`text` (UTF-8) as the file `path`, atomically (`atomic_write`)."""
+  """`text` (UTF-8) as the file `path`, atomically (`atomic_write`).
+
+  Args:
+    path: the file to write.
+    text: its whole content, encoded as UTF-8.
+  """
   atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: str, obj: Any) -> None:
-  """`obj` as indented JSON with sorted keys (NumPy scalars and arrays as numbers and lists)."""
+  """`obj` as indented JSON with sorted keys (NumPy scalars and arrays as numbers and lists).
+
+  The file is written atomically (`write_text`) and ends with a newline.
+
+  Args:
+    path: the file to write.
+    obj: a JSON-serialisable value; NumPy scalars and arrays are converted by `jsonable`.
+  """
   write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=jsonable) + "\n")
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> None:
-  """`records` as JSON lines, one per record, atomically."""
+  """`records` as JSON lines, one per record, atomically.
+
+  Args:
+    path: the file to write.
+    records: the mappings to write, each as one line of JSON with sorted keys (NumPy scalars and
+      arrays converted by `jsonable`).
+  """
   write_text(path, "".join(json.dumps(r, sort_keys=True, default=jsonable) + "\n"
                            for r in records))
 
 
 def jsonable(x):
-  """A NumPy scalar or array as a JSON value (for `json.dumps(..., default=jsonable)`)."""
+  """A NumPy scalar or array as a JSON value (for `json.dumps(..., default=jsonable)`).
+
+  Args:
+    x: the object `json` could not serialise.
+
+  Returns:
+    A Python number for a NumPy floating or integer scalar; a (nested) list for a NumPy array.
+
+  Raises:
+    TypeError: `x` is neither a NumPy scalar nor a NumPy array.
+  """
   if isinstance(x, (np.floating, np.integer)):
     return x.item()
   if isinstance(x, np.ndarray):

@@ -16,7 +16,12 @@ HAND_DESIGNED = ("sgd", "momentum", "adam", "rmsprop", "adagrad", "sam", "entrop
 
 
 def pretrained() -> tuple[str, ...]:
-  """The shipped pretrained optimizers, as `flatl2o.pretrained.names()` lists them (sorted)."""
+  """The shipped pretrained optimizers, as `flatl2o.pretrained.names()` lists them (sorted).
+
+  Returns:
+    The sorted names of the folders under `flatl2o/pretrained` holding an `optimizer.json`;
+    empty if that folder does not exist.
+  """
   root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
   if not os.path.isdir(root):
     return ()

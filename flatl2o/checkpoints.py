@@ -96,7 +96,22 @@ def save_optimizer(path: str, lopt, meta_params, metadata: dict[str, Any] | None
 
 
 def load_learned(path: str):
-  """Returns `(lopt, meta_params)` of an exported optimizer, fully checked."""
+  """Returns `(lopt, meta_params)` of an exported optimizer, fully checked.
+
+  Args:
+    path: the export's folder, as written by `save_optimizer` (e.g. RUN_DIR/optimizer).
+
+  Returns:
+    `(lopt, meta_params)`: the learned-optimizer architecture rebuilt from its registered name
+    and hyper-parameters, and its meta-parameters as a pytree of JAX arrays shaped like
+    `lopt.init`'s.
+
+  Raises:
+    CheckpointError: `path` is missing or not an export; optimizer.json is corrupted, of another
+      format or version, or names an unregistered architecture or bad hyper-parameters;
+      meta_params.npz is unreadable or fails its SHA-256 check; or its arrays do not match the
+      architecture's meta-parameters (names or shapes).
+  """
   meta_path = os.path.join(path, _META_FILE)
   if not os.path.exists(path):
     raise CheckpointError(f"{path} does not exist; pass the folder written by save_optimizer, "
@@ -162,7 +177,15 @@ def load_learned(path: str):
 
 
 def metadata(path: str) -> dict[str, Any]:
-  """The "metadata" of an export's optimizer.json ({} when it has none, as older ones)."""
+  """The "metadata" of an export's optimizer.json ({} when it has none, as older ones).
+
+  Args:
+    path: the export's folder.
+
+  Returns:
+    The "metadata" dict; {} also when optimizer.json is missing or unreadable or its
+    "metadata" is not a dict (`load_learned` reports what is wrong with it).
+  """
   try:
     with open(os.path.join(path, _META_FILE)) as f:
       value = json.load(f).get("metadata", {})
@@ -172,13 +195,28 @@ def metadata(path: str) -> dict[str, Any]:
 
 
 def status(path: str) -> str:
-  """"trained", or "collapsed" / "undertrained" for an export marked so at meta-training."""
+  """"trained", or "collapsed" / "undertrained" for an export marked so at meta-training.
+
+  Args:
+    path: the export's folder.
+
+  Returns:
+    The "status" of its metadata, one of `STATUSES`; "trained" when it has none or an unknown
+    one.
+  """
   value = metadata(path).get("status", "trained")
   return value if value in STATUSES else "trained"
 
 
 def status_warning(path: str) -> str | None:
-  """One line warning about an export marked collapsed or undertrained, else None."""
+  """One line warning about an export marked collapsed or undertrained, else None.
+
+  Args:
+    path: the export's folder (also named in the warning).
+
+  Returns:
+    The warning line for a "collapsed" or "undertrained" `status`; None for a trained one.
+  """
   value = status(path)
   if value == "collapsed":
     return (f"warning: {path} is marked collapsed: at every validation of its meta-training "
@@ -191,7 +229,16 @@ def status_warning(path: str) -> str | None:
 
 
 def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:
-  """Loads an exported learned optimizer as a ready optax transformation."""
+  """Loads an exported learned optimizer as a ready optax transformation.
+
+  Args:
+    path: the export's folder, as written by `save_optimizer`; checked as `load_learned` does
+      (which raises `CheckpointError` for a bad export).
+
+  Returns:
+    `lopt.transform(meta_params)`: an `optax.GradientTransformationExtraArgs` applying the
+    learned optimizer with its exported meta-parameters.
+  """
   lopt, meta_params = load_learned(path)
   return lopt.transform(meta_params)
 

@@ -18,7 +18,15 @@ import typing
 
 
 def field_docs(cls) -> dict[str, str]:
-  """`field -> description` from the `Attributes:` section of a Google-style docstring."""
+  """`field -> description` from the `Attributes:` section of a Google-style docstring.
+
+  Args:
+    cls: the class (or any object with a docstring) whose `Attributes:` section is read.
+
+  Returns:
+    Each attribute's name mapped to its description, continuation lines joined by single
+    spaces; {} when there is no docstring or no `Attributes:` section.
+  """
   doc = inspect.getdoc(cls) or ""
   match = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, re.S | re.M)
   docs, name = {}, None
@@ -33,7 +41,15 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def unoptional(tp):
-  """`T` for `T | None`, else `tp`."""
+  """`T` for `T | None`, else `tp`.
+
+  Args:
+    tp: a type annotation (already resolved, not a string).
+
+  Returns:
+    `T` when `tp` is a union of exactly one type with None (`T | None`, `Optional[T]`);
+    otherwise `tp` unchanged.
+  """
   if typing.get_origin(tp) in (typing.Union, types.UnionType):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if len(args) == 1:
@@ -42,7 +58,16 @@ def unoptional(tp):
 
 
 def leaves(cls, prefix: str = ""):
-  """`(path, field, type, doc)` for every non-dataclass field, nested ones included."""
+  """`(path, field, type, doc)` for every non-dataclass field, nested ones included.
+
+  Args:
+    cls: a dataclass type; fields whose type is itself a dataclass are walked recursively.
+    prefix: prepended to every path (the dotted path of `cls` within an outer dataclass).
+
+  Yields:
+    `(path, field, type, doc)` in field order: the dotted path, the `dataclasses.Field`, its
+    resolved type hint, and its `Attributes:` description (the field's name when it has none).
+  """
   hints, docs = typing.get_type_hints(cls), field_docs(cls)
   for f in dataclasses.fields(cls):
     if dataclasses.is_dataclass(hints[f.name]):

@@ -19,7 +19,11 @@ PACKAGES = ("flatl2o", "jax", "jaxlib", "optax", "flax", "chex", "orbax-checkpoi
 
 
 def allocator() -> str:
-  """The malloc in use: XLA's CPU speed depends on it (docs/performance.md)."""
+  """The malloc in use: XLA's CPU speed depends on it (docs/performance.md).
+
+  Returns:
+    "jemalloc" or "tcmalloc" when `LD_PRELOAD` names it, else "glibc".
+  """
   preload = os.environ.get("LD_PRELOAD", "")
   for name in ("jemalloc", "tcmalloc"):
     if name in preload:
@@ -28,7 +32,13 @@ def allocator() -> str:
 
 
 def describe() -> dict[str, Any]:
-  """Python, platform, JAX backend and device, allocator, and package versions."""
+  """Python, platform, JAX backend and device, allocator, and package versions.
+
+  Returns:
+    A JSON-able dict with keys "python", "platform", "machine", "cpu_count", "jax", "backend",
+    "device" (the first device's kind), "device_count", "allocator" and "packages" (each of
+    `PACKAGES` mapped to its installed version, or None when it is not installed).
+  """
   versions = {}
   for package in PACKAGES:
     try:

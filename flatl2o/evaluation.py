@@ -61,6 +61,14 @@ class TrainResult:
   params_at: dict[int, Any] = dataclasses.field(default_factory=dict)
 
   def final(self, split: str = "test") -> dict[str, float]:
+    """The metrics of `split` at the last evaluation (the end of training).
+
+    Args:
+      split: one of the evaluated splits (the keys of `metrics`).
+
+    Returns:
+      `metric name -> value` at the last of `eval_steps`, as Python floats.
+    """
     return {k: float(v[-1]) for k, v in self.metrics[split].items()}
 
 
@@ -78,6 +86,18 @@ def flatness_measures(task, params, key: jax.Array) -> dict[str, jax.Array]:
 
   Also returns the loss itself (`flatness_batch_loss`): compare flatness at
   matched training loss, since the trace falls with the loss (docs/science.md).
+
+  Args:
+    task: the optimizee (`flatl2o.tasks.get`); its loss on `task.fixed_batch(FLATNESS_BATCH)`
+      is measured.
+    params: the optimizee parameters to measure at.
+    key: PRNG key, split into three: the Hutchinson probes, the Lanczos start vector and the
+      local-entropy perturbations.
+
+  Returns:
+    Scalar arrays: "flatness_batch_loss", "hessian_trace" (Hutchinson, 32 probes),
+    "top_eigenvalue" (top Ritz value of 20 Lanczos steps) and "local_entropy_gap" (-F - f at
+    gamma = FLATNESS_GAMMA, 128 samples).
   """
   batch = task.fixed_batch(FLATNESS_BATCH)
   f = lambda p: task.loss(p, batch)
@@ -121,6 +141,14 @@ def loss_landscape(task, params, key: jax.Array, radius: float = 1.0,
   direction (Li et al.), unless no leaf has a filter (ndim >= 2; e.g. the
   quadratic task's weight vector): then every leaf is moved, rescaled to its norm.
 
+  Args:
+    task: the optimizee (`flatl2o.tasks.get`).
+    params: the centre point, the optimizee parameters.
+    key: PRNG key of the two directions.
+    radius: the coefficients run over [-radius, radius], a positive number.
+    num_points_1d: points of the 1-D slice, a positive integer (odd: 0 is one of them).
+    num_points_2d: points per axis of the 2-D grid, a positive integer.
+
   Returns:
     NumPy arrays: "alphas" `[num_points_1d]` and "loss_1d" (same length),
     "alphas_2d" / "betas_2d" `[num_points_2d]` and "loss_2d"
@@ -143,7 +171,15 @@ EXTRA_ARGS = ("loss", "grad_fn")
 
 
 def accepted_extra_args(tx: optax.GradientTransformation) -> tuple[str, ...]:
-  """Which of `EXTRA_ARGS` `tx.update` takes (all of them with `**extra_args`)."""
+  """Which of `EXTRA_ARGS` `tx.update` takes (all of them with `**extra_args`).
+
+  Args:
+    tx: an optax transformation.
+
+  Returns:
+    The names of `EXTRA_ARGS` ("loss", "grad_fn") that `tx.update`'s signature names, in that
+    order; all of them when it takes `**kwargs`; none when its signature cannot be read.
+  """
   try:
     params = inspect.signature(tx.update).parameters.values()
   except (TypeError, ValueError):
@@ -155,7 +191,14 @@ def accepted_extra_args(tx: optax.GradientTransformation) -> tuple[str, ...]:
 
 
 def accepts_loss(tx: optax.GradientTransformation) -> bool:
-  """Whether `tx.update` takes a `loss=` keyword (or any extra keywords)."""
+  """Whether `tx.update` takes a `loss=` keyword (or any extra keywords).
+
+  Args:
+    tx: an optax transformation.
+
+  Returns:
+    True when "loss" is among `accepted_extra_args(tx)`.
+  """
   return "loss" in accepted_extra_args(tx)
 
 
@@ -166,6 +209,15 @@ def step_fn(task, tx: optax.GradientTransformation):
   loss) and `grad_fn=` (`(params, key) -> gradient` on a minibatch drawn from
   `key`, for optimizers such as Entropy-SGD that need gradients elsewhere),
   each when its `update` accepts it.
+
+  Args:
+    task: the optimizee (`flatl2o.tasks.get`): its `loss` and `sample_batch` are used.
+    tx: the optax transformation that updates the parameters.
+
+  Returns:
+    `step(params, opt_state, key)`: draws a minibatch from `key`, updates with `tx` and
+    returns the new parameters, the new optimizer state and the minibatch loss before the
+    update.
   """
   accepted = accepted_extra_args(tx)
   grad_fn = lambda p, k: jax.grad(task.loss)(p, task.sample_batch(k))
@@ -195,6 +247,11 @@ class Learned(NamedTuple):
   meta_params: Any
 
   def transform(self) -> optax.GradientTransformation:
+    """The learned optimizer as an optax transformation.
+
+    Returns:
+      `lopt.transform(meta_params)`, with the meta-parameters as constants.
+    """
     return self.lopt.transform(self.meta_params)
 
 
@@ -206,6 +263,13 @@ def chunk_runner(tx: optax.GradientTransformation):
   batch from `fold_in(data_key, t)`, and returns `(params, opt_state, losses)`.
   One compiled runner per transformation (cached), shared by every seed and
   task of the same shapes; `train` runs it chunk by chunk, benchmarks time it.
+
+  Args:
+    tx: the optax transformation (hashable: it is the cache key).
+
+  Returns:
+    The jitted `run_chunk`, `length` static; `losses` is `[length]`, the minibatch loss of
+    each step before its update.
   """
   return jax.jit(functools.partial(_run_chunk, lambda: tx), static_argnames="length")
 
@@ -216,6 +280,13 @@ def learned_chunk_runner(lopt):
 
   `run_chunk(meta_params, task, params, opt_state, data_key, first_step, length)`:
   one compilation for every meta-parameter set of the architecture `lopt`.
+
+  Args:
+    lopt: the learned-optimizer architecture (hashable: it is the cache key).
+
+  Returns:
+    The jitted `run_chunk`, `length` static, returning `(params, opt_state, losses)` as
+    `chunk_runner`'s does.
   """
   def run_chunk(meta_params, task, params, opt_state, data_key, first_step, length):
     return _run_chunk(lambda: lopt.transform(meta_params), task, params, opt_state, data_key,

@@ -33,12 +33,27 @@ from flatl2o import atomic_files
 
 
 def safe_name(text: str) -> str:
-  """`text` as one folder name: every run of other characters than [A-Za-z0-9_.-] becomes '_'."""
+  """`text` as one folder name: every run of other characters than [A-Za-z0-9_.-] becomes '_'.
+
+  Args:
+    text: any string (a task, optimizer or configuration name).
+
+  Returns:
+    `text` with each run of characters other than word characters, '.' and '-' replaced by a
+    single '_' (so it holds no '/').
+  """
   return re.sub(r"[^\w.-]+", "_", text)
 
 
 def as_json(value: Any) -> Any:
-  """`value` as it reads back from a JSON file (tuples as lists, keys as strings)."""
+  """`value` as it reads back from a JSON file (tuples as lists, keys as strings).
+
+  Args:
+    value: a JSON-able value; NumPy scalars and arrays are accepted (as numbers and lists).
+
+  Returns:
+    `json.loads(json.dumps(value))`: plain dicts, lists, strings, numbers, booleans and None.
+  """
   return json.loads(json.dumps(value, default=_plain))
 
 
@@ -85,7 +100,18 @@ def check_output_folder(path: str, what: str = "output folder") -> None:
 
 
 def first_difference(old: Any, new: Any, prefix: str = "") -> str:
-  """The first differing key of two JSON values (sorted, depth first), as 'key was X, now Y'."""
+  """The first differing key of two JSON values (sorted, depth first), as 'key was X, now Y'.
+
+  Args:
+    old: the value found (e.g. a folder's recorded identity).
+    new: the value asked for.
+    prefix: the dotted path of `old` and `new` within the outer value ("" at the top).
+
+  Returns:
+    'PATH was X, now Y' with PATH the dotted key path of the first differing entry (a key
+    missing on one side reads None) and X, Y the `repr`s there; when `old` and `new` are not
+    both dicts, PATH is `prefix` without its trailing '.'.
+  """
   if isinstance(old, dict) and isinstance(new, dict):
     for k in sorted(set(old) | set(new)):
       if old.get(k) != new.get(k):
@@ -94,7 +120,16 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str:
 
 
 def differing_keys(old: dict, new: dict) -> list[str]:
-  """Top-level keys whose values differ: `new`'s order first, then keys of one only, sorted."""
+  """Top-level keys whose values differ: `new`'s order first, then keys of one only, sorted.
+
+  Args:
+    old: the dict found.
+    new: the dict asked for.
+
+  Returns:
+    The keys whose values differ (a missing key reads None): keys of both in `new`'s order,
+    then keys of only one of them, sorted.
+  """
   order = [k for k in new if k in old] + sorted(set(old) ^ set(new))
   return [k for k in order if old.get(k) != new.get(k)]
 
@@ -223,7 +258,15 @@ class FolderLock:
 
 
 def holder_of(path: str) -> str:
-  """Who the lock file of `path` names ('PID N on host H'), or 'another process'."""
+  """Who the lock file of `path` names ('PID N on host H'), or 'another process'.
+
+  Args:
+    path: the locked folder (its `.lock` file is read).
+
+  Returns:
+    'PID N on host H' from the lock file's "pid" and "host"; 'another process' when the file
+    is missing, unreadable or names no holder.
+  """
   try:
     with open(os.path.join(path, LOCK_FILE)) as f:
       found = json.load(f)

@@ -48,6 +48,11 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
   Args:
     rows: row label -> column name -> `summarize` output.
     columns: the columns to show, in order.
+
+  Returns:
+    The table as lines joined by newlines: a header of the column names, a rule of dashes,
+    then one left-aligned line per row; a cell is 'mean ± ci95', the mean alone when ci95 is
+    NaN, or '-' when the row has no such column.
   """
   def cell(s):
     if s is None:
@@ -69,6 +74,16 @@ def zoomed_limits(series: Sequence[np.ndarray], pad: float = 0.1) -> tuple[float
 
   The untrained model's accuracy (~0.1) would otherwise set the axis, and the
   differences that matter (a few tenths of a percent) would vanish.
+
+  Args:
+    series: the curves to show, each an array of values at the evaluation steps along its
+      last axis (any leading axes, e.g. seeds); the first entry along that axis is left out.
+    pad: the margin added below and above, as a fraction of the values' span (a span under
+      1e-3 counts as 1e-3).
+
+  Returns:
+    `(low, high)` spanning every finite value after step 0, padded; (0.0, 1.0) when there is
+    none.
   """
   later = np.concatenate([np.ravel(np.asarray(v, np.float64)[..., 1:]) for v in series])
   later = later[np.isfinite(later)]
@@ -261,6 +276,19 @@ def slq_density(grid: Sequence[float], ritz_values: Sequence[float], weights: Se
   """sum_k w_k N(t; theta_k, sigma^2) at each t of `grid`: a smoothed SLQ eigenvalue density.
 
   Weights are normalised to sum 1, so the density integrates to 1.
+
+  Args:
+    grid: the eigenvalues t at which to evaluate the density.
+    ritz_values: the SLQ nodes theta_k (flattened; e.g. `flatness.hessian_spectrum`).
+    weights: their weights w_k, as many as `ritz_values` (flattened).
+    sigma: the standard deviation of each Gaussian, a positive finite number.
+
+  Returns:
+    A float64 array shaped like `grid`: the density at each t.
+
+  Raises:
+    ValueError: `ritz_values` and `weights` differ in size, or `sigma` is not a positive
+      finite number.
   """
   theta = np.ravel(np.asarray(ritz_values, np.float64))
   w = np.ravel(np.asarray(weights, np.float64))

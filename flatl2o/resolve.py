@@ -23,17 +23,41 @@ PRETRAINED_PREFIX = "pretrained:"
 
 
 def is_hand_designed(spec: str) -> bool:
-  """Whether `spec` names a hand-designed optimizer."""
+  """Whether `spec` names a hand-designed optimizer.
+
+  Args:
+    spec: an optimizer spec (see the module docstring).
+
+  Returns:
+    True when `spec` is one of `flatl2o.optimizers.names()` (the registered hand-designed
+    optimizers).
+  """
   return spec in registry.names()
 
 
 def pretrained_name(spec: str) -> str | None:
-  """NAME of `pretrained:NAME`, else None."""
+  """NAME of `pretrained:NAME`, else None.
+
+  Args:
+    spec: an optimizer spec (see the module docstring).
+
+  Returns:
+    What follows the `pretrained:` prefix (not checked against `flatl2o.pretrained.names()`),
+    or None when `spec` does not start with it.
+  """
   return spec[len(PRETRAINED_PREFIX):] if spec.startswith(PRETRAINED_PREFIX) else None
 
 
 def export_path(spec: str) -> str:
-  """The export folder of a learned spec: its path, or a pretrained optimizer's package folder."""
+  """The export folder of a learned spec: its path, or a pretrained optimizer's package folder.
+
+  Args:
+    spec: `pretrained:NAME` or the folder of an exported learned optimizer.
+
+  Returns:
+    `flatl2o.pretrained.path(NAME)` for `pretrained:NAME` (which raises `PretrainedError` for
+    an unknown NAME); otherwise `spec` itself, unchecked.
+  """
   name = pretrained_name(spec)
   if name is None:
     return spec
@@ -41,7 +65,15 @@ def export_path(spec: str) -> str:
 
 
 def export_description(spec: str) -> dict:
-  """The `optimizer.json` of a learned spec's export (architecture, sha256, ...)."""
+  """The `optimizer.json` of a learned spec's export (architecture, sha256, ...).
+
+  Args:
+    spec: `pretrained:NAME` or the folder of an exported learned optimizer (`export_path`).
+
+  Returns:
+    The parsed `optimizer.json`: format, version, architecture, hparams, array shapes, sha256,
+    written_by and, when present, metadata.
+  """
   with open(os.path.join(export_path(spec), "optimizer.json")) as f:
     return json.load(f)
 

@@ -34,6 +34,16 @@ def t_cdf(t: float, df: int) -> float:
     df even:       sin(theta) (1 + (1/2) c^2 + (1*3)/(2*4) c^4 + ...
                    + (1*3*...*(df-3)) / (2*4*...*(df-2)) c^(df-2))
   (Abramowitz and Stegun 26.7.3-4), and P(T <= t) = (1 + sign(t) A) / 2.
+
+  Args:
+    t: the point; +-inf give 1 or 0, NaN gives NaN.
+    df: the degrees of freedom, a positive integer (an integral float is accepted).
+
+  Returns:
+    P(T <= t), a float in [0, 1].
+
+  Raises:
+    ValueError: `df` is not a positive integer.
   """
   if df < 1 or int(df) != df:
     raise ValueError(f"degrees of freedom must be a positive integer, got {df!r}")
@@ -64,7 +74,18 @@ def t_cdf(t: float, df: int) -> float:
 
 
 def t_quantile(p: float, df: int) -> float:
-  """The t with P(T <= t) = p (Student's t, integer `df`), by bisection on `t_cdf`."""
+  """The t with P(T <= t) = p (Student's t, integer `df`), by bisection on `t_cdf`.
+
+  Args:
+    p: the probability, in (0, 1); the quantile of p < 0.5 is minus that of 1 - p.
+    df: the degrees of freedom, a positive integer.
+
+  Returns:
+    The quantile t, to float precision (bisection until the bracket stops shrinking).
+
+  Raises:
+    ValueError: `p` does not lie in (0, 1).
+  """
   if not 0.0 < p < 1.0:
     raise ValueError(f"a quantile's probability must lie in (0, 1), got {p!r}")
   if p < 0.5:
@@ -93,6 +114,11 @@ def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, flo
 
     half width = t_{(1 + confidence) / 2, n - 1} * s / sqrt(n),  s = std(values, ddof=1)
 
+  Args:
+    values: one value per unit (e.g. per seed).
+    confidence: the interval's confidence level, in (0, 1); the half width is still returned
+      under "ci95".
+
   Returns:
     {"mean", "ci95" (the half width; NaN below two units), "n"}.
   """
@@ -111,6 +137,17 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
   With d_i = a_i - b_i over the n units where both are finite,
     t = mean(d) / (s_d / sqrt(n)),   p = 2 (1 - F_{n-1}(|t|)).
+
+  Args:
+    a: one value per unit (e.g. per seed) of the first method.
+    b: the second method's values, unit by unit (the same units, in the same order).
+
+  Returns:
+    `interval(a - b)` ({"mean", "ci95", "n"}) with "t" and "p" added; t and p are NaN below
+    two finite differences or when the differences do not vary.
+
+  Raises:
+    ValueError: `a` and `b` have different lengths.
   """
   if len(a) != len(b):
     raise ValueError(f"paired values need the same number of units, got {len(a)} and {len(b)}")
@@ -132,6 +169,14 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> dict[str, list]:
   With the p-values sorted p_(1) <= ... <= p_(m), the adjusted ones are
     q_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
   returned in the input order; test i is rejected when q_i <= alpha.
+
+  Args:
+    p_values: the m tests' p-values.
+    alpha: the family-wise error rate.
+
+  Returns:
+    {"adjusted": the adjusted p-values q_i, "rejected": whether q_i <= alpha}, both lists in
+    the input order.
   """
   p = [float(x) for x in p_values]
   m = len(p)
@@ -150,6 +195,18 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05,
     MDE = (t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)
   (the usual approximation: the noncentral t replaced by a shifted central t),
   with `sd` the standard deviation of the paired differences over n units.
+
+  Args:
+    sd: the standard deviation of the paired differences.
+    n: the number of units (pairs), at least 2.
+    alpha: the two-sided test's significance level, in (0, 1).
+    power: the probability of detecting the effect, in (0, 1).
+
+  Returns:
+    The minimum detectable effect, in the units of `sd`.
+
+  Raises:
+    ValueError: `n` is below 2.
   """
   if n < 2:
     raise ValueError(f"a paired t-test needs at least 2 units, got {n}")
@@ -157,7 +214,14 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05,
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
-  """Ranks from 1, ties sharing their average rank."""
+  """Ranks from 1, ties sharing their average rank.
+
+  Args:
+    values: the values to rank.
+
+  Returns:
+    A float64 array of `len(values)` ranks, in the input order (the smallest value ranks 1).
+  """
   v = np.asarray(values, np.float64)
   order = np.argsort(v, kind="stable")
   r = np.empty(v.size, np.float64)
@@ -178,8 +242,16 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
   interval is tanh(atanh(rho) -/+ 1.96 * sqrt(1.06 / (n - 3))) (Fieller,
   Hartley and Pearson 1957's variance for Spearman's rho), NaN for n <= 3.
 
+  Args:
+    x: the first variable, one value per unit.
+    y: the second variable, unit by unit (as many values as `x`).
+
   Returns:
-    {"rho", "low", "high", "n"}.
+    {"rho", "low", "high", "n"}; all NaN but n for n < 2, rho NaN when either variable is
+    constant.
+
+  Raises:
+    ValueError: `x` and `y` have different lengths.
   """
   if len(x) != len(y):
     raise ValueError(f"spearman needs as many x as y, got {len(x)} and {len(y)}")

@@ -16,7 +16,11 @@ DEFAULT = "digits"
 
 
 def names() -> tuple[str, ...]:
-  """The accepted dataset names; 'idx:PATH' takes any folder."""
+  """The accepted dataset names; 'idx:PATH' takes any folder.
+
+  Returns:
+    The names accepted by `load`: 'digits', the TFDS names, then 'idx:PATH'.
+  """
   return ("digits",) + sources.TFDS_NAMES + ("idx:PATH",)
 
 

@@ -54,24 +54,64 @@ class Dataset:
   input_shape: tuple[int, ...] = struct.field(pytree_node=False)
 
   def split(self, split: str) -> tuple[jax.Array, jax.Array]:
-    """Returns `(inputs, labels)` of one split ('train', 'validation', 'test')."""
+    """Returns `(inputs, labels)` of one split ('train', 'validation', 'test').
+
+    Args:
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      `(inputs, labels)`: that split's `[n, *input_shape]` inputs and `[n]` labels.
+
+    Raises:
+      DataError: `split` is not one of `SPLITS`.
+    """
     if split not in SPLITS:
       raise DataError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
     return getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
 
   def num_examples(self, split: str) -> int:
+    """The number of examples in one split.
+
+    Args:
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      The split's number of examples, as a Python int.
+    """
     return int(self.split(split)[1].shape[0])
 
   def sample_batch(self, key: jax.Array, batch_size: int,
                    split: str = "train") -> tuple[jax.Array, jax.Array]:
-    """Draws `batch_size` examples uniformly with replacement; jit-friendly."""
+    """Draws `batch_size` examples uniformly with replacement; jit-friendly.
+
+    Args:
+      key: PRNG key that picks the examples.
+      batch_size: number of examples to draw.
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      `(inputs, labels)`: `[batch_size, *input_shape]` and `[batch_size]`.
+    """
     inputs, labels = self.split(split)
     idx = jax.random.randint(key, (batch_size,), 0, labels.shape[0])
     return inputs[idx], labels[idx]
 
 
 def held_out_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Deterministic `(kept, held_out)` index arrays; `held_out` has round(n*fraction)."""
+  """Deterministic `(kept, held_out)` index arrays; `held_out` has round(n*fraction).
+
+  Args:
+    n: number of examples to split.
+    fraction: the share to hold out, in (0, 1).
+    seed: seed of the NumPy permutation.
+
+  Returns:
+    `(kept, held_out)`: sorted index arrays that partition `range(n)`; `held_out` has
+    `max(1, round(n * fraction))` entries.
+
+  Raises:
+    DataError: `fraction` is not in (0, 1), or it would hold out all `n` examples.
+  """
   if not 0.0 < fraction < 1.0:
     raise DataError(f"held-out fraction must lie in (0, 1), got {fraction}")
   perm = np.random.default_rng(seed).permutation(n)

@@ -28,6 +28,12 @@ TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10")
 
 
 def load_digits() -> Dataset:
+  """scikit-learn's 8x8 handwritten digits, shipped with the wheel (works offline).
+
+  Returns:
+    A `Dataset` named 'digits', 10 classes, inputs `(8, 8, 1)` scaled to [0, 1]; 20% is
+    held out as test, then 10% of the rest as validation.
+  """
   from sklearn.datasets import load_digits as sk_load_digits  # pylint: disable=g-import-not-at-top
   bunch = sk_load_digits()
   images = (bunch.images.astype(np.float32) / 16.0)[..., None]
@@ -35,6 +41,21 @@ def load_digits() -> Dataset:
 
 
 def load_tfds(name: str, data_dir: str | None) -> Dataset:
+  """A prepared TFDS dataset, read through `tfds.data_source` (it never downloads).
+
+  Args:
+    name: one of `TFDS_NAMES`.
+    data_dir: the TFDS data_dir it was prepared in; None for TFDS's default
+      (~/tensorflow_datasets).
+
+  Returns:
+    A `Dataset` of the official train and test splits, with 10% of train held out as
+    validation.
+
+  Raises:
+    DataError: the dataset is not prepared in `data_dir` (the message says how to prepare
+      it).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   splits = {}
   num_classes = None
@@ -78,7 +99,17 @@ _TEST_PREFIXES = ("t10k", "test")
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads one IDX file (optionally gzip-compressed) into a numpy array."""
+  """Reads one IDX file (optionally gzip-compressed) into a numpy array.
+
+  Args:
+    path: the file; a name ending in '.gz' is read with gzip.
+
+  Returns:
+    The array, shaped by the header's dimensions, of the header's type in native byte order.
+
+  Raises:
+    DataError: the file cannot be read, has a bad magic number, or is truncated or corrupt.
+  """
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
@@ -103,7 +134,19 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def read_pair(files: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-  """An images file and its labels file, checked: one line naming the file at fault."""
+  """An images file and its labels file, checked: one line naming the file at fault.
+
+  Args:
+    files: `{"images": path, "labels": path}`, two IDX files.
+
+  Returns:
+    `(images, labels)`: images `[n, rows, cols, channels]` (3-d files get one channel) and
+    int64 labels `[n]`.
+
+  Raises:
+    DataError: the shapes or counts do not fit, labels are not integers or are negative, or
+      a floating-point pixel is NaN or infinite.
+  """
   images, labels = read_idx(files["images"]), read_idx(files["labels"])
   if images.ndim not in (3, 4) or images.shape[0] == 0:
     raise DataError(f"{files['images']}: images must be [n, rows, cols] or "
@@ -133,6 +176,22 @@ def read_pair(files: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_idx(path: str) -> Dataset:
+  """A folder of IDX files as a `Dataset` (see the module docstring for the layout).
+
+  Args:
+    path: the folder; files named like `PREFIX-images-idx3-ubyte[.gz]` and
+      `PREFIX-labels-idx1-ubyte[.gz]` pair up by prefix.
+
+  Returns:
+    A `Dataset` named `idx:PATH`. With a 't10k' or 'test' pair besides others, that pair is
+    the test split and the first other pair (in file-name order) the training data; a single
+    pair gets 20% held out as test. Either way 10% of the training data is held out as
+    validation.
+
+  Raises:
+    DataError: no such folder, no complete pair, test labels outside the training classes,
+      or several pairs none of which is a test pair.
+  """
   if not os.path.isdir(path):
     raise DataError(f"idx:{path}: no such folder; pass idx:PATH with a folder of IDX files "
                     "such as train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz")

@@ -93,6 +93,33 @@ def langevin_chains(f: Callable[..., jax.Array] | None, params, key: jax.Array, 
   `grad_fn(x, key)`, when given, replaces `grad(f)`: the gradient at x on a
   minibatch drawn from `key` (Entropy-SGD's use; `f` may then be None). `gamma`
   may be a traced scalar (a schedule).
+
+  Args:
+    f: the loss, a scalar function of a pytree: `f(x)`, or `f(x, key)` (a minibatch drawn
+      from `key`) when `stochastic`; may be None when `grad_fn` is given.
+    params: the anchor x, a pytree of floating-point arrays; every chain starts there. It is
+      held fixed (stop-gradient).
+    key: PRNG key, split per chain and per step as above.
+    gamma: the coupling strength of the Gaussian around `params` (its variance is 1/gamma per
+      coordinate), a positive number or a traced scalar (a schedule; then not checked).
+    num_chains: the number of chains K, a positive integer.
+    num_steps: the number of Langevin steps L per chain, a positive integer.
+    step_size: the Langevin step size, a positive number (it biases the chains' spread and
+      must be small enough for them to stay bounded; see the module docstring).
+    noise: the scale of the injected Gaussian noise, the square root of the temperature; a
+      non-negative number (1: sample p in the small-step limit; 0: descend to its mode).
+    mean_rate: the rate of each chain's exponential running mean, in (0, 1].
+    stochastic: whether `f` takes a PRNG key (`f(x, key)`, for minibatch gradients); forced
+      True when `grad_fn` is given.
+    grad_fn: optional `(x, key) -> gradient` (a pytree shaped like `x`) used instead of
+      `jax.grad(f)`.
+
+  Returns:
+    A `LangevinChains`: every chain's final state (`samples`) and running mean (`means`), each
+    leaf shaped like the corresponding leaf of `params` with a leading `[num_chains]` axis.
+
+  Raises:
+    ValueError: both `f` and `grad_fn` are None, or an argument is out of the range above.
   """
   _check(num_chains, num_steps, gamma, step_size, noise, mean_rate)
   anchor = jax.lax.stop_gradient(params)
@@ -131,6 +158,28 @@ def langevin_mean(f: Callable[..., jax.Array] | None, params, key: jax.Array, *,
   """Estimate of mu = E_p[x'] (see the module docstring), shaped like `params`.
 
   The mean over chains of `langevin_chains(...).means`.
+
+  Args:
+    f: the loss, a scalar function of a pytree: `f(x)`, or `f(x, key)` (a minibatch drawn
+      from `key`) when `stochastic`; may be None when `grad_fn` is given.
+    params: the anchor x, a pytree of floating-point arrays (held fixed).
+    key: PRNG key for the chains (split as in `langevin_chains`).
+    gamma: the coupling strength of the Gaussian around `params` (its variance is 1/gamma per
+      coordinate), a positive number or a traced scalar (a schedule; then not checked).
+    num_chains: the number of chains K, a positive integer (default 4).
+    num_steps: the number of Langevin steps L per chain, a positive integer (default 5).
+    step_size: the Langevin step size, a positive number (it biases the chains' spread and
+      must be small enough for them to stay bounded; see the module docstring).
+    noise: the scale of the injected Gaussian noise, the square root of the temperature; a
+      non-negative number (1: sample p in the small-step limit; 0: descend to its mode).
+    mean_rate: the rate of each chain's exponential running mean, in (0, 1].
+    stochastic: whether `f` takes a PRNG key (`f(x, key)`, for minibatch gradients); forced
+      True when `grad_fn` is given.
+    grad_fn: optional `(x, key) -> gradient` used instead of `jax.grad(f)`.
+
+  Returns:
+    A pytree with the structure and shapes of `params`: the mean over the K chains of their
+    running means.
   """
   chains = langevin_chains(f, params, key, gamma=gamma, num_chains=num_chains,
                            num_steps=num_steps, step_size=step_size, noise=noise,
@@ -141,14 +190,46 @@ def langevin_mean(f: Callable[..., jax.Array] | None, params, key: jax.Array, *,
 def local_entropy_grad(f: Callable[..., jax.Array], params, key: jax.Array, *, gamma: float,
                        num_chains: int = 4, num_steps: int = 5, step_size: float = 0.1,
                        noise: float = 1.0, mean_rate: float = 0.25, stochastic: bool = False):
-  """Estimate of grad(-F)(x) = gamma (x - mu): the local-entropy regularizer's gradient."""
+  """Estimate of grad(-F)(x) = gamma (x - mu): the local-entropy regularizer's gradient.
+
+  mu is `langevin_mean` with the same arguments.
+
+  Args:
+    f: the loss, a scalar function of a pytree: `f(x)`, or `f(x, key)` when `stochastic`.
+    params: the point x, a pytree of floating-point arrays.
+    key: PRNG key for the Langevin chains.
+    gamma: the coupling strength of the Gaussian around `params` (its variance is 1/gamma per
+      coordinate), a positive number.
+    num_chains: the number of chains K, a positive integer.
+    num_steps: the number of Langevin steps L per chain, a positive integer.
+    step_size: the Langevin step size, a positive number (it biases the chains' spread and
+      must be small enough for them to stay bounded; see the module docstring).
+    noise: the scale of the injected Gaussian noise, the square root of the temperature; a
+      non-negative number (1: sample p in the small-step limit; 0: descend to its mode).
+    mean_rate: the rate of each chain's exponential running mean, in (0, 1].
+    stochastic: whether `f` takes a PRNG key (`f(x, key)`, for minibatch gradients).
+
+  Returns:
+    gamma (params - mu): a pytree with the structure and shapes of `params`.
+  """
   mu = langevin_mean(f, params, key, gamma=gamma, num_chains=num_chains, num_steps=num_steps,
                      step_size=step_size, noise=noise, mean_rate=mean_rate, stochastic=stochastic)
   return jax.tree.map(lambda x, m: gamma * (x - m), params, mu)
 
 
 def local_entropy_surrogate(params, mu, gamma: float) -> jax.Array:
-  """gamma/2 ||x - sg(mu)||^2: a scalar whose gradient w.r.t. x is the estimator gamma (x - mu)."""
+  """gamma/2 ||x - sg(mu)||^2: a scalar whose gradient w.r.t. x is the estimator gamma (x - mu).
+
+  Args:
+    params: the point x, a pytree of arrays.
+    mu: the estimate of mu (e.g. `langevin_mean`), a pytree with the structure and shapes of
+      `params`; no gradient flows into it (sg: `jax.lax.stop_gradient`).
+    gamma: the coupling strength.
+
+  Returns:
+    A scalar array: gamma/2 times the squared Euclidean distance between `params` and `mu`,
+    summed over every leaf.
+  """
   mu = jax.lax.stop_gradient(mu)
   return 0.5 * gamma * sum(jnp.sum((x - m) ** 2) for x, m in
                            zip(jax.tree.leaves(params), jax.tree.leaves(mu)))
@@ -158,7 +239,23 @@ def local_entropy_gap(f: Callable[[Any], jax.Array], params, key: jax.Array, *, 
                       num_samples: int = 128, precision: str | None = "highest") -> jax.Array:
   """Monte-Carlo estimate of -F(x; gamma) - f(x) (0 for a flat f; larger is sharper).
 
-  `precision`: the matmul precision of the evaluations of f (None: the caller's).
+  The estimate is -log mean_j exp(-(f(x + e_j / sqrt(gamma)) - f(x))), e_j ~ N(0, I) (see
+  the module docstring); the `num_samples` evaluations run one after another (`lax.map`).
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch); it takes no key.
+    params: the point x, a pytree of floating-point arrays.
+    key: PRNG key; sample j draws e_j as `normal_like(jax.random.split(key, num_samples)[j],
+      params)`.
+    gamma: a positive number; perturbations have standard deviation 1/sqrt(gamma) per
+      coordinate.
+    num_samples: the number of Monte-Carlo samples, a positive integer.
+    precision: the matmul precision of the evaluations of f (None: the caller's); default
+      "highest".
+
+  Returns:
+    A scalar array: the estimate of -F(x; gamma) - f(x).
   """
   positive_int("num_samples", num_samples)
   positive_number("gamma", gamma)

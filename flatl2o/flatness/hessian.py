@@ -46,7 +46,19 @@ def _vdot(a, b) -> jax.Array:
 
 
 def hvp(f: Fn, params, v):
-  """Hessian-vector product H(params) v, as a pytree shaped like `params`."""
+  """Hessian-vector product H(params) v, as a pytree shaped like `params`.
+
+  Computed forward-over-reverse (`jax.jvp` of `jax.grad(f)`), without forming H.
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point x at which H is taken, a pytree of floating-point arrays.
+    v: the vector, a pytree with the structure, shapes and dtypes of `params`.
+
+  Returns:
+    H(params) v: a pytree with the structure, shapes and dtypes of `params`.
+  """
   return jax.jvp(jax.grad(f), (params,), (v,))[1]
 
 
@@ -60,7 +72,17 @@ def _random_like(sample, key: jax.Array, tree):
 
 
 def rademacher_like(key: jax.Array, params):
-  """A pytree of independent +-1 entries shaped (and typed) like `params`."""
+  """A pytree of independent +-1 entries shaped (and typed) like `params`.
+
+  Args:
+    key: PRNG key; leaf i (in `jax.tree.leaves` order) draws from
+      `jax.random.split(key, num_leaves)[i]`.
+    params: a pytree of arrays, or anything with `jnp.shape` and `jnp.result_type` per leaf.
+
+  Returns:
+    A pytree with the structure, shapes and dtypes of `params`, each entry -1 or +1 with
+    probability 1/2 (Hutchinson's probes).
+  """
   return _random_like(jax.random.rademacher, key, params)
 
 
@@ -70,6 +92,15 @@ def normal_like(key: jax.Array, tree):
   Leaf i is drawn from `jax.random.split(key, num_leaves)[i]` (in
   `jax.tree.leaves` order), so a fixed key gives fixed draws: results computed
   from it (e.g. printed tables) repeat digit for digit.
+
+  Args:
+    key: PRNG key, split once per leaf as above.
+    tree: a pytree of floating-point arrays (or anything with `jnp.shape` and
+      `jnp.result_type` per leaf).
+
+  Returns:
+    A pytree with the structure, shapes and dtypes of `tree`, of independent standard-normal
+    entries.
   """
   return _random_like(jax.random.normal, key, tree)
 
@@ -78,8 +109,20 @@ def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10,
                   precision: str | None = "highest") -> jax.Array:
   """Hutchinson estimate of tr(H); unbiased, variance shrinking as 1/num_probes.
 
-  `precision` is the matmul precision of the Hessian-vector products (None: the
-  caller's; see `_checks.matmul_precision`).
+  H is the Hessian of `f` at `params`; the estimate is mean_i z_i^T H z_i over
+  Rademacher probes z_i, all Hessian-vector products in one `vmap`.
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point at which H is taken, a pytree of floating-point arrays.
+    key: PRNG key; probe i is `rademacher_like(jax.random.split(key, num_probes)[i], params)`.
+    num_probes: the number of probes, a positive integer.
+    precision: the matmul precision of the Hessian-vector products (None: the caller's; see
+      `_checks.matmul_precision`); default "highest".
+
+  Returns:
+    A scalar array: the estimate of tr(H). Differentiable w.r.t. `params`.
   """
   positive_int("num_probes", num_probes)
   with matmul_precision(precision):
@@ -97,7 +140,25 @@ def _normalize(v):
 
 def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
                            precision: str | None = "highest") -> jax.Array:
-  """Largest-magnitude eigenvalue of H by power iteration (the top one near a minimum)."""
+  """Largest-magnitude eigenvalue of H by power iteration (the top one near a minimum).
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point at which H is taken, a pytree of floating-point arrays.
+    key: PRNG key drawing the start vector (`normal_like(key, params)`, normalised).
+    num_iters: the number of power-iteration steps (Hessian-vector products), a positive
+      integer.
+    precision: the matmul precision of the Hessian-vector products, one of "highest" (default:
+      float32 matmuls stay float32 on GPUs), "float32", "high", "tensorfloat32", "default",
+      "bfloat16", "fastest"; None: the caller's (see `_checks.matmul_precision`).
+
+  Returns:
+    A scalar array: the Rayleigh quotient v^T H v at the final unit vector v, which keeps its
+    sign (negative if the largest-magnitude eigenvalue is). v is held fixed (stop-gradient), so
+    the gradient w.r.t. `params` is v^T (dH/dx) v, the eigenvalue's derivative for a converged
+    v.
+  """
   positive_int("num_iters", num_iters)
   with matmul_precision(precision):
     return _power_iteration(f, params, key, num_iters)
@@ -142,7 +203,29 @@ class LanczosResult(NamedTuple):
 
 def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20,
             precision: str | None = "highest") -> LanczosResult:
-  """Lanczos on H with full re-orthogonalisation; `num_iters` is capped at the dimension."""
+  """Lanczos on H with full re-orthogonalisation; `num_iters` is capped at the dimension.
+
+  The run works on the flattened parameters (`ravel_pytree`), its Lanczos vectors in float32,
+  with `params` held
+  fixed (stop-gradient): nothing in the result is differentiable w.r.t. `params` (use
+  `lanczos_top_eigenvalue` for that).
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point at which H is taken, a pytree of floating-point arrays (n entries in
+      all).
+    key: PRNG key drawing the start vector: n Rademacher entries, scaled to unit norm.
+    num_iters: the number of Lanczos steps m, a positive integer; capped at n.
+    precision: the matmul precision of the Hessian-vector products, one of "highest" (default:
+      float32 matmuls stay float32 on GPUs), "float32", "high", "tensorfloat32", "default",
+      "bfloat16", "fastest"; None: the caller's (see `_checks.matmul_precision`).
+
+  Returns:
+    A `LanczosResult`: the `[m]` Ritz values and their quadrature weights, the top and bottom
+    Ritz values, the one-probe SLQ trace estimate, and the unit top Ritz vector shaped like
+    `params`.
+  """
   positive_int("num_iters", num_iters)
   with matmul_precision(precision):
     return _lanczos(f, params, key, num_iters)
@@ -187,7 +270,23 @@ def _lanczos(f: Fn, params, key: jax.Array, num_iters: int) -> LanczosResult:
 
 def lanczos_top_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
                            precision: str | None = "highest") -> jax.Array:
-  """Top eigenvalue from Lanczos, differentiable like `top_hessian_eigenvalue`."""
+  """Top eigenvalue from Lanczos, differentiable like `top_hessian_eigenvalue`.
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point at which H is taken, a pytree of floating-point arrays.
+    key: PRNG key drawing the Lanczos start vector (as in `lanczos`).
+    num_iters: the number of Lanczos steps, a positive integer; capped at the dimension.
+    precision: the matmul precision of the Hessian-vector products, one of "highest" (default:
+      float32 matmuls stay float32 on GPUs), "float32", "high", "tensorfloat32", "default",
+      "bfloat16", "fastest"; None: the caller's (see `_checks.matmul_precision`).
+
+  Returns:
+    A scalar array: v^T H v at the top Ritz vector v of `lanczos(f, params, key, num_iters)`
+    (the largest Ritz value, recomputed so that it has a gradient). v is held fixed
+    (stop-gradient), so the gradient w.r.t. `params` is v^T (dH/dx) v.
+  """
   with matmul_precision(precision):
     v = jax.lax.stop_gradient(lanczos(f, params, key, num_iters, precision=None).top_vector)
     return _vdot(v, hvp(f, params, v))

@@ -152,6 +152,10 @@ def loss_slice_1d(f: Fn, params, direction, alphas, chunk_size: int | None = Non
       `chunk_size` at a time (`lax.map`), bounding memory on big models.
     precision: matmul precision inside `f` (default "highest", as the other
       measures; None: the caller's).
+
+  Returns:
+    A `[len(alphas)]` array: entry i is f(params + alphas[i] * direction), each leaf moved in
+    float32 and cast back to its dtype.
   """
   _check_direction("direction", params, direction)
   alphas = _check_coefficients("alphas", alphas)
@@ -166,6 +170,22 @@ def loss_slice_2d(f: Fn, params, d1, d2, alphas, betas, chunk_size: int | None =
   """`[len(alphas), len(betas)]` values f(params + a * d1 + b * d2); row i is alphas[i].
 
   Arguments as `loss_slice_1d`; `d1` goes with `alphas`, `d2` with `betas`.
+
+  Args:
+    f: a scalar function of the params (e.g. the training loss on a fixed batch).
+    params: the centre point.
+    d1: the first direction, a pytree shaped like `params` (e.g.
+      `filter_normalized_direction`), scaled by `alphas` (rows).
+    d2: the second direction, shaped like `params`, scaled by `betas` (columns).
+    alphas: 1-D finite coefficients of `d1`.
+    betas: 1-D finite coefficients of `d2`.
+    chunk_size: None evaluates every grid point in one vmap; an integer evaluates
+      `chunk_size` at a time (`lax.map`), bounding memory on big models.
+    precision: matmul precision inside `f` (default "highest"; None: the caller's).
+
+  Returns:
+    A `[len(alphas), len(betas)]` array: entry (i, j) is
+    f(params + alphas[i] * d1 + betas[j] * d2).
   """
   _check_direction("d1", params, d1)
   _check_direction("d2", params, d2)
@@ -199,6 +219,20 @@ def hessian_spectrum(f: Fn, params, key: jax.Array, num_iters: int = 50, num_pro
 
   Probe i runs `hessian.lanczos` from `jax.random.split(key, num_probes)[i]`;
   the runs go one after another (`lax.map`), so memory is that of one run.
+
+  Args:
+    f: a scalar function of a pytree, `f(params) -> []` (e.g. the training loss on a fixed
+      batch), twice differentiable with JAX.
+    params: the point at which H is taken, a pytree of floating-point arrays.
+    key: PRNG key, split into one Lanczos start-vector key per probe.
+    num_iters: Lanczos steps m per probe, a positive integer (capped at the dimension).
+    num_probes: the number of Lanczos runs (random start vectors), a positive integer.
+    precision: matmul precision of the Hessian-vector products (default "highest"; None: the
+      caller's).
+
+  Returns:
+    A `HessianSpectrum`: `[num_probes * m]` Ritz values, probe after probe, and their weights
+    tau_k^2 / num_probes (summing to 1).
   """
   positive_int("num_iters", num_iters)
   positive_int("num_probes", num_probes)

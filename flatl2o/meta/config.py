@@ -185,13 +185,22 @@ _SCHEDULE_DEFAULTS = {"when": "always", "add_to_inner_loss": False}
 def estimator_names() -> tuple[str, ...]:
   """The meta-gradient estimators: the built-ins, and any registered since
   (`flatl2o.meta.estimators.register`; only importing that module can add one, so
-  until then the built-ins are all, and this stays free of JAX)."""
+  until then the built-ins are all, and this stays free of JAX).
+
+  Returns:
+    The accepted estimator names, a tuple of strings.
+  """
   registry = sys.modules.get("flatl2o.meta.estimators")
   return registry.names() if registry is not None else ESTIMATORS
 
 
 def owned_fields() -> dict[str, tuple[str, ...]]:
-  """`kind -> the RegularizerConfig fields only that kind reads` (from field metadata)."""
+  """`kind -> the RegularizerConfig fields only that kind reads` (from field metadata).
+
+  Returns:
+    A dict from owner ('hessian', 'entropy' or 'any') to the tuple of the names of
+    the `RegularizerConfig` fields whose metadata names that owner.
+  """
   owners: dict[str, tuple[str, ...]] = {}
   for f in dataclasses.fields(RegularizerConfig):
     owner = f.metadata.get("owner")
@@ -207,7 +216,14 @@ def _not_identity(default):
 
 
 def suggest_remat_block_length(unroll_length: int) -> int:
-  """The divisor k of `unroll_length` that minimises `unroll_length / k + k` (stored states)."""
+  """The divisor k of `unroll_length` that minimises `unroll_length / k + k` (stored states).
+
+  Args:
+    unroll_length: inner steps per truncation, a positive integer.
+
+  Returns:
+    The divisor k (an int; the smallest one on a tie), a `remat_block_length` suggestion.
+  """
   divisors = [k for k in range(1, unroll_length + 1) if unroll_length % k == 0]
   return min(divisors, key=lambda k: (unroll_length // k + k, k))
 
@@ -398,6 +414,14 @@ class MetaTrainConfig:
 
     Runs that differ only in host settings (seed, budgets, validation, logging,
     curriculum, imitation) get equal `UnrollConfig`s and so share compilations.
+
+    Args:
+      num_inner_steps: the episode length; None keeps this configuration's
+        `num_inner_steps`.
+
+    Returns:
+      An `UnrollConfig` with this configuration's values of its fields and, as
+      `regularizer`, the flatness term itself (`RegularizerConfig.term()`).
     """
     values = {f.name: getattr(self, f.name) for f in dataclasses.fields(UnrollConfig)}
     values["regularizer"] = self.regularizer.term()
@@ -407,7 +431,11 @@ class MetaTrainConfig:
 
 
 def identity_fields() -> tuple[str, ...]:
-  """The `MetaTrainConfig` fields that define a run (all but those marked identity=False)."""
+  """The `MetaTrainConfig` fields that define a run (all but those marked identity=False).
+
+  Returns:
+    The field names, a tuple of strings in declaration order.
+  """
   return tuple(f.name for f in dataclasses.fields(MetaTrainConfig)
                if f.metadata.get("identity", True))
 
@@ -417,6 +445,13 @@ def default_horizons(num_inner_steps: int, unroll_length: int) -> tuple[int, ...
 
   Each is rounded down to a multiple of `unroll_length`; zeros and repeats are
   dropped (`num_inner_steps` = 200, `unroll_length` = 20: (40, 100, 200)).
+
+  Args:
+    num_inner_steps: the episode length the curriculum grows to (the last stage).
+    unroll_length: inner steps per truncation; the stages are multiples of it.
+
+  Returns:
+    The increasing stage horizons, a tuple of ints ending at `num_inner_steps`.
   """
   horizons = []
   for h in (num_inner_steps // 5, num_inner_steps // 2, num_inner_steps):
@@ -464,12 +499,26 @@ class UnrollConfig:
     return self.num_inner_steps // self.unroll_length
 
   def unroll_config(self, num_inner_steps: int | None = None) -> "UnrollConfig":
-    """This configuration (with episodes of `num_inner_steps` when given)."""
+    """This configuration (with episodes of `num_inner_steps` when given).
+
+    Args:
+      num_inner_steps: the episode length; None (or the current one) keeps this one.
+
+    Returns:
+      This `UnrollConfig`, or a copy with `num_inner_steps` replaced.
+    """
     if num_inner_steps is None or num_inner_steps == self.num_inner_steps:
       return self
     return dataclasses.replace(self, num_inner_steps=num_inner_steps)
 
 
 def as_unroll_config(config: MetaTrainConfig | UnrollConfig) -> UnrollConfig:
-  """`config.unroll_config()`: the compiled steps accept either kind of configuration."""
+  """`config.unroll_config()`: the compiled steps accept either kind of configuration.
+
+  Args:
+    config: a `MetaTrainConfig` or an `UnrollConfig`.
+
+  Returns:
+    The `UnrollConfig` of `config` (itself when it already is one).
+  """
   return config.unroll_config()

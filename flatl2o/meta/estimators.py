@@ -98,7 +98,15 @@ class Estimator(Protocol):
   config: UnrollConfig
 
   def init(self, meta_params: Any, key: jax.Array) -> Any:
-    """The state of a fresh episode of the meta-batch (optimizees and any noise sums)."""
+    """The state of a fresh episode of the meta-batch (optimizees and any noise sums).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      key: the episode's key; the optimizees' initialisations are drawn from it.
+
+    Returns:
+      The episode state, with `params` and a `step` of 0.
+    """
     ...
 
   def estimate(self, meta_params: Any, state: Any, key: jax.Array
@@ -106,15 +114,40 @@ class Estimator(Protocol):
     """One truncation: `(meta_loss, meta_grad, new_state, metrics)`.
 
     `metrics` holds `inner_loss_last` and `regularizer` (means over the meta-batch).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      state: the episode state (from `init` or the previous `estimate`).
+      key: the truncation's key.
+
+    Returns:
+      `(meta_loss, meta_grad, new_state, metrics)`: the scalar meta-loss, its
+      gradient estimate (a pytree like `meta_params`), the advanced episode state
+      and the metrics dict.
     """
     ...
 
   def state_specs(self, state: Any) -> Any:
-    """Partition specs of `state` on the device mesh (`flatl2o.meta.sharding`)."""
+    """Partition specs of `state` on the device mesh (`flatl2o.meta.sharding`).
+
+    Args:
+      state: an episode state (or its shapes).
+
+    Returns:
+      A pytree like `state` of `jax.sharding.PartitionSpec`s.
+    """
     ...
 
   def per_device(self, fn: Callable[[Any], Any], state: Any) -> Any:
-    """`fn` applied to the leaves of `state` that each device holds its own share of."""
+    """`fn` applied to the leaves of `state` that each device holds its own share of.
+
+    Args:
+      fn: a function of a pytree (`sharding.stack` or `sharding.unstack`).
+      state: an episode state.
+
+    Returns:
+      The state with `fn` applied to those leaves, the shared ones unchanged.
+    """
     ...
 
 
@@ -190,10 +223,27 @@ class Base:
 
   def average(self, x):
     """`x` averaged across devices (each holds the mean over its share of the meta-batch);
-    `x` itself on one device."""
+    `x` itself on one device.
+
+    Args:
+      x: an array or pytree of arrays (a mean over this device's share).
+
+    Returns:
+      `x` after `jax.lax.pmean` over the mesh axis when sharded, else `x` unchanged.
+    """
     return jax.lax.pmean(x, sharding.AXIS) if self.sharded else x
 
   def fresh(self, meta_params, key: jax.Array) -> inner.InnerState:
+    """Fresh optimizees of this estimator's share of the meta-batch (`inner.init_inner`).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      key: split into one key per optimizee of the whole meta-batch; when sharded,
+        this device takes the rows from `meta_batch_offset`.
+
+    Returns:
+      The `inner.InnerState` of a fresh episode.
+    """
     keys = jax.random.split(key, self.config.meta_batch_size)
     if self.sharded:
       local = self.config.meta_batch_size // sharding.resolve_num_devices(
@@ -243,6 +293,15 @@ class Base:
     return state._replace(**{k: fn(v) for k, v in state._asdict().items() if k != "step"})
 
   def metrics(self, traces) -> dict[str, jax.Array]:
+    """The metrics of one truncation, averaged across devices.
+
+    Args:
+      traces: the `{'losses', 'regularizer'}` dict of an unroll (`[T, B]` arrays).
+
+    Returns:
+      `{'inner_loss_last': mean loss at the last inner step, 'regularizer': mean
+      weighted flatness term over the truncation}`, scalars.
+    """
     return {"inner_loss_last": self.average(traces["losses"][..., -1, :].mean()),
             "regularizer": self.average(traces["regularizer"].mean())}
 
@@ -252,9 +311,29 @@ class Truncated(Base):
   """Backpropagation through one truncation (the default estimator)."""
 
   def init(self, meta_params, key: jax.Array) -> inner.InnerState:
+    """The state of a fresh episode (`Base.fresh`).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      key: the episode's key.
+
+    Returns:
+      The `inner.InnerState` of fresh optimizees.
+    """
     return self.fresh(meta_params, key)
 
   def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
+    """One truncation, its meta-gradient by backpropagation through the unroll.
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      state: the optimizees in training.
+      key: the truncation's key.
+
+    Returns:
+      `(meta_loss, meta_grad, new_state, metrics)`: the meta-loss averaged across
+      devices, its exact gradient, the advanced state and `Base.metrics`.
+    """
     def loss_fn(p):
       loss, aux = self.unroll(p, state, key)
       return self.average(loss), aux  # the meta-batch's mean, so grad is its meta-gradient
@@ -278,9 +357,29 @@ class ES(Base):
   """Antithetic evolution strategies over one truncation, from the carried state."""
 
   def init(self, meta_params, key: jax.Array) -> inner.InnerState:
+    """The state of a fresh episode (`Base.fresh`).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      key: the episode's key.
+
+    Returns:
+      The `inner.InnerState` of fresh optimizees.
+    """
     return self.fresh(meta_params, key)
 
   def estimate(self, meta_params, state: inner.InnerState, key: jax.Array):
+    """One truncation, its meta-gradient by antithetic ES (`es_pairs`, `es_std`).
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      state: the optimizees in training; every run starts from it.
+      key: the truncation's key (the perturbations are drawn from a key folded from it).
+
+    Returns:
+      `(meta_loss, meta_grad, new_state, metrics)`: `L(theta)`, the ES estimate, the
+      state advanced with `theta` itself and the metrics of that run.
+    """
     pairs, std = self.config.es_pairs, self.config.es_std
     eps = _perturbations(meta_params, jax.random.fold_in(key, 0xE5), pairs, std)
     stacked = jax.tree.map(lambda p, e: jnp.concatenate([p[None], p + e, p - e]),
@@ -299,11 +398,32 @@ class PES(Base):
   """Persistent evolution strategies: + and - runs kept across truncations, `xi` summed."""
 
   def init(self, meta_params, key: jax.Array) -> PESState:
+    """A fresh episode: `2 * es_pairs` copies of fresh optimizees, zero noise sums.
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      key: the episode's key (every run starts from the same optimizees).
+
+    Returns:
+      The `PESState`.
+    """
     pairs = self.config.es_pairs
     noise_sum = jax.tree.map(lambda x: jnp.zeros((pairs,) + jnp.shape(x), x.dtype), meta_params)
     return PESState(_broadcast(self.fresh(meta_params, key), 2 * pairs), noise_sum)
 
   def estimate(self, meta_params, state: PESState, key: jax.Array):
+    """One truncation of every + and - run, its meta-gradient by PES.
+
+    Args:
+      meta_params: the learned optimizer's parameters.
+      state: the runs and noise sums (from `init` or the previous `estimate`).
+      key: the truncation's key (the perturbations are drawn from a key folded from it).
+
+    Returns:
+      `(meta_loss, meta_grad, new_state, metrics)`: the mean loss of all runs, the
+      PES estimate, the `PESState` with advanced runs and updated noise sums, and the
+      metrics averaged over the runs.
+    """
     pairs, std = self.config.es_pairs, self.config.es_std
     eps = _perturbations(meta_params, jax.random.fold_in(key, 0xE5), pairs, std)
     noise_sum = jax.tree.map(jnp.add, state.noise_sum, eps)
@@ -316,13 +436,28 @@ class PES(Base):
     return losses.mean(), grads, PESState(particles, noise_sum), metrics
 
   def state_specs(self, state: PESState) -> PESState:
-    """The runs' specs as `Base.state_specs`; the noise sums are the same on every device."""
+    """The runs' specs as `Base.state_specs`; the noise sums are the same on every device.
+
+    Args:
+      state: a `PESState` (or its shapes).
+
+    Returns:
+      A `PESState` of partition specs (the noise sums replicated).
+    """
     P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
     return PESState(super().state_specs(state.particles),
                     jax.tree.map(lambda _: P(), state.noise_sum))
 
   def per_device(self, fn, state: PESState) -> PESState:
-    """`fn` on the runs' per-device leaves; the noise sums are shared."""
+    """`fn` on the runs' per-device leaves; the noise sums are shared.
+
+    Args:
+      fn: a function of a pytree (`sharding.stack` or `sharding.unstack`).
+      state: a `PESState`.
+
+    Returns:
+      The `PESState` with `fn` applied to the runs' per-device leaves.
+    """
     return PESState(super().per_device(fn, state.particles), state.noise_sum)
 
 

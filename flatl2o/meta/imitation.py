@@ -34,7 +34,20 @@ TEACHER_LEARNING_RATE = 0.01
 
 def imitation_loss(lopt, task, config: MetaTrainConfig, meta_params,
                    key: jax.Array) -> jax.Array:
-  """The relative squared distance of the learned updates to Adam's along Adam's path."""
+  """The relative squared distance of the learned updates to Adam's along Adam's path.
+
+  Args:
+    lopt: the learned-optimizer architecture.
+    task: the optimizee.
+    config: the configuration; its `meta_batch_size` optimizees follow Adam for
+      `unroll_length` steps.
+    meta_params: the learned optimizer's parameters (what the loss is differentiated by).
+    key: draws the optimizees' initialisations and the minibatches.
+
+  Returns:
+    The scalar meta-loss: the mean over steps and optimizees of
+    `||u^learned - u^adam||^2 / ||u^adam||^2`.
+  """
   init_key, steps_key = jax.random.split(key)
   state = inner.init_inner(lopt, task, meta_params,
                            jax.random.split(init_key, config.meta_batch_size))

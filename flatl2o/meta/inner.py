@@ -73,7 +73,16 @@ def _episode_objective(task, convex_term: float):
 
 
 def batched_transform(lopt, meta_params) -> optax.GradientTransformation:
-  """The learned transformation acting on pytrees with a leading meta-batch axis."""
+  """The learned transformation acting on pytrees with a leading meta-batch axis.
+
+  Args:
+    lopt: the learned-optimizer architecture.
+    meta_params: its parameters.
+
+  Returns:
+    An optax transformation (`update` takes `loss=` per optimizee): the learned one
+    itself when `lopt.coordinatewise`, else it vmapped over the meta-batch axis.
+  """
   tx = lopt.transform(meta_params)
   if lopt.coordinatewise:
     return tx  # every coordinate is independent: the batch axis is more coordinates
@@ -90,6 +99,17 @@ def init_inner(lopt, task, meta_params, keys: jax.Array,
 
   With `config.random_scaling` or `config.convex_term` on, each optimizee also
   draws its episode's scaling factors or convex-term centre.
+
+  Args:
+    lopt: the learned-optimizer architecture.
+    task: the optimizee.
+    meta_params: the learned optimizer's parameters.
+    keys: `[B]` keys, one per optimizee.
+    config: a `MetaTrainConfig` or `UnrollConfig` (its `random_scaling` and
+      `convex_term`); None turns both off.
+
+  Returns:
+    The `InnerState` of the fresh meta-batch, at step 0.
   """
   scaling = config.random_scaling if config is not None else 0.0
   convex = config.convex_term if config is not None else 0.0
@@ -180,6 +200,21 @@ def unroll(lopt, task, config: MetaTrainConfig | UnrollConfig, meta_params, stat
   weighted flatness term at each iterate. With `meta_batch_offset`, `state` holds
   rows `offset:offset+B` of a meta-batch of `config.meta_batch_size` (a device's
   share) and they train as they would in the whole meta-batch.
+
+  Args:
+    lopt: the learned-optimizer architecture.
+    task: the optimizee.
+    config: a `MetaTrainConfig` or `UnrollConfig`.
+    meta_params: the learned optimizer's parameters.
+    state: the optimizees in training.
+    key: the truncation's key (split into one key per inner step).
+    meta_batch_offset: the first row of this device's share of the meta-batch;
+      None when `state` is the whole meta-batch.
+
+  Returns:
+    `(meta_loss, (new_state, {'losses', 'regularizer'}))`: the scalar meta-loss
+    (`config.meta_loss` plus the mean flatness term), the state advanced by
+    `unroll_length` steps and the `[T, B]` traces.
   """
   config = config.unroll_config()  # what a compiled step reads: the term, not the flat record
   tx = batched_transform(lopt, meta_params)
@@ -214,7 +249,19 @@ def unroll(lopt, task, config: MetaTrainConfig | UnrollConfig, meta_params, stat
 
 
 def rollout(lopt, task, meta_params, keys: jax.Array, num_steps: int):
-  """Trains fresh optimizees (one per key) for `num_steps`; returns params and losses[T, B]."""
+  """Trains fresh optimizees (one per key) for `num_steps`; returns params and losses[T, B].
+
+  Args:
+    lopt: the learned-optimizer architecture.
+    task: the optimizee.
+    meta_params: the learned optimizer's parameters.
+    keys: `[B]` keys, one per optimizee; the minibatch keys derive from the first.
+    num_steps: inner steps T.
+
+  Returns:
+    `(params, losses)`: the trained optimizees' parameters (leading axis B) and the
+    `[T, B]` training losses (no regularizer, no training tricks).
+  """
   state = init_inner(lopt, task, meta_params, keys)
   tx = batched_transform(lopt, meta_params)
   step = _step_fn(task, tx, differentiate_gradients=False)

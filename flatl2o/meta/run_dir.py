@@ -63,7 +63,16 @@ def _is_primary() -> bool:
 
 
 def describe(lopt, task, config) -> dict[str, Any]:
-  """What a run directory belongs to, as the JSON of `run.json`."""
+  """What a run directory belongs to, as the JSON of `run.json`.
+
+  Args:
+    lopt: the learned-optimizer architecture (its name and hyper-parameters).
+    task: the optimizee (its name, dataset and batch size).
+    config: the `MetaTrainConfig`; the fields in `NOT_IDENTITY` are left out.
+
+  Returns:
+    A JSON-able dict with keys 'optimizer', 'task' and 'config'.
+  """
   return {
       "optimizer": {"architecture": lopt.name,
                     "hparams": lopt_base.architecture_hparams(lopt)},
@@ -82,7 +91,16 @@ def _config_identity(config) -> dict[str, Any]:
 
 
 def first_difference(old, new, prefix: str = "") -> str:
-  """The first differing key of two JSON values, as 'key was X, now Y'."""
+  """The first differing key of two JSON values, as 'key was X, now Y'.
+
+  Args:
+    old: the recorded JSON value.
+    new: the JSON value it is compared with.
+    prefix: prepended to the key path (nested keys are joined with '.').
+
+  Returns:
+    The message, from `folders.first_difference`.
+  """
   return folders.first_difference(old, new, prefix)
 
 
@@ -106,6 +124,15 @@ def claim(path: str, description: dict[str, Any], write: bool = True) -> None:
 
   `folders.claim_folder` with run.json; fields an older run.json lacks count as
   their defaults. With `write=False` (processes other than 0) it only checks.
+
+  Args:
+    path: the run directory.
+    description: what the run is (`describe`), the content of run.json.
+    write: write run.json when the folder is new or empty; False only checks.
+
+  Raises:
+    CheckpointError: run.json cannot be read, the folder holds other files but no
+      run.json, or its run.json describes a different configuration.
   """
   try:
     folders.claim_folder(path, description, filename="run.json", normalize=_with_new_defaults,
@@ -134,13 +161,31 @@ class RunCheckpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
+    """The newest checkpointed step.
+
+    Returns:
+      The step, or None when there is no checkpoint.
+    """
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """The checkpointed steps.
+
+    Returns:
+      The steps on disk, in increasing order.
+    """
     return sorted(self._manager.all_steps())
 
   def move_aside(self, step: int, to: str) -> str:
-    """Moves step `step`'s folder to `to/STEP-TIMESTAMP` (kept, not deleted); returns it."""
+    """Moves step `step`'s folder to `to/STEP-TIMESTAMP` (kept, not deleted); returns it.
+
+    Args:
+      step: the checkpointed step to move.
+      to: the folder it is moved into (created if missing).
+
+    Returns:
+      The path of the moved folder.
+    """
     os.makedirs(to, exist_ok=True)
     target = os.path.join(to, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
     os.replace(os.path.join(self.directory, str(step)), target)
@@ -155,6 +200,14 @@ class RunCheckpointer:
 
     orbax writes a step into a temporary folder and renames it when complete,
     so a failed save leaves the steps before it as they were.
+
+    Args:
+      step: the meta-step the checkpoint is saved under.
+      state: the run state, a pytree.
+
+    Raises:
+      atomic_files.WriteError: the write failed (its message says which earlier
+        checkpoint is intact).
     """
     try:
       self._manager.save(step, args=self._ocp.args.StandardSave(state), force=True)
@@ -171,6 +224,19 @@ class RunCheckpointer:
       raise atomic_files.write_failed(os.path.join(self.directory, str(step)), cause, kept) from None
 
   def restore(self, step: int, template: Any) -> Any:
+    """Reads checkpoint `step`.
+
+    Args:
+      step: the checkpointed step.
+      template: a pytree shaped like the saved state.
+
+    Returns:
+      The restored state, shaped like `template`.
+
+    Raises:
+      CheckpointError: the step cannot be restored (damaged, or of another
+        configuration).
+    """
     try:
       return self._manager.restore(step, args=self._ocp.args.StandardRestore(template))
     except Exception as e:  # orbax raises many types for a bad or foreign checkpoint.
@@ -211,6 +277,15 @@ class MetricsWriter:
       self._tb = None
 
   def write(self, record: dict[str, Any]) -> None:
+    """Appends `record` to `metrics.jsonl` and its finite numbers to TensorBoard.
+
+    Args:
+      record: a JSON-able dict of one meta-step's metrics, with its `iteration`.
+
+    Raises:
+      atomic_files.WriteError: the line could not be written (the lines before it
+        are intact).
+    """
     try:
       self._file.write(json.dumps(record, sort_keys=True) + "\n")
       self._file.flush()
@@ -248,6 +323,11 @@ class RunDirectory:
     return self._checkpointer.directory
 
   def latest_step(self) -> int | None:
+    """The newest checkpointed step.
+
+    Returns:
+      The step, or None when there is no checkpoint.
+    """
     return self._checkpointer.latest_step()
 
   def restore(self, template: Any) -> Any | None:
@@ -257,6 +337,12 @@ class RunDirectory:
     half-written step) is moved to `RUN_DIR/damaged_checkpoints/STEP-TIME`, with
     a one-line warning naming it and the step resumed from; `restored_step` says
     which step was restored.
+
+    Args:
+      template: a pytree shaped like the saved run state.
+
+    Returns:
+      The restored run state, or None when there is no checkpoint.
 
     Raises:
       CheckpointError: no checkpoint can be restored (nothing is moved then: a
@@ -294,14 +380,29 @@ class RunDirectory:
     return tree
 
   def save(self, step: int, state: Any) -> None:
+    """Checkpoints the run state (`RunCheckpointer.save`).
+
+    Args:
+      step: the meta-step the checkpoint is saved under.
+      state: the run state, a pytree.
+    """
     self._checkpointer.save(step, state)
 
   def open_metrics(self, keep_through: int) -> None:
-    """Starts `metrics.jsonl` / TensorBoard, dropping lines after `keep_through`."""
+    """Starts `metrics.jsonl` / TensorBoard, dropping lines after `keep_through`.
+
+    Args:
+      keep_through: the last meta-step whose lines are kept (the restored step).
+    """
     if self.primary:
       self._writer = MetricsWriter(self.path, keep_through)
 
   def write_metrics(self, record: dict[str, Any]) -> None:
+    """Writes one metrics record (`MetricsWriter.write`) once `open_metrics` ran on process 0.
+
+    Args:
+      record: a JSON-able dict of one meta-step's metrics, with its `iteration`.
+    """
     if self._writer is not None:
       self._writer.write(record)
 
@@ -317,7 +418,16 @@ class RunDirectory:
 
   def export(self, lopt, meta_params, metadata: dict[str, Any] | None = None) -> str:
     """Exports the learned optimizer to `RUN_DIR/optimizer` (with `metadata`, e.g. a
-    collapsed or undertrained status, in its optimizer.json); returns that path."""
+    collapsed or undertrained status, in its optimizer.json); returns that path.
+
+    Args:
+      lopt: the learned-optimizer architecture.
+      meta_params: its meta-parameters.
+      metadata: optional JSON-able facts kept in optimizer.json; only process 0 writes.
+
+    Returns:
+      The path of the export, `RUN_DIR/optimizer`.
+    """
     path = os.path.join(self.path, "optimizer")
     if self.primary:
       checkpoints.save_optimizer(path, lopt, meta_params, metadata=metadata)

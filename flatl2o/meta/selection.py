@@ -25,13 +25,28 @@ COLLAPSE_RATIO = 0.9
 
 
 def collapsed(metrics: dict[str, float]) -> bool:
-  """True when the validation runs no longer lower the training loss (or blew up)."""
+  """True when the validation runs no longer lower the training loss (or blew up).
+
+  Args:
+    metrics: a validation's metrics, with `final_train_loss` and `initial_train_loss`.
+
+  Returns:
+    True when the final training loss is not finite or above `COLLAPSE_RATIO` times
+    the initial one.
+  """
   final, initial = metrics["final_train_loss"], metrics["initial_train_loss"]
   return not np.isfinite(final) or final > COLLAPSE_RATIO * initial
 
 
 def score_of(metrics: dict[str, float]) -> float:
-  """Higher is better: validation accuracy, or minus the validation loss."""
+  """Higher is better: validation accuracy, or minus the validation loss.
+
+  Args:
+    metrics: a validation's metrics, with `accuracy` or else `loss`.
+
+  Returns:
+    The score as a float; -inf when it is not finite.
+  """
   if "accuracy" in metrics:
     value = metrics["accuracy"]
   else:
@@ -40,6 +55,14 @@ def score_of(metrics: dict[str, float]) -> float:
 
 
 def own_copy(tree):
+  """A copy of `tree` with buffers of its own.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    The pytree with every leaf copied (`jnp.copy`).
+  """
   # The meta-step donates the meta-optimizer state: a kept copy needs its own buffers.
   return jax.tree.map(jnp.copy, tree)
 
@@ -62,6 +85,15 @@ class Selector:
   keep_opt_state: bool = False
 
   def initial(self, meta_params, meta_opt_state) -> dict[str, Any]:
+    """The `best` dict before any validation.
+
+    Args:
+      meta_params: the initial meta-parameters.
+      meta_opt_state: the initial meta-optimizer state (copied with `keep_opt_state`).
+
+    Returns:
+      `{'meta_params', 'score': -inf, 'iteration': -1}` (and `meta_opt_state`).
+    """
     best = {"meta_params": meta_params, "score": np.asarray(-np.inf, np.float32),
             "iteration": np.asarray(-1, np.int32)}
     if self.keep_opt_state:
@@ -70,7 +102,19 @@ class Selector:
 
   def observe(self, best: dict[str, Any], validation: dict[str, float], meta_params,
               meta_opt_state, iteration: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The best after a validation at meta-step `iteration`, and the fields for its record."""
+    """The best after a validation at meta-step `iteration`, and the fields for its record.
+
+    Args:
+      best: the current `best` dict.
+      validation: the validation's metrics (`score_of`, `collapsed`).
+      meta_params: the meta-parameters that were validated.
+      meta_opt_state: their meta-optimizer state (copied with `keep_opt_state`).
+      iteration: the meta-step of the validation.
+
+    Returns:
+      `(best, record)`: the updated `best` dict, and `{'validation_score',
+      'collapsed', 'best_validation_score'}`.
+    """
     score = score_of(validation)
     is_collapsed = collapsed(validation)
     found = self.found(best)
@@ -91,29 +135,65 @@ class Selector:
 
   @staticmethod
   def found(best: dict[str, Any]) -> bool:
-    """False while every validation collapsed."""
+    """False while every validation collapsed.
+
+    Args:
+      best: the `best` dict.
+
+    Returns:
+      Whether `best` holds a validation that did not collapse.
+    """
     return int(best["iteration"]) >= 0
 
   @classmethod
   def best_score(cls, best: dict[str, Any]) -> float:
-    """The best score among validations that did not collapse (-inf while none)."""
+    """The best score among validations that did not collapse (-inf while none).
+
+    Args:
+      best: the `best` dict.
+
+    Returns:
+      The score, a float.
+    """
     return float(best["score"]) if cls.found(best) else float("-inf")
 
   @classmethod
   def best_iteration(cls, best: dict[str, Any]) -> int:
-    """The meta-step of that best (-1 while none)."""
+    """The meta-step of that best (-1 while none).
+
+    Args:
+      best: the `best` dict.
+
+    Returns:
+      The meta-step, an int.
+    """
     return int(best["iteration"]) if cls.found(best) else -1
 
   @staticmethod
   def selected_at(best: dict[str, Any]) -> tuple[int, float]:
-    """Meta-step and score of what `selected` returns, collapsed or not ((-1, -inf): none)."""
+    """Meta-step and score of what `selected` returns, collapsed or not ((-1, -inf): none).
+
+    Args:
+      best: the `best` dict.
+
+    Returns:
+      `(meta_step, score)`, an int and a float.
+    """
     iteration = int(best["iteration"])
     if iteration == -1:
       return -1, float("-inf")
     return (iteration if iteration >= 0 else -2 - iteration), float(best["score"])
 
   def selected(self, best: dict[str, Any], meta_params):
-    """What the run returns: the best; all collapsed, the best collapsed; none, `meta_params`."""
+    """What the run returns: the best; all collapsed, the best collapsed; none, `meta_params`.
+
+    Args:
+      best: the `best` dict.
+      meta_params: the current meta-parameters (returned before any validation).
+
+    Returns:
+      The selected meta-parameters.
+    """
     if int(best["iteration"]) == -1:
       return meta_params
     return best["meta_params"]

@@ -39,6 +39,9 @@ def resolve_num_devices(requested: int | None, meta_batch_size: int,
     meta_batch_size: optimizees per meta-step.
     available: devices present (default `jax.device_count()`, every process's).
 
+  Returns:
+    The number of devices, an int that divides `meta_batch_size`.
+
   Raises:
     ValueError: `requested` exceeds the devices present or does not divide the
       meta-batch.
@@ -59,21 +62,52 @@ def resolve_num_devices(requested: int | None, meta_batch_size: int,
 
 
 def mesh(num_devices: int, devices: Sequence[Any] | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (of every process)."""
+  """A 1-D mesh over the first `num_devices` devices (of every process).
+
+  Args:
+    num_devices: how many devices the mesh spans.
+    devices: the devices to take them from (default `jax.devices()`).
+
+  Returns:
+    The `Mesh`, its one axis named `AXIS`.
+  """
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices[:num_devices]), (AXIS,))
 
 
 def stack(tree):
-  """A device's slice of the inner state, as the `[1, ...]` block of the global array."""
+  """A device's slice of the inner state, as the `[1, ...]` block of the global array.
+
+  Args:
+    tree: a pytree of arrays (one device's slice).
+
+  Returns:
+    The pytree with a leading axis of size 1 added to every leaf.
+  """
   return jax.tree.map(lambda x: x[None], tree)
 
 
 def unstack(tree):
+  """The inverse of `stack`: a device's `[1, ...]` block as its slice.
+
+  Args:
+    tree: a pytree of arrays, each with a leading axis of size 1.
+
+  Returns:
+    The pytree with that leading axis removed (each leaf's first entry).
+  """
   return jax.tree.map(lambda x: x[0], tree)
 
 
 def replicated(mesh_: Mesh) -> NamedSharding:
+  """The sharding that replicates an array over every device of a mesh.
+
+  Args:
+    mesh_: the mesh.
+
+  Returns:
+    A `NamedSharding` with an empty `PartitionSpec`.
+  """
   return NamedSharding(mesh_, PartitionSpec())
 
 
@@ -82,6 +116,13 @@ def replicate(tree, mesh_: Mesh):
 
   `make_array_from_callback` rather than `device_put`, so the same call works
   when the mesh spans devices of other processes.
+
+  Args:
+    tree: a pytree of arrays (or values convertible with `np.asarray`).
+    mesh_: the mesh to replicate over.
+
+  Returns:
+    The pytree of replicated `jax.Array`s (leaves already so replicated are kept).
   """
   sharding = replicated(mesh_)
 
@@ -95,5 +136,12 @@ def replicate(tree, mesh_: Mesh):
 
 
 def local_copy(tree):
-  """One local device's full copy of replicated arrays (for work done once per process)."""
+  """One local device's full copy of replicated arrays (for work done once per process).
+
+  Args:
+    tree: a pytree of replicated `jax.Array`s (other leaves are kept as they are).
+
+  Returns:
+    The pytree with each array replaced by its first addressable shard.
+  """
   return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)

@@ -114,13 +114,29 @@ class MetaTrainResult:
 
 
 def meta_optimizer(config: MetaTrainConfig | UnrollConfig) -> optax.GradientTransformation:
-  """The optax optimizer of the meta-parameters: global-norm clip, then Adam."""
+  """The optax optimizer of the meta-parameters: global-norm clip, then Adam.
+
+  Args:
+    config: a `MetaTrainConfig` or `UnrollConfig` (its `meta_grad_clip` and
+      `meta_learning_rate`).
+
+  Returns:
+    The `optax.GradientTransformation`.
+  """
   return optax.chain(optax.clip_by_global_norm(config.meta_grad_clip),
                      optax.adam(config.meta_learning_rate))
 
 
 def num_devices(config: MetaTrainConfig | UnrollConfig) -> int:
-  """Devices `config`'s meta-batch is split over here (`sharding.resolve_num_devices`)."""
+  """Devices `config`'s meta-batch is split over here (`sharding.resolve_num_devices`).
+
+  Args:
+    config: a `MetaTrainConfig` or `UnrollConfig` (its `num_devices` and
+      `meta_batch_size`).
+
+  Returns:
+    The number of devices, an int.
+  """
   return sharding.resolve_num_devices(config.num_devices, config.meta_batch_size)
 
 
@@ -135,6 +151,16 @@ def init_meta_batch(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_par
   and zero noise sums (`estimators.PESState`). Split over `num_devices(config)`
   devices when that is more than one: each per-device leaf then has a leading
   device axis (`flatl2o.meta.sharding`).
+
+  Args:
+    lopt: the learned-optimizer architecture (static).
+    config: a `MetaTrainConfig` or `UnrollConfig` (static).
+    task: the optimizee.
+    meta_params: the learned optimizer's parameters.
+    key: the episode's key.
+
+  Returns:
+    The estimator's episode state.
   """
   config = config.unroll_config()
   devices = num_devices(config)
@@ -174,6 +200,19 @@ def meta_step(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_params, m
   meta-gradient is not finite the first two come back unchanged. With more than
   one device (`num_devices(config)`, states from `init_meta_batch`) each device
   unrolls its share under `shard_map` and the meta-loss is averaged across them.
+
+  Args:
+    lopt: the learned-optimizer architecture (static).
+    config: a `MetaTrainConfig` or `UnrollConfig` (static).
+    task: the optimizee.
+    meta_params: the learned optimizer's parameters (donated).
+    meta_opt_state: the meta-optimizer's state (donated).
+    states: the estimator's episode state (`init_meta_batch` or the previous step).
+    key: the truncation's key.
+
+  Returns:
+    `(meta_params, meta_opt_state, states, metrics)`; `metrics` holds `meta_loss`,
+    `meta_grad_norm`, `finite`, the estimator's metrics and `imitation` (0).
   """
   config = config.unroll_config()
   devices = num_devices(config)
@@ -212,6 +251,18 @@ def imitation_step(lopt, config: MetaTrainConfig | UnrollConfig, task, meta_para
   """One meta-optimizer update on the imitation loss (`flatl2o.meta.imitation`).
 
   Returns `(meta_params, meta_opt_state, metrics)`, non-finite guarded like `meta_step`.
+
+  Args:
+    lopt: the learned-optimizer architecture (static).
+    config: a `MetaTrainConfig` or `UnrollConfig` (static).
+    task: the optimizee.
+    meta_params: the learned optimizer's parameters.
+    meta_opt_state: the meta-optimizer's state (donated).
+    key: draws the optimizees and minibatches of the Adam trajectory.
+
+  Returns:
+    `(meta_params, meta_opt_state, metrics)`; `metrics` holds `meta_loss`,
+    `meta_grad_norm`, `finite` and `imitation` (1).
   """
   config = config.unroll_config()
   loss, grads = jax.value_and_grad(
@@ -230,6 +281,14 @@ score_of = selection.score_of
 
 @jax.jit
 def all_finite(tree) -> jax.Array:
+  """Whether every entry of every leaf of `tree` is finite.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    A scalar boolean array.
+  """
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
@@ -254,7 +313,20 @@ class MetaTrainingInterrupted(Exception):
 
 @functools.partial(jax.jit, static_argnames=("lopt", "horizon"))
 def validate(lopt, task, meta_params, keys, horizon: int):
-  """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`."""
+  """Mean validation metrics of fresh optimizees trained `horizon` steps with `meta_params`.
+
+  Args:
+    lopt: the learned-optimizer architecture (static).
+    task: the optimizee; scored on its validation split (`task.evaluate`).
+    meta_params: the learned optimizer's parameters.
+    keys: `[B]` keys, one per optimizee (`inner.rollout`).
+    horizon: inner steps of each run (static).
+
+  Returns:
+    The task's validation metrics averaged over the optimizees, plus
+    `initial_train_loss` and `final_train_loss`: the mean training loss over the
+    first and last tenth of the run (at least one step).
+  """
 
   params, losses = inner.rollout(lopt, task, meta_params, keys, horizon)
   metrics = jax.vmap(lambda p: task.evaluate(p, "validation"))(params)
@@ -281,7 +353,16 @@ def _duration(seconds: float) -> str:
 
 
 def progress_printer(total: int, emit: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
-  """A `meta_train` callback: one line per logged meta-step, with speed and ETA, to `emit`."""
+  """A `meta_train` callback: one line per logged meta-step, with speed and ETA, to `emit`.
+
+  Args:
+    total: the run's number of meta-steps (for the percentage and ETA).
+    emit: called with each line (e.g. `print`).
+
+  Returns:
+    The callback; it takes a metrics record (`iteration`, `meta_steps_per_second`,
+    `meta_loss`, `num_skipped` and, after a validation, the validation scores).
+  """
   def show(record):
     done, rate = record["iteration"], record["meta_steps_per_second"]
     eta = _duration((total - done) / rate) if rate > 0 else "?"
@@ -324,7 +405,12 @@ class MetaTrainState(NamedTuple):
 
   def to_checkpoint(self) -> dict[str, Any]:
     """As one pytree. Counters are NumPy scalars: orbax cannot save a one-device
-    array in a multi-host run, and these are the same on every process anyway."""
+    array in a multi-host run, and these are the same on every process anyway.
+
+    Returns:
+      A dict of this state's fields, the counters and the `stage` entries as NumPy
+      int32 / float32 scalars.
+    """
     counters = {k: np.asarray(getattr(self, k), np.int32)
                 for k in ("iteration", "num_skipped", "consecutive_skipped", "num_resets")}
     return {**self._asdict(), **counters,
@@ -333,6 +419,16 @@ class MetaTrainState(NamedTuple):
 
   @classmethod
   def from_checkpoint(cls, tree: dict[str, Any], place) -> "MetaTrainState":
+    """The state a checkpoint holds, the inverse of `to_checkpoint`.
+
+    Args:
+      tree: a restored `to_checkpoint` pytree.
+      place: applied to the meta-parameters and meta-optimizer states (those of
+        `best` included), e.g. to replicate them over a device mesh.
+
+    Returns:
+      The `MetaTrainState`, its counters and `stage` as Python numbers.
+    """
     best = {**tree["best"], "meta_params": place(tree["best"]["meta_params"])}
     if "meta_opt_state" in best:
       best["meta_opt_state"] = place(best["meta_opt_state"])

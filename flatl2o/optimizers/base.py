@@ -53,30 +53,76 @@ class LearnedOptimizer(Protocol):
   preferred_meta_loss: str = "mean"
 
   def init(self, key: jax.Array) -> Any:
-    """Fresh meta-parameters: a pytree of float32 arrays."""
+    """Fresh meta-parameters: a pytree of float32 arrays.
+
+    Args:
+      key: PRNG key for the random initialisation.
+
+    Returns:
+      The meta-parameters (what meta-training fits), a pytree of float32 arrays.
+    """
     ...
 
   def init_state(self, num_coords: int) -> Any:
-    """The optimizer's state for `num_coords` coordinates (a pytree, coordinates last)."""
+    """The optimizer's state for `num_coords` coordinates (a pytree, coordinates last).
+
+    Args:
+      num_coords: N, the number of coordinates (flattened parameters) to optimize.
+
+    Returns:
+      The initial state: a pytree whose per-coordinate arrays have N on the last axis.
+    """
     ...
 
   def step(self, meta_params: Any, grad: jax.Array, state: Any) -> tuple[jax.Array, Any]:
-    """One update from the flat float32 gradient `[N]`: `(update [N], new state)`."""
+    """One update from the flat float32 gradient `[N]`: `(update [N], new state)`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+      grad: the flat float32 gradient, shape `[N]`.
+      state: the state from `init_state(N)` or from the previous `step`.
+
+    Returns:
+      `(update, new_state)`: the update `[N]` (added to the parameters) and the new state.
+    """
     ...
 
   def transform(self, meta_params: Any) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation that applies this architecture with `meta_params`."""
+    """The optax transformation that applies this architecture with `meta_params`.
+
+    Args:
+      meta_params: the meta-parameters to apply, as from `init`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` over pytrees of float leaves.
+    """
     ...
 
 
 def architecture_hparams(lopt: LearnedOptimizer) -> dict[str, Any]:
-  """The architecture's hyper-parameters (its dataclass fields) as a JSON-friendly dict."""
+  """The architecture's hyper-parameters (its dataclass fields) as a JSON-friendly dict.
+
+  Args:
+    lopt: a learned-optimizer architecture (a dataclass instance).
+
+  Returns:
+    Field name -> value, with tuple values turned into lists.
+  """
   return {f.name: (list(v) if isinstance(v := getattr(lopt, f.name), tuple) else v)
           for f in dataclasses.fields(lopt)}
 
 
 def check_float_tree(tree: Any, what: str = "params") -> None:
-  """Raises ValueError unless every leaf is a floating-point array."""
+  """Raises ValueError unless every leaf is a floating-point array.
+
+  Args:
+    tree: the pytree to check (parameters or updates).
+    what: what `tree` is, for the error message.
+
+  Raises:
+    ValueError: a leaf's dtype is not floating (e.g. integer or complex); the message
+      names the leaf's path and what to do instead.
+  """
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -94,6 +140,14 @@ def flatten(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
 
   The inverse casts each piece back to its leaf's dtype. An empty tree gives a
   vector of length 0.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    `(flat, unflatten)`: `flat` is the float32 vector `[N]` of all leaves, raveled and
+    concatenated in `jax.tree` leaf order; `unflatten` maps such a vector back to a pytree
+    shaped like `tree`.
   """
   leaves, treedef = jax.tree.flatten(tree)
   sizes = [int(np.prod(jnp.shape(l))) for l in leaves]
@@ -113,6 +167,14 @@ def flatten(tree: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
 
 
 def num_coordinates(tree: Any) -> int:
+  """The number of coordinates (array elements) over all leaves of `tree`.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    N, the sum of the leaves' sizes, as a Python int (0 for an empty tree).
+  """
   return int(sum(np.prod(jnp.shape(l)) for l in jax.tree.leaves(tree)))
 
 
@@ -121,6 +183,14 @@ def log_sign_features(grad: jax.Array, k: float) -> jax.Array:
 
   `(log|g| / k, sign g)` where `|g| >= e^-k`, else `(-1, e^k g)` (Andrychowicz
   et al. 2016, appendix A): scale-free inputs for gradients of any magnitude.
+
+  Args:
+    grad: the gradient vector, shape `[N]`.
+    k: the preprocessing constant (the original code used 5); positive.
+
+  Returns:
+    A `[2, N]` array in `grad`'s dtype: row 0 the log-magnitude feature, row 1 the sign
+    (or scaled gradient) feature.
   """
   magnitude = jnp.abs(grad)
   big = magnitude >= float(np.exp(-k))  # Python floats are weakly typed: grad's dtype stays
@@ -135,6 +205,16 @@ def lstm_stack(layers: list[dict], x: jax.Array, hidden: tuple[jax.Array, ...],
 
   Layer l has `w: [4H, in + H]`, `b: [4H, 1]` and gate order (i, f, g, o); x is
   `[in, N]`, each state `[H, N]`: one fused matmul per layer.
+
+  Args:
+    layers: per layer, `{"w": [4H, in + H], "b": [4H, 1]}` (as from `lstm_init`).
+    x: the input to the first layer, `[in, N]`.
+    hidden: per layer, the previous output `h`, `[H, N]`.
+    cell: per layer, the previous cell `c`, `[H, N]`.
+
+  Returns:
+    `(top_h, hiddens, cells)`: the top layer's new output `[H, N]`, and tuples of every
+    layer's new `h` and new `c`.
   """
   new_hidden, new_cell = [], []
   for layer, p in enumerate(layers):
@@ -148,7 +228,18 @@ def lstm_stack(layers: list[dict], x: jax.Array, hidden: tuple[jax.Array, ...],
 
 
 def lstm_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: int) -> list[dict]:
-  """Stacked LSTM weights: uniform(+-1/sqrt(H)), zero biases but the forget gate's (1)."""
+  """Stacked LSTM weights: uniform(+-1/sqrt(H)), zero biases but the forget gate's (1).
+
+  Args:
+    key: PRNG key for the weights.
+    input_size: size of the first layer's input.
+    hidden_size: H, units per layer.
+    num_layers: number of stacked layers.
+
+  Returns:
+    A list of `num_layers` dicts `{"w": [4H, in + H], "b": [4H, 1]}` of float32 arrays,
+    gate order (i, f, g, o), where `in` is `input_size` for the first layer and H above.
+  """
   h = hidden_size
   layers = []
   for layer, k in enumerate(jax.random.split(key, num_layers)):
@@ -159,10 +250,26 @@ def lstm_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: int
 
 
 def uniform(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
+  """Float32 samples drawn uniformly from `[-scale, scale)`.
+
+  Args:
+    key: PRNG key.
+    shape: shape of the result.
+    scale: half-width of the interval.
+
+  Returns:
+    A float32 array of shape `shape`.
+  """
   return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
 
 
 def check_positive_int(lopt, *fields: str) -> None:
+  """Raises ValueError unless each named field of `lopt` is a positive integer (not a bool).
+
+  Args:
+    lopt: the architecture whose fields are checked (its class name appears in the error).
+    *fields: names of the fields to check.
+  """
   for field in fields:
     _checks.positive_int(f"{type(lopt).__name__}.{field}", getattr(lopt, field))
 
@@ -173,6 +280,15 @@ def check_number(lopt, field: str, ok: Callable[[float], bool], accepted: str) -
   A traced value (the setting injected with `optax.inject_hyperparams`, or
   scheduled) is not checked: it has no concrete value to check, and optax's own
   transformations do not check theirs either.
+
+  Args:
+    lopt: the architecture whose field is checked (its class name appears in the error).
+    field: name of the field.
+    ok: predicate that the field's value, converted to float, must satisfy.
+    accepted: what is accepted, in words, for the error message (e.g. "positive").
+
+  Raises:
+    ValueError: the value is a bool, cannot be converted to float, or fails `ok`.
   """
   value = getattr(lopt, field)
   if isinstance(value, jax.core.Tracer):
@@ -189,13 +305,27 @@ def meta_dtype(meta_params: Any):
   """The float dtype the recurrent state lives in: the meta-parameters' (None when empty).
 
   float32 normally; float64 when meta-gradients are checked in double precision.
+
+  Args:
+    meta_params: the meta-parameters (a pytree of arrays).
+
+  Returns:
+    The result dtype of all the meta-parameters' leaves, or None when there are none.
   """
   leaves = jax.tree.leaves(meta_params)
   return jnp.result_type(*leaves) if leaves else None
 
 
 def cast_state(state: Any, dtype) -> Any:
-  """`state` with its floating leaves in `dtype` (integer counters untouched)."""
+  """`state` with its floating leaves in `dtype` (integer counters untouched).
+
+  Args:
+    state: the optimizer state (a pytree of arrays).
+    dtype: the float dtype to cast to; None returns `state` unchanged.
+
+  Returns:
+    The state with its floating leaves cast to `dtype` and its other leaves as they were.
+  """
   if dtype is None:
     return state
   return jax.tree.map(
@@ -208,6 +338,13 @@ def keep_dtypes(new_state: Any, old_state: Any) -> Any:
   Under `jax_enable_x64`, a NumPy float64 constant in a step would otherwise
   promote float32 state to float64 after one update, and `lax.scan` /
   `lax.cond` / `optax.MultiSteps` over the state would then fail.
+
+  Args:
+    new_state: the state after an update.
+    old_state: the state before it, with the same tree structure.
+
+  Returns:
+    `new_state` with each leaf cast to the dtype of the matching leaf of `old_state`.
   """
   return jax.tree.map(lambda n, o: n.astype(o.dtype) if n.dtype != o.dtype else n,
                       new_state, old_state)
@@ -219,6 +356,16 @@ def coordinatewise_transform(lopt: LearnedOptimizer, meta_params: Any) -> optax.
   The network sees the flat float32 gradient; `loss=` and any other extra
   arguments are accepted and ignored (architectures that use the loss read it
   in their own `update`).
+
+  Args:
+    lopt: a coordinatewise architecture (it implements `init_state` and `step`).
+    meta_params: the meta-parameters passed to every `lopt.step`.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`: its `init` builds `lopt.init_state(N)` for
+    the N coordinates of the parameters (floating state in the meta-parameters' dtype); its
+    `update` flattens the updates, runs `lopt.step` and unflattens the step into each leaf's
+    dtype. Both raise ValueError on a non-float leaf (`check_float_tree`).
   """
 
   dtype = meta_dtype(meta_params)

@@ -77,6 +77,11 @@ def entropy_sgd(learning_rate: float = 30.0, gamma: float = 0.03, scoping: float
     noise: eps, the Langevin noise scale (Chaudhari et al.'s thermal noise).
     mean_rate: alpha, the running mean's weight on the newest sample.
     seed: seed of the transformation's own PRNG key.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` with state `EntropySGDState`; its
+    `update(updates, state, params, grad_fn=...)` ignores `updates` and raises ValueError
+    when `grad_fn` or `params` is missing.
   """
 
   def init_fn(params):

@@ -78,7 +78,16 @@ class L2ODM(base.LearnedOptimizer):
     return 1 if self.preprocess_k is None else 2
 
   def init(self, key: jax.Array) -> dict:
-    """Meta-parameters; uniform(+-1/sqrt(H)) weights, forget-gate bias 1."""
+    """Meta-parameters; uniform(+-1/sqrt(H)) weights, forget-gate bias 1.
+
+    Args:
+      key: PRNG key for the weights.
+
+    Returns:
+      A dict of float32 arrays: `lstm` (per layer `w: [4H, in + H]`, `b: [4H, 1]`; `in` is
+      2 with the log-and-sign preprocessing, 1 without, H above the first layer), `out_w`
+      `[1, H]` and `out_b` `[1, 1]`.
+    """
     h = self.hidden_size
     scale = 1.0 / np.sqrt(h)
     keys = jax.random.split(key, self.num_layers + 1)
@@ -92,13 +101,31 @@ class L2ODM(base.LearnedOptimizer):
             "out_b": jnp.zeros((1, 1), jnp.float32)}
 
   def init_state(self, num_coords: int) -> L2ODMState:
+    """Zero LSTM state for `num_coords` coordinates.
+
+    Args:
+      num_coords: N, the number of coordinates.
+
+    Returns:
+      An `L2ODMState` of float32 zeros: per layer, `hidden` and `cell` `[hidden_size, N]`.
+    """
     zeros = tuple(jnp.zeros((self.hidden_size, num_coords), jnp.float32)
                   for _ in range(self.num_layers))
     return L2ODMState(hidden=zeros, cell=zeros)
 
   def step(self, meta_params: dict, grad: jax.Array,
            state: L2ODMState) -> tuple[jax.Array, L2ODMState]:
-    """One LSTM step on a flat gradient `[N]`; returns the update `[N]`."""
+    """One LSTM step on a flat gradient `[N]`; returns the update `[N]`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+      grad: the flat gradient `[N]`.
+      state: the `L2ODMState` from `init_state` or from the previous step.
+
+    Returns:
+      `(update, new_state)`: the update `[N]` (the linear read-out times `output_scale`) and
+      the new `L2ODMState`.
+    """
     if self.preprocess_k is None:
       x = grad[None, :]
     else:
@@ -108,7 +135,14 @@ class L2ODM(base.LearnedOptimizer):
     return update, L2ODMState(hidden=hidden, cell=cell)
 
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation that applies this network with `meta_params`."""
+    """The optax transformation that applies this network with `meta_params`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` (`base.coordinatewise_transform`).
+    """
     return base.coordinatewise_transform(self, meta_params)
 
 

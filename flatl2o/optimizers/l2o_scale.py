@@ -158,7 +158,16 @@ class L2OScale(base.LearnedOptimizer):
     return 2 * len(self.timescales)
 
   def init(self, key: jax.Array) -> dict:
-    """Meta-parameters: uniform(+-1/sqrt(fan-in)) weights, zero biases."""
+    """Meta-parameters: uniform(+-1/sqrt(fan-in)) weights, zero biases.
+
+    Args:
+      key: PRNG key for the weights.
+
+    Returns:
+      A dict of float32 arrays: the GRUs `coord_gru`, `tensor_gru` and `global_gru` (each
+      `w: [3H, in + H]`, `b: [3H, 1]`), the gate-bias maps `tensor_to_coord` `[3Hc, Ht]` and
+      `global_to_tensor` `[3Ht, Hg]`, and the read-out `out_w` `[2, Hc]`, `out_b` `[2, 1]`.
+    """
     hc, ht, hg = self.coord_hidden, self.tensor_hidden, self.global_hidden
     keys = jax.random.split(key, 6)
     return {
@@ -175,7 +184,17 @@ class L2OScale(base.LearnedOptimizer):
 
   def init_state(self, num_coords: int,
                  tensor_sizes: Sequence[int] | None = None) -> L2OScaleState:
-    """State for `num_coords` coordinates split into tensors of `tensor_sizes` (default one)."""
+    """State for `num_coords` coordinates split into tensors of `tensor_sizes` (default one).
+
+    Args:
+      num_coords: N, the number of coordinates.
+      tensor_sizes: sizes of the tensors the N coordinates split into, in order; they must
+        add up to N (ValueError otherwise). None: one tensor of N coordinates.
+
+    Returns:
+      An `L2OScaleState` (float32) with zero moments, hidden states, `initial_loss` and
+      `count`, and every `log_lr` at log(`initial_learning_rate`).
+    """
     sizes = _sizes(num_coords, tensor_sizes)
     k = len(self.timescales)
     zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
@@ -190,7 +209,21 @@ class L2OScale(base.LearnedOptimizer):
   def step(self, meta_params: dict, grad: jax.Array, state: L2OScaleState,
            tensor_sizes: Sequence[int] | None = None,
            loss: jax.Array | None = None) -> tuple[jax.Array, L2OScaleState]:
-    """One step on a flat gradient `[N]` made of tensors of `tensor_sizes`; returns `[N]`."""
+    """One step on a flat gradient `[N]` made of tensors of `tensor_sizes`; returns `[N]`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+      grad: the flat gradient `[N]`; it is cast to the state's dtype.
+      state: the `L2OScaleState` from `init_state` or from the previous step.
+      tensor_sizes: sizes of the tensors making up `grad`, in order; they must add up to N
+        (ValueError otherwise). None: one tensor.
+      loss: the current training loss, for the global level's `log(f_t / f_0)` feature
+        (`f_0` is the loss given at the first step); None feeds a zero feature.
+
+    Returns:
+      `(update, new_state)`: the update `[N]`, `exp(log_lr) * d`, and the new
+      `L2OScaleState`.
+    """
     num_coords = grad.shape[0]
     sizes = _sizes(num_coords, tensor_sizes)
     num_tensors = len(sizes)
@@ -241,7 +274,15 @@ class L2OScale(base.LearnedOptimizer):
                                  count=count)
 
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation: pytree leaves are the tensors; reads `loss=` when given."""
+    """The optax transformation: pytree leaves are the tensors; reads `loss=` when given.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs`; its `update` passes `loss=` to `step` and
+      ignores other extra arguments.
+    """
     dtype = base.meta_dtype(meta_params)
 
     def init_fn(params):

@@ -79,6 +79,16 @@ class MLPLOpt(base.LearnedOptimizer):
       base.check_number(self, field, lambda v: v > 0, "positive")
 
   def init(self, key: jax.Array) -> dict:
+    """Meta-parameters: uniform(+-sqrt(6 / (fan_in + fan_out))) weights, zero biases.
+
+    Args:
+      key: PRNG key for the weights.
+
+    Returns:
+      `{"layers": [...]}`, per layer `{"w": [out, in], "b": [out, 1]}` in float32: from the
+      `1 + len(decays)` features through `num_layers` hidden layers of `hidden_size` units
+      to 2 outputs (the direction d and the magnitude s).
+    """
     sizes = [1 + len(self.decays)] + [self.hidden_size] * self.num_layers + [2]
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []
@@ -88,6 +98,15 @@ class MLPLOpt(base.LearnedOptimizer):
     return {"layers": layers}
 
   def init_state(self, num_coords: int) -> MLPLOptState:
+    """Zero accumulators for `num_coords` coordinates.
+
+    Args:
+      num_coords: N, the number of coordinates.
+
+    Returns:
+      An `MLPLOptState`: float32 zeros `momenta` `[len(decays), N]` and `second_moment`
+      `[N]`, and `count` 0.
+    """
     return MLPLOptState(
         momenta=jnp.zeros((len(self.decays), num_coords), jnp.float32),
         second_moment=jnp.zeros((num_coords,), jnp.float32),
@@ -95,6 +114,17 @@ class MLPLOpt(base.LearnedOptimizer):
 
   def step(self, meta_params: dict, grad: jax.Array,
            state: MLPLOptState) -> tuple[jax.Array, MLPLOptState]:
+    """One step on a flat gradient `[N]`: update the accumulators, then apply the MLP.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+      grad: the flat float32 gradient `[N]`.
+      state: the `MLPLOptState` from `init_state` or from the previous step.
+
+    Returns:
+      `(update, new_state)`: the update `[N]`, `step_size * d * exp(magnitude_scale * s)`,
+      and the new `MLPLOptState`.
+    """
     decays = jnp.asarray(self.decays, jnp.float32)[:, None]
     momenta = decays * state.momenta + (1.0 - decays) * grad[None, :]
     b = self.second_moment_decay
@@ -111,7 +141,14 @@ class MLPLOpt(base.LearnedOptimizer):
     return update, MLPLOptState(momenta=momenta, second_moment=second_moment, count=count)
 
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation that applies this network with `meta_params`."""
+    """The optax transformation that applies this network with `meta_params`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` (`base.coordinatewise_transform`).
+    """
     return base.coordinatewise_transform(self, meta_params)
 
 

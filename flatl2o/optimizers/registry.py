@@ -194,12 +194,26 @@ def _check_factory(name: str, factory: Callable[..., Any]) -> None:
 
 
 def names() -> tuple[str, ...]:
-  """The registered hand-designed optimizers."""
+  """The registered hand-designed optimizers.
+
+  Returns:
+    Their names, in registration order (learned architectures are in `learned_names()`).
+  """
   return tuple(_FACTORIES)
 
 
 def default_hparams(name: str) -> dict[str, object]:
-  """The hyper-parameters the hand-designed optimizer `name` accepts, with their defaults."""
+  """The hyper-parameters the hand-designed optimizer `name` accepts, with their defaults.
+
+  Args:
+    name: one of `names()`.
+
+  Returns:
+    Hyper-parameter name -> default value, read from the factory's signature.
+
+  Raises:
+    OptimizerError: `name` is not a registered hand-designed optimizer.
+  """
   if name not in _FACTORIES:
     raise OptimizerError(f"unknown optimizer {name!r}{_checks.did_you_mean(name, names())}; "
                          f"accepted: {', '.join(names())}")
@@ -215,7 +229,17 @@ def _check_known(what: str, given, accepted) -> None:
 
 
 def get(name: str, **kwargs) -> optax.GradientTransformation:
-  """Builds a hand-designed optimizer; `learning_rate=None` means its default."""
+  """Builds a hand-designed optimizer; `learning_rate=None` means its default.
+
+  Args:
+    name: one of `names()` (OptimizerError otherwise).
+    **kwargs: hyper-parameters of the optimizer (see `default_hparams(name)`; an unknown one
+      is an OptimizerError); a value of None means the default. `learning_rate` and `rho`,
+      when given, must be positive numbers.
+
+  Returns:
+    The `optax.GradientTransformation` that the registered factory builds.
+  """
   _check_known(f"optimizer {name!r}", kwargs, default_hparams(name))
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
   for key in ("learning_rate", "rho"):
@@ -225,12 +249,29 @@ def get(name: str, **kwargs) -> optax.GradientTransformation:
 
 
 def learned_names() -> tuple[str, ...]:
-  """The registered learned-optimizer architectures (built-ins first, in registration order)."""
+  """The registered learned-optimizer architectures (built-ins first, in registration order).
+
+  Returns:
+    Their names, each accepted by `learned`.
+  """
   return tuple(LEARNED)
 
 
 def learned(name: str, **hparams) -> LearnedOptimizer:
-  """A learned-optimizer architecture by name (`learned_names()`), untrained."""
+  """A learned-optimizer architecture by name (`learned_names()`), untrained.
+
+  Args:
+    name: one of `learned_names()`.
+    **hparams: values of the architecture's dataclass fields; the others keep their
+      defaults.
+
+  Returns:
+    An instance of the registered architecture class (a `LearnedOptimizer`).
+
+  Raises:
+    OptimizerError: an unknown `name` or hyper-parameter, or values that the class
+      rejects (a TypeError or ValueError from its constructor).
+  """
   if name not in LEARNED:
     raise OptimizerError(f"unknown learned optimizer {name!r}"
                          f"{_checks.did_you_mean(name, LEARNED)}; accepted: {', '.join(LEARNED)}")

@@ -89,7 +89,15 @@ class RNNProp(base.LearnedOptimizer):
       base.check_number(self, field, lambda v: v > 0, "positive")
 
   def init(self, key: jax.Array) -> dict:
-    """Meta-parameters: uniform(+-1/sqrt(fan-in)) weights, forget-gate bias 1."""
+    """Meta-parameters: uniform(+-1/sqrt(fan-in)) weights, forget-gate bias 1.
+
+    Args:
+      key: PRNG key for the weights.
+
+    Returns:
+      A dict of float32 arrays: `input_w` `[input_size, 2]`, `input_b` `[input_size, 1]`,
+      `lstm` (as from `base.lstm_init`), `out_w` `[1, H]` and `out_b` `[1, 1]`.
+    """
     h = self.hidden_size
     input_key, lstm_key, out_key = jax.random.split(key, 3)
     return {"input_w": base.uniform(input_key, (self.input_size, 2), 1.0 / np.sqrt(2.0)),
@@ -99,6 +107,15 @@ class RNNProp(base.LearnedOptimizer):
             "out_b": jnp.zeros((1, 1), jnp.float32)}
 
   def init_state(self, num_coords: int) -> RNNPropState:
+    """Zero moments, count and LSTM state for `num_coords` coordinates.
+
+    Args:
+      num_coords: N, the number of coordinates.
+
+    Returns:
+      An `RNNPropState` of zeros: moments `[N]` (float32), `count` 0, and per layer
+      `hidden` and `cell` `[hidden_size, N]` (float32).
+    """
     zeros = tuple(jnp.zeros((self.hidden_size, num_coords), jnp.float32)
                   for _ in range(self.num_layers))
     return RNNPropState(first_moment=jnp.zeros((num_coords,), jnp.float32),
@@ -107,7 +124,17 @@ class RNNProp(base.LearnedOptimizer):
 
   def step(self, meta_params: dict, grad: jax.Array,
            state: RNNPropState) -> tuple[jax.Array, RNNPropState]:
-    """One step on a flat gradient `[N]`; returns the update `[N]`."""
+    """One step on a flat gradient `[N]`; returns the update `[N]`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+      grad: the flat gradient `[N]`; it is cast to the state's dtype.
+      state: the `RNNPropState` from `init_state` or from the previous step.
+
+    Returns:
+      `(update, new_state)`: the update `[N]`, `output_scale * tanh(w_out . h + b_out)`, and
+      the new `RNNPropState`.
+    """
     dtype = state.first_moment.dtype
     grad = grad.astype(dtype)
     first = self.beta1 * state.first_moment + (1.0 - self.beta1) * grad
@@ -124,7 +151,14 @@ class RNNProp(base.LearnedOptimizer):
                                 hidden=hidden, cell=cell)
 
   def transform(self, meta_params: dict) -> optax.GradientTransformationExtraArgs:
-    """The optax transformation that applies this network with `meta_params`."""
+    """The optax transformation that applies this network with `meta_params`.
+
+    Args:
+      meta_params: the meta-parameters, as from `init`.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` (`base.coordinatewise_transform`).
+    """
     return base.coordinatewise_transform(self, meta_params)
 
 

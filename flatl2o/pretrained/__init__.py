@@ -50,7 +50,16 @@ class PretrainedError(ValueError):
 
 
 def names(root: str | None = None) -> tuple[str, ...]:
-  """The pretrained optimizers (sorted): every folder of `root` holding an export."""
+  """The pretrained optimizers (sorted): every folder of `root` holding an export.
+
+  Args:
+    root: the folder holding the pretrained optimizers; None: the shipped ones (`ROOT`).
+
+  Returns:
+    The sorted names of the folders of `root` that are valid names (lower-case letters,
+    digits and '_', starting with a letter) and hold an `optimizer.json`; empty if `root` is
+    not a folder.
+  """
   root = root or ROOT
   if not os.path.isdir(root):
     return ()
@@ -60,7 +69,18 @@ def names(root: str | None = None) -> tuple[str, ...]:
 
 
 def path(name: str, root: str | None = None) -> str:
-  """The folder of pretrained optimizer `name` (a `flatl2o.load_optimizer` export)."""
+  """The folder of pretrained optimizer `name` (a `flatl2o.load_optimizer` export).
+
+  Args:
+    name: one of `names(root)`.
+    root: the folder holding the pretrained optimizers; None: the shipped ones (`ROOT`).
+
+  Returns:
+    The path `root/name` (under `ROOT` when `root` is None).
+
+  Raises:
+    PretrainedError: `name` is not one of `names(root)` (the message suggests a close one).
+  """
   known = names(root)
   if name not in known:
     raise PretrainedError(
@@ -70,17 +90,47 @@ def path(name: str, root: str | None = None) -> str:
 
 
 def load(name: str, root: str | None = None) -> optax.GradientTransformationExtraArgs:
-  """Pretrained optimizer `name` as a ready optax transformation (offline, checksum checked)."""
+  """Pretrained optimizer `name` as a ready optax transformation (offline, checksum checked).
+
+  Args:
+    name: one of `names(root)` (`PretrainedError` otherwise, from `path`).
+    root: the folder holding the pretrained optimizers; None: the shipped ones (`ROOT`).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` applying the learned optimizer with its
+    pretrained meta-parameters (`flatl2o.checkpoints.load_optimizer`).
+  """
   return checkpoints.load_optimizer(path(name, root))
 
 
 def load_learned(name: str, root: str | None = None):
-  """`(lopt, meta_params)` of pretrained optimizer `name`, e.g. to fine-tune it."""
+  """`(lopt, meta_params)` of pretrained optimizer `name`, e.g. to fine-tune it.
+
+  Args:
+    name: one of `names(root)` (`PretrainedError` otherwise, from `path`).
+    root: the folder holding the pretrained optimizers; None: the shipped ones (`ROOT`).
+
+  Returns:
+    `(lopt, meta_params)`: the learned-optimizer architecture and its meta-parameters, as
+    `flatl2o.checkpoints.load_learned` returns them.
+  """
   return checkpoints.load_learned(path(name, root))
 
 
 def card(name: str, root: str | None = None) -> dict[str, Any]:
-  """The machine-readable card (`card.json`) of pretrained optimizer `name`."""
+  """The machine-readable card (`card.json`) of pretrained optimizer `name`.
+
+  Args:
+    name: one of `names(root)` (`PretrainedError` otherwise, from `path`).
+    root: the folder holding the pretrained optimizers; None: the shipped ones (`ROOT`).
+
+  Returns:
+    The parsed `card.json`: what the optimizer is, how it was meta-trained, and its measured
+    figures with the commands that produced them.
+
+  Raises:
+    PretrainedError: `card.json` is missing, unreadable or not JSON.
+  """
   card_path = os.path.join(path(name, root), CARD_JSON)
   try:
     with open(card_path) as f:
@@ -100,6 +150,18 @@ def add(name: str, export_dir: str, card: dict[str, Any], root: str | None = Non
   beside its final place and renamed into it, so a crash never leaves half of
   one. An existing name is refused unless `overwrite=True`; `export_dir` may be
   the folder being replaced (to update its card).
+
+  Args:
+    name: the new optimizer's name: lower-case letters, digits and '_', starting with a
+      letter.
+    export_dir: the export to copy, as `flatl2o.save_optimizer` writes it.
+    card: the card's fields (`CARD_FIELDS`, with `TRAINING_FIELDS` under "training"); the
+      filled-in card is written as `card.json` and rendered as `card.md`.
+    root: the folder to add it to; None: the shipped ones (`ROOT`).
+    overwrite: replace an existing optimizer of that name.
+
+  Returns:
+    The new folder, `root/name` (absolute).
 
   Raises:
     PretrainedError: a bad name, an existing name without `overwrite`, or a card

@@ -44,8 +44,19 @@ FLATNESS = ("hessian_trace", "top_eigenvalue", "entropy_gap")
 
 
 def per_seed_differences(a: list[dict], b: list[dict], metric: str) -> dict[int, float]:
-  """meta seed -> mean over shared test seeds of a - b (`a`, `b`: cells with meta_seed,
-  test_seed and `metric`); a - b pairs are left out where either is not finite."""
+  """Per meta seed, the mean over the shared test seeds of a - b.
+
+  a - b pairs are left out where either is not finite.
+
+  Args:
+    a: cells (dicts with `meta_seed`, `test_seed` and `metric`) of one optimizer.
+    b: cells of the same form of the other, paired with `a` by (meta_seed, test_seed).
+    metric: the key of the cells whose values are differenced.
+
+  Returns:
+    meta seed -> mean over shared test seeds of a - b, in order of meta seed; a meta seed
+    with no finite pair is absent.
+  """
   b_at = {(c["meta_seed"], c["test_seed"]): c[metric] for c in b}
   diffs: dict[int, list[float]] = {}
   for c in a:
@@ -56,7 +67,16 @@ def per_seed_differences(a: list[dict], b: list[dict], metric: str) -> dict[int,
 
 
 def difference(per_seed: dict[int, float]) -> dict[str, Any]:
-  """Mean over meta seeds of the per-seed differences, with interval, p-value and MDE."""
+  """Mean over meta seeds of the per-seed differences, with interval, p-value and MDE.
+
+  Args:
+    per_seed: meta seed -> difference, as from `per_seed_differences`.
+
+  Returns:
+    A dict with `difference` (the mean; NaN if there are no seeds), `ci95` ([low, high], the
+    95% t-interval), `p_value`, `mde`, `meta_seeds` (the count) and `per_seed` (keyed by the
+    seed as a string); `ci95`, `p_value` and `mde` stay NaN with fewer than two seeds.
+  """
   d = list(per_seed.values())
   n = len(d)
   out = {"difference": float(np.mean(d)) if d else float("nan"),
@@ -71,7 +91,15 @@ def difference(per_seed: dict[int, float]) -> dict[str, Any]:
 
 
 def regularizer_label(kind: str, coefficient: float | None) -> str:
-  """As `flatl2o.study.commands.regularizer_label` (which imports JAX; this module does not)."""
+  """As `flatl2o.study.commands.regularizer_label` (which imports JAX; this module does not).
+
+  Args:
+    kind: the flatness term, or "none" for the plain optimizer.
+    coefficient: the term's coefficient; unused when `kind` is "none".
+
+  Returns:
+    "none", or "<kind>-<coefficient>" with the coefficient formatted by `:g`.
+  """
   return "none" if kind == "none" else f"{kind}-{coefficient:g}"
 
 
@@ -80,8 +108,22 @@ def _contender(model: str, kind: str, coefficient, seed: int) -> str:
 
 
 def comparisons(results: dict) -> list[dict[str, Any]]:
-  """The `primary` list of results.json: every regularized model x term x optimizee x
-  control x metric, with its statistics (`difference`) and Holm-adjusted p-value."""
+  """The `primary` list of results.json.
+
+  Every regularized model x term x optimizee x control x metric, with its statistics
+  (`difference`) and Holm-adjusted p-value.
+
+  Args:
+    results: the study's results, with `cells`, `coefficients` and `contenders`, and
+      optionally `same_budget` (regularized contender -> its same-budget plain control) and
+      `unpaired` (contender -> why it has no pair).
+
+  Returns:
+    One dict per comparison with `model`, `regularizer`, `coefficient`, `optimizee`,
+    `control`, `metric`, the fields of `difference`, `selected_meta_steps`,
+    `control_meta_steps`, `unpaired` (seed -> reason it was left out), `family` ("primary"
+    or "secondary") and `p_holm` (Holm-adjusted within its family; NaN where the p-value is).
+  """
   cells = results["cells"]
   coefficients = results["coefficients"]
   contenders = results["contenders"]
@@ -140,8 +182,18 @@ def comparisons(results: dict) -> list[dict[str, Any]]:
 
 
 def correlations(results: dict) -> list[dict[str, Any]]:
-  """Spearman's rho between each flatness measure at matched loss and the generalization
-  gap there, over every meta-test run of each optimizee that reached the level."""
+  """Spearman's rho between each flatness measure at matched loss and the generalization gap.
+
+  The gap is taken there, over every meta-test run of each optimizee that reached the level.
+
+  Args:
+    results: the study's results, with `cells` (each with `optimizee` and `matched`) and
+      optionally `matched_levels` (optimizee -> the matched training loss).
+
+  Returns:
+    One dict per optimizee x flatness measure with `optimizee`, `flatness`, `rho`, `ci95`
+    ([low, high]), `runs` (the pairs used), `runs_in_study` and `level`.
+  """
   out = []
   optimizees = list(dict.fromkeys(c["optimizee"] for c in results["cells"]))
   for optimizee in optimizees:
@@ -159,7 +211,14 @@ def correlations(results: dict) -> list[dict[str, Any]]:
 
 
 def unpaired_lines(primary: list[dict]) -> list[str]:
-  """A warning per primary difference that left meta-training seeds out (unpaired)."""
+  """A warning per primary difference that left meta-training seeds out (unpaired).
+
+  Args:
+    primary: the comparisons, as from `comparisons`; only the `primary` family is read.
+
+  Returns:
+    Markdown list items, one per primary comparison with unpaired seeds.
+  """
   lines = []
   for e in primary:
     if e["family"] == "primary" and e.get("unpaired"):
@@ -172,8 +231,16 @@ def unpaired_lines(primary: list[dict]) -> list[str]:
 
 
 def answer_lines(primary: list[dict]) -> list[str]:
-  """The opening of results.md: the primary differences, each in one sentence, then a
-  warning for any that left seeds out."""
+  """The opening of results.md.
+
+  The primary differences, each in one sentence, then a warning for any that left seeds out.
+
+  Args:
+    primary: the comparisons, as from `comparisons`; only the `primary` family is read.
+
+  Returns:
+    Markdown list items: one sentence per primary difference, then the `unpaired_lines`.
+  """
   return _difference_lines(primary) + unpaired_lines(primary)
 
 

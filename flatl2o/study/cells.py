@@ -25,7 +25,12 @@ _log = logging.getLogger(__name__)
 
 
 def check(run_dir: str, config: StudyConfig) -> None:
-  """`claim` without writing: refuses a folder of another configuration (ValueError)."""
+  """`claim` without writing: refuses a folder of another configuration (ValueError).
+
+  Args:
+    run_dir: the study folder.
+    config: the configuration the folder must hold (or be empty for).
+  """
   claim(run_dir, config, write=False)
 
 
@@ -34,6 +39,18 @@ def claim(run_dir: str, config: StudyConfig, write: bool = True) -> None:
 
   An older protocol.json is read as this version writes it (`upgrade_identity`),
   and a field it lacks counts as its default. With `write=False` it only checks.
+
+  Args:
+    run_dir: the study folder.
+    config: the configuration to pin; its `identity()` is written to protocol.json.
+    write: whether to write protocol.json into a new or empty folder (False: only check).
+
+  Returns:
+    None: `run_dir` is pinned to `config` (or, with `write=False`, found fit for it).
+
+  Raises:
+    ValueError: when `run_dir` is not empty and holds no readable protocol.json, or holds
+      that of another configuration.
   """
   def normalize(found: dict, wanted: dict) -> dict:
     del wanted
@@ -72,10 +89,28 @@ class Cells:
     self._lock.release()
 
   def path(self, *parts: str) -> str:
+    """The file of one cell.
+
+    Args:
+      *parts: the cell's name: folders under `run_dir/cells`, then the file name without
+        `.json`.
+
+    Returns:
+      The path `run_dir/cells/PARTS....json`.
+    """
     return os.path.join(self.run_dir, "cells", *parts[:-1], parts[-1] + ".json")
 
   def get(self, *parts: str) -> dict | None:
-    """The cell, or None when it is missing or unreadable (then it is recomputed)."""
+    """The cell, or None when it is missing or unreadable (then it is recomputed).
+
+    An unreadable cell (not JSON, or not a JSON object) is logged as a warning.
+
+    Args:
+      *parts: the cell's name, as for `path`.
+
+    Returns:
+      The cell's JSON object, or None.
+    """
     path = self.path(*parts)
     if not os.path.exists(path):
       return None
@@ -91,6 +126,15 @@ class Cells:
       return None
 
   def put(self, value: dict, *parts: str) -> dict:
+    """Writes a cell atomically, counts it in `computed` and calls `on_put` if set.
+
+    Args:
+      value: the cell, a JSON-serializable dict.
+      *parts: the cell's name, as for `path`.
+
+    Returns:
+      `value`, unchanged.
+    """
     atomic_files.write_json(self.path(*parts), value)
     self.computed += 1
     if self.on_put is not None:
@@ -99,7 +143,14 @@ class Cells:
 
 
 def cell_names(run_dir: str) -> list[str]:
-  """Every cached cell, relative to `run_dir/cells` (for progress and tests)."""
+  """Every cached cell, relative to `run_dir/cells` (for progress and tests).
+
+  Args:
+    run_dir: the study folder.
+
+  Returns:
+    The sorted cell names, each a path under `run_dir/cells` without `.json`.
+  """
   root = os.path.join(run_dir, "cells")
   return sorted(os.path.relpath(p, root)[:-5]
                 for p in glob.glob(os.path.join(root, "**", "*.json"), recursive=True))

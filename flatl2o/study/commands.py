@@ -15,17 +15,47 @@ from flatl2o.study.config import SEEN, Preset, StudyConfig
 
 
 def architecture(model: str):
-  """The learned architecture of a study model (the enhanced recipe is L2O-DM's)."""
+  """The learned architecture of a study model (the enhanced recipe is L2O-DM's).
+
+  Args:
+    model: a study model name (`config.MODELS`); "l2o_dm_enhanced" maps to "l2o_dm".
+
+  Returns:
+    The learned optimizer from `optimizers.learned`.
+  """
   return optimizers.learned("l2o_dm" if model == "l2o_dm_enhanced" else model)
 
 
 def regularizer_label(kind: str, coefficient: float | None) -> str:
+  """The label of a regularizer in cell and contender names.
+
+  Args:
+    kind: the flatness term, or "none" for the plain optimizer.
+    coefficient: the term's coefficient; unused when `kind` is "none".
+
+  Returns:
+    "none", or "<kind>-<coefficient>" with the coefficient formatted by `:g`.
+  """
   return "none" if kind == "none" else f"{kind}-{coefficient:g}"
 
 
 def meta_config(model: str, kind: str, coefficient: float | None, seed: int, s: Preset,
                 num_meta_iterations: int | None = None) -> meta.MetaTrainConfig:
-  """The meta-training configuration of one cell under the preset's budgets."""
+  """The meta-training configuration of one cell under the preset's budgets.
+
+  Args:
+    model: the study model (`config.MODELS`); "l2o_dm_enhanced" adds imitation of Adam
+      (ratio 0.2) and, where the horizons differ, a horizon curriculum.
+    kind: the regularizer's term, or "none".
+    coefficient: the term's coefficient (None with "none").
+    seed: the meta-training seed.
+    s: the preset whose budgets and meta-training settings are used.
+    num_meta_iterations: overrides the preset's number of meta-steps when given (not 0).
+
+  Returns:
+    The `meta.MetaTrainConfig` of the cell (one device, validated at the meta-training
+    horizon every `validation_every` meta-steps, with the architecture's meta-loss).
+  """
   reg = meta.RegularizerConfig.with_coefficient(kind, coefficient)
   extra = {}
   if model == "l2o_dm_enhanced":  # Chen et al. 2020: horizon curriculum + imitation of Adam
@@ -50,6 +80,17 @@ def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: 
 
   Same configuration, task and data, so the same meta-parameters (on the same
   machine and versions) as the cell's export.
+
+  Args:
+    config: the study's configuration (its preset, dataset and data folder).
+    model: the study model.
+    kind: the regularizer's term, or "none"; a term of the user's own adds an `--import`
+      of the module that registers it.
+    coefficient: the term's coefficient (None with "none").
+    seed: the meta-training seed.
+
+  Returns:
+    The shell command line, its arguments quoted.
   """
   mconfig = meta_config(model, kind, coefficient, seed, config.settings)
   args = [f"--optimizer={architecture(model).name}", f"--task={SEEN}",
@@ -63,7 +104,16 @@ def meta_train_command(config: StudyConfig, model: str, kind: str, coefficient: 
 
 
 def study_command(config: StudyConfig) -> str:
-  """The `experiments.reproduce` command of a whole study (flags that differ from defaults)."""
+  """The `experiments.reproduce` command of a whole study (flags that differ from defaults).
+
+  Args:
+    config: the study's configuration.
+
+  Returns:
+    The command line: the preset, dataset, other dataset, data folder and sweep file when
+    set, and the models, regularizers, optimizees and meta seeds where they differ from
+    the preset's.
+  """
   defaults = StudyConfig(preset=config.preset, other_dataset=config.other_dataset,
                          sweep_file=config.sweep_file)
   given = [("preset", config.preset), ("dataset", config.dataset),

@@ -64,7 +64,20 @@ class CompareConfig:
 
 
 def expand(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-  """The specs with `pretrained:*` spelled out; ValueError on an empty, repeated or lone one."""
+  """The specs with `pretrained:*` spelled out; ValueError on an empty, repeated or lone one.
+
+  Args:
+    specs: optimizer specs (`optimizers.resolve` names, `pretrained:NAME`, export paths);
+      `pretrained:*` stands for every shipped learned optimizer.
+
+  Returns:
+    The specs in the order given, `pretrained:*` replaced by `pretrained:NAME` for each
+    shipped one.
+
+  Raises:
+    ValueError: when `pretrained:*` is given and none is shipped, when a spec appears more
+      than once, or when fewer than two remain.
+  """
   out = []
   for spec in specs:
     if spec == "pretrained:*":
@@ -93,7 +106,17 @@ def _label(spec: str, task: str, learning_rate: float | None = None) -> str:
 
 
 def default_out_dir(config: CompareConfig, dataset_name: str) -> str:
-  """runs/evaluate/TASK-DATASET-compare-A-B-...: one folder per list of optimizers."""
+  """runs/evaluate/TASK-DATASET-compare-A-B-...: one folder per list of optimizers.
+
+  Args:
+    config: the comparison; a `learning_rate` adds `-lrRATE` to its hand-designed
+      optimizer's name.
+    dataset_name: the dataset's name, as the task reports it.
+
+  Returns:
+    The folder's path (relative), its name made safe by `folders.safe_name`; a
+    `pretrained:NAME` spec is named NAME and a path by its last component.
+  """
   names = [s.split("pretrained:")[-1] if s.startswith("pretrained:") else
            os.path.basename(os.path.normpath(s)) for s in config.optimizers]
   if config.learning_rate is not None:
@@ -104,6 +127,15 @@ def default_out_dir(config: CompareConfig, dataset_name: str) -> str:
 
 
 def identity(config: CompareConfig) -> dict[str, Any]:
+  """What defines a comparison's folder, as pinned in its summary.json.
+
+  Args:
+    config: the comparison.
+
+  Returns:
+    The configuration's fields as JSON, without `out_dir` (and without `learning_rate` when
+    it is None), with `optimizer_sha256`: spec -> SHA-256 of each learned optimizer's export.
+  """
   out = dataclasses.asdict(config)
   out.pop("out_dir")
   if out["learning_rate"] is None:
@@ -122,7 +154,12 @@ def _timing(results) -> dict[str, float]:
 
 
 def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
-  """Runs every optimizer on every seed, writes the folder, returns the summary."""
+  """Returns the summary after it runs every optimizer on every seed and writes the folder.
+
+  Args:
+    config: the comparison; its `learning_rate` needs one hand-designed optimizer (else ValueError).
+    log: called with each line of progress.
+  """
   specs = expand(config.optimizers)
   config = dataclasses.replace(config, optimizers=specs)
   rate_of = {s: config.learning_rate if is_hand_designed(s) else None for s in specs}
@@ -199,7 +236,11 @@ def compare(config: CompareConfig, log: Callable[[str], Any] = print) -> dict:
 
 
 def holm_adjust(differences: list[dict]) -> None:
-  """Adds `p_holm` to each paired difference: Holm over those with a finite p (NaN else)."""
+  """Adds `p_holm` to each paired difference: Holm over those with a finite p (NaN else).
+
+  Args:
+    differences: paired differences (dicts with `p`), changed in place.
+  """
   tested = [d for d in differences if np.isfinite(d["p"])]
   adjusted = stats.holm([d["p"] for d in tested])["adjusted"] if tested else []
   for d in differences:
@@ -220,7 +261,15 @@ def _cell(s: dict | None, digits: int = 4) -> str:
 
 
 def table(summary: dict) -> str:
-  """table.md: one row per optimizer, the paired difference to the first beside it."""
+  """table.md: one row per optimizer, the paired difference to the first beside it.
+
+  Args:
+    summary: a comparison's summary, as `compare` returns it.
+
+  Returns:
+    The Markdown: a line naming the task, steps and seeds, then the table, ending in a
+    newline.
+  """
   specs = summary["optimizers"]
   first = summary["per_optimizer"][specs[0]]["label"]
   config = summary["config"]

@@ -100,7 +100,11 @@ class Preset:
   baselines: tuple[str, ...] = BASELINES
 
   def meta_train_settings(self) -> dict[str, Any]:
-    """The `MetaTrainConfig` fields this preset sets (marked in the field metadata)."""
+    """The `MetaTrainConfig` fields this preset sets (marked in the field metadata).
+
+    Returns:
+      Field name -> this preset's value, for every field marked `meta_train`.
+    """
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
             if f.metadata.get("meta_train")}
 
@@ -220,8 +224,14 @@ class StudyConfig:
     return dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
 
   def shipped_coefficients(self) -> dict[str, float] | None:
-    """The coefficients a preset with `coefficients="shipped"` uses (None for the others):
-    the sweep file's, and for a term of the user's own that it lacks, that term's default."""
+    """The coefficients a preset with `coefficients="shipped"` uses (None for the others).
+
+    The sweep file's, and for a term of the user's own that it lacks, that term's default.
+
+    Returns:
+      Term -> coefficient for the sweep file's terms and every regularizer of this study
+      other than "none", or None when the preset sweeps its coefficients itself.
+    """
     if self.settings.coefficients != "shipped":
       return None
     from flatl2o.study import sweep  # pylint: disable=g-import-not-at-top
@@ -233,6 +243,13 @@ class StudyConfig:
     return coefficients
 
   def identity(self) -> dict[str, Any]:
+    """What defines the run, as pinned in protocol.json.
+
+    Returns:
+      The fields of this configuration except `sweep_file` (the coefficients, not the file's
+      path, define the run), with `protocol` (2), `settings` (the preset's fields) and
+      `coefficients` (`shipped_coefficients()`).
+    """
     # The coefficients, not the file's path, define the run.
     identity = {k: v for k, v in dataclasses.asdict(self).items() if k != "sweep_file"}
     return {"protocol": 2, **identity, "settings": dataclasses.asdict(self.settings),
@@ -243,8 +260,18 @@ ProtocolConfig = StudyConfig  # the name before the study moved into the library
 
 
 def upgrade_identity(identity: dict) -> dict:
-  """An identity as this version writes it: before 2026-12-03 the optimizees listed
-  mlp_sigmoid@other even without an other_dataset (it was skipped)."""
+  """An identity as this version writes it.
+
+  Before 2026-12-03 the optimizees listed mlp_sigmoid@other even without an other_dataset
+  (it was skipped).
+
+  Args:
+    identity: a protocol.json / results.json "config", of any version.
+
+  Returns:
+    The identity with mlp_sigmoid@other dropped from its optimizees when it has no
+    other_dataset; otherwise `identity` itself.
+  """
   optimizees = identity.get("optimizees")
   if identity.get("other_dataset") is None and isinstance(optimizees, list):
     identity = {**identity, "optimizees": [o for o in optimizees if o != OTHER_DATA]}
@@ -252,7 +279,15 @@ def upgrade_identity(identity: dict) -> dict:
 
 
 def config_from_identity(identity: dict) -> StudyConfig:
-  """The `StudyConfig` of a protocol.json / results.json "config" (older ones upgraded)."""
+  """The `StudyConfig` of a protocol.json / results.json "config" (older ones upgraded).
+
+  Args:
+    identity: the "config"; keys that are not `StudyConfig` fields are ignored and lists
+      become tuples.
+
+  Returns:
+    The `StudyConfig`.
+  """
   identity = upgrade_identity(identity)
   names = {f.name for f in dataclasses.fields(StudyConfig)}
   return StudyConfig(**{k: (tuple(v) if isinstance(v, list) else v)

@@ -428,6 +428,14 @@ class StudyProgress(Progress):
     self.test_units = test_units
 
   def test_slots(self, optimizee: str) -> list[str]:
+    """The meta-test slots of an optimizee, in plan order.
+
+    Args:
+      optimizee: the optimizee's name.
+
+    Returns:
+      The names of the plan's items "test OPTIMIZEE i".
+    """
     return [n for n in self.order if n.startswith(f"test {optimizee} ")]
 
   def drop_control(self) -> None:
@@ -438,7 +446,16 @@ class StudyProgress(Progress):
         self.items[f"matched {optimizee}"].units -= self.test_units
 
   def assign_tests(self, todo) -> dict:
-    """A slot per (optimizee, contender) to meta-test; slots left over are skipped."""
+    """A slot per (optimizee, contender) to meta-test; slots left over are skipped.
+
+    Each optimizee's matched-loss item is resized to the contenders it will meta-test.
+
+    Args:
+      todo: the (optimizee, contender) pairs to meta-test.
+
+    Returns:
+      (optimizee, contender) -> the name of its unfinished slot in the plan.
+    """
     slot_of = {}
     for optimizee in self.optimizees:
       free = [n for n in self.test_slots(optimizee) if not self.items[n].finished]
@@ -451,7 +468,18 @@ class StudyProgress(Progress):
 
 
 def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:
-  """The ETA's plan of a study (see `StudyProgress`)."""
+  """The ETA's plan of a study (see `StudyProgress`).
+
+  Args:
+    config: the study's configuration (its preset's budgets, baselines and optimizees).
+    planned: the meta-training cells, as (model, kind, meta seed).
+    names: the cells' names, in the order of `planned`.
+
+  Returns:
+    The plan: every meta-training cell, a tuning per tuned baseline, and per optimizee a
+    meta-test slot per possible contender and its matched-loss flatness, with the priors
+    `PRIOR_SECONDS` and `PRIOR_STARTUP`.
+  """
   s = config.settings
   items = [(n, k, s.num_meta_iterations) for n, (_, k, _) in zip(names, planned)]
   grids = {"adam": s.adam_grid, "sgd": s.sgd_grid}
@@ -469,7 +497,16 @@ def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:
 
 
 def unpaired_reason(cell: dict, plain: dict) -> str | None:
-  """Why a regularized cell has no same-budget control (None when it has one)."""
+  """Why a regularized cell has no same-budget control (None when it has one).
+
+  Args:
+    cell: the regularized meta-training cell.
+    plain: the plain meta-training cell of the same model and meta seed.
+
+  Returns:
+    A phrase saying whose validations all collapsed (up to the regularized cell's selected
+    meta-step, for plain), or None.
+  """
   if cell["best_meta_step"] < 0:
     return "every validation of the regularized run collapsed (no selected meta-step)"
   if plain["best_meta_step"] < 0:
@@ -481,28 +518,57 @@ def unpaired_reason(cell: dict, plain: dict) -> str | None:
 
 
 def control_is_plain(cell: dict, plain: dict) -> bool:
-  """True when a regularized cell's same-budget control needs no meta-test of its own
-  (plain's selected optimizer is it, or there is none to compare with)."""
+  """True when a regularized cell's same-budget control needs no meta-test of its own.
+
+  Plain's selected optimizer is it, or there is none to compare with.
+
+  Args:
+    cell: the regularized meta-training cell.
+    plain: the plain meta-training cell of the same model and meta seed.
+
+  Returns:
+    Whether the control is unpaired (`unpaired_reason`) or is plain's own selection.
+  """
   if unpaired_reason(cell, plain) is not None:
     return True
   return best_within(plain["validations"], cell["best_meta_step"]) == plain["best_meta_step"]
 
 
 def machine() -> str:
-  """The machine a run was made on, in a few words (results.json's "machine")."""
+  """The machine a run was made on, in a few words (results.json's "machine").
+
+  Returns:
+    "N-core MACHINE (BACKEND: DEVICE), JAX VERSION", from `environment.describe`.
+  """
   d = environment.describe()
   return (f"{d['cpu_count']}-core {d['machine']} ({d['backend']}: {d['device']}), "
           f"JAX {d['jax']}")
 
 
 def sweep_points(sweep: dict[str, dict]) -> list[dict]:
-  """results.json's "sweep": the plain reference point, then every term's points."""
+  """results.json's "sweep": the plain reference point, then every term's points.
+
+  Args:
+    sweep: term -> its sweep (`sweep.sweep_term`'s, with the plain reference point under
+      "plain").
+
+  Returns:
+    The points; empty when no term was swept.
+  """
   terms = list(sweep.values())
   return ([terms[0]["plain"]] if terms else []) + [p for t in terms for p in t["points"]]
 
 
 def write_outputs(results: dict, out_dir: str) -> dict:
-  """results.json, results.md and the figures; returns the table."""
+  """results.json, results.md and the figures; returns the table.
+
+  Args:
+    results: the study's results; results.json holds them with the table under "table".
+    out_dir: the folder the outputs are written to.
+
+  Returns:
+    The main table, as `tables.summarize` returns it.
+  """
   table = summarize(results)
   atomic_files.write_json(os.path.join(out_dir, "results.json"), {**results, "table": table})
   atomic_files.write_text(os.path.join(out_dir, "results.md"), markdown(results, table))

@@ -63,7 +63,15 @@ class EvaluateConfig:
 
 
 def optimizer_label(config: EvaluateConfig) -> str:
-  """How tables and legends name the optimizer: with its learning rate, or its export."""
+  """How tables and legends name the optimizer: with its learning rate, or its export.
+
+  Args:
+    config: the evaluation; its `optimizer` and `learning_rate` are read.
+
+  Returns:
+    "NAME (lr RATE)" for a hand-designed optimizer ("..., default)" when it runs at its
+    default rate), "pretrained NAME", or "learned ARCHITECTURE (PATH)" for an export.
+  """
   if is_hand_designed(config.optimizer):
     lr = config.learning_rate
     if lr is None:
@@ -77,8 +85,18 @@ def optimizer_label(config: EvaluateConfig) -> str:
 
 
 def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
-  """runs/evaluate/TASK-DATASET-OPTIMIZER: OPTIMIZER names the learning rate when one is
-  given (`adam-lr0.1`), an export by architecture, folder and checksum, or `pretrained-NAME`."""
+  """runs/evaluate/TASK-DATASET-OPTIMIZER.
+
+  OPTIMIZER names the learning rate when one is given (`adam-lr0.1`), an export by
+  architecture, folder and checksum, or `pretrained-NAME`.
+
+  Args:
+    config: the evaluation.
+    dataset_name: the dataset's name, as the task reports it.
+
+  Returns:
+    The folder's path (relative), its name made safe by `folders.safe_name`.
+  """
   if is_hand_designed(config.optimizer):
     name = config.optimizer + (f"-lr{config.learning_rate:g}" if config.learning_rate else "")
   elif pretrained_name(config.optimizer) is not None:
@@ -92,8 +110,18 @@ def default_out_dir(config: EvaluateConfig, dataset_name: str) -> str:
 
 
 def identity(config: EvaluateConfig) -> dict[str, Any]:
-  """What the folder is pinned to: the configuration (not its folder or extra outputs), and
-  a learned optimizer's export checksum (its contents, not only its path)."""
+  """What the folder is pinned to.
+
+  The configuration (not its folder or extra outputs), and a learned optimizer's export
+  checksum (its contents, not only its path).
+
+  Args:
+    config: the evaluation.
+
+  Returns:
+    The configuration's fields as JSON reads them back, without `out_dir` and `landscape`,
+    with `optimizer_sha256` for a learned optimizer.
+  """
   out = dataclasses.asdict(config)
   out.pop("out_dir")
   out.pop("landscape")  # adds outputs, changes no result
@@ -103,7 +131,16 @@ def identity(config: EvaluateConfig) -> dict[str, Any]:
 
 
 def claim(out_dir: str, wanted: dict[str, Any]) -> None:
-  """Refuses a folder that holds other results (ValueError, nothing written)."""
+  """Refuses a folder that holds other results (ValueError, nothing written).
+
+  Args:
+    out_dir: the evaluation's folder.
+    wanted: its identity, as from `identity`, compared with summary.json's "identity".
+
+  Raises:
+    ValueError: when `out_dir` is not empty and holds no evaluate summary.json, or holds
+      the results of another configuration (the message names what changed).
+  """
   try:
     folders.claim_folder(out_dir, wanted, filename="summary.json", key="identity", write=False)
   except folders.FolderClaimError as e:
@@ -131,15 +168,33 @@ def _landscape(config: EvaluateConfig, task, seed: int, result, label: str) -> d
 
 
 def status_line(spec: str) -> str | None:
-  """The one-line warning of a collapsed or undertrained export (None for any other spec)."""
+  """The one-line warning of a collapsed or undertrained export (None for any other spec).
+
+  Args:
+    spec: an optimizer spec of `flatl2o.optimizers.resolve`.
+
+  Returns:
+    The warning line, or None for a hand-designed optimizer or a trained export.
+  """
   if is_hand_designed(spec):
     return None
   return checkpoints.status_warning(export_path(spec))
 
 
 def seed_records(result, seed: int, eval_every: int) -> list[dict[str, Any]]:
-  """metrics.jsonl's objects of one seed's run: one per evaluated step (training loss: the
-  mean minibatch loss of the `eval_every` steps before it)."""
+  """metrics.jsonl's objects of one seed's run: one per evaluated step.
+
+  Training loss: the mean minibatch loss of the `eval_every` steps before it.
+
+  Args:
+    result: the run's `evaluation.TrainResult`.
+    seed: the run's seed, recorded in each object.
+    eval_every: steps between evaluations: the window of the training loss.
+
+  Returns:
+    One dict per evaluated step with `seed`, `step`, `train_loss` (None at step 0) and
+    `SPLIT_METRIC` for each evaluated split and metric.
+  """
   records = []
   for i, step in enumerate(result.eval_steps):
     window = result.train_loss[max(0, step - eval_every):step]
@@ -158,7 +213,15 @@ TABLE_COLUMNS = (("test_accuracy", "test acc."), ("train_loss", "train loss"),
 
 
 def table(summary: dict) -> str:
-  """table.md of one optimizer: its final metrics, mean ± 95% interval over seeds."""
+  """table.md of one optimizer: its final metrics, mean ± 95% interval over seeds.
+
+  Args:
+    summary: the evaluation's summary, as `evaluate` returns it.
+
+  Returns:
+    The Markdown: a line naming the task, steps and seeds, then a one-row table of the
+    metrics present, ending in a newline.
+  """
   config = summary["config"]
   shown = [(m, name) for m, name in TABLE_COLUMNS if m in summary["over_seeds"]]
   cells = []
@@ -175,7 +238,18 @@ def table(summary: dict) -> str:
 
 
 def evaluate(config: EvaluateConfig, log: Callable[[str], Any] = print) -> dict:
-  """Runs every seed, writes the outputs, returns the summary (its "config" has the folder)."""
+  """Runs every seed, writes the outputs, returns the summary (its "config" has the folder).
+
+  Args:
+    config: the evaluation; its `out_dir` None takes `default_out_dir`.
+    log: called with each line of progress (and an export's status warning).
+
+  Returns:
+    The summary written to summary.json: `config`, `identity`, `label`, `dataset_name`,
+    `final` (per seed: the last record, the final flatness, wall time and steps per
+    second), `over_seeds` (metric -> mean and 95% interval) and, with `landscape`,
+    `landscape` (the first seed's 1-D slice).
+  """
   # Everything that can be wrong with the input fails here, before compiling.
   tx = optimizers.resolve(config.optimizer, config.learning_rate)
   warning = status_line(config.optimizer)

@@ -70,7 +70,14 @@ class Item:
 
 
 def family(kind: str) -> str:
-  """The family of a kind: what comes before ':' ("test:mlp_relu" -> "test")."""
+  """The family of a kind: what comes before ':' ("test:mlp_relu" -> "test").
+
+  Args:
+    kind: a kind of work.
+
+  Returns:
+    The part of `kind` before its first ':', or `kind` itself when it has none.
+  """
   return kind.split(":", 1)[0]
 
 
@@ -102,25 +109,55 @@ class Progress:
     self.startups: dict[str, list[float]] = collections.defaultdict(list)
 
   def index(self, name: str, within: str | None = None) -> str:
-    """`i/N` of an item in the plan, or among the items whose name starts with `within`."""
+    """`i/N` of an item in the plan, or among the items whose name starts with `within`.
+
+    Args:
+      name: the item's name.
+      within: a prefix of the names to count among (None: the whole plan).
+
+    Returns:
+      "i/N": the item's 1-based position and the number of items counted.
+    """
     order = self.order if within is None else [n for n in self.order if n.startswith(within)]
     return f"{order.index(name) + 1}/{len(order)}"
 
   def add(self, name: str, kind: str, units: int) -> None:
-    """Adds an item to the end of the plan (work known only once earlier work is done)."""
+    """Adds an item to the end of the plan (work known only once earlier work is done).
+
+    Args:
+      name: the item's name.
+      kind: its kind (work of one kind runs at one rate).
+      units: its planned units (a cap for work that can stop early).
+    """
     self.items[name] = Item(name, kind, units)
     self.order.append(name)
 
   def start(self, name: str) -> None:
+    """Marks an item started now: its start-up is timed from here to its first report.
+
+    Args:
+      name: the item's name.
+    """
     self.items[name].started_at = self.clock()
 
   def skip(self, name: str) -> None:
-    """A cached item or one not needed after all: nothing to do."""
+    """A cached item or one not needed after all: nothing to do.
+
+    Args:
+      name: the item's name; it counts as finished with all its units done.
+    """
     item = self.items[name]
     item.done, item.finished = item.units, True
 
   def update(self, name: str, done: int) -> None:
-    """`done` units of the item are finished (monotone)."""
+    """`done` units of the item are finished (monotone).
+
+    The first report measures the item's start-up; later ones measure its kind's rate.
+
+    Args:
+      name: the item's name.
+      done: the units of the item done so far.
+    """
     item, now = self.items[name], self.clock()
     if item.started_at is None:
       item.started_at = now
@@ -135,7 +172,11 @@ class Progress:
     item.done = done
 
   def finish(self, name: str) -> None:
-    """The item ended (early, for work that stops early: its `done` is what it ran)."""
+    """The item ended (early, for work that stops early: its `done` is what it ran).
+
+    Args:
+      name: the item's name; with nothing reported yet, all its units count as done.
+    """
     item = self.items[name]
     self.update(name, item.done if item.done else item.units)
     item.finished = item.ran = True
@@ -156,7 +197,17 @@ class Progress:
     return seconds, units
 
   def rate(self, kind: str) -> float | None:
-    """Seconds per unit of `kind` (None while nothing has been measured long enough)."""
+    """Seconds per unit of `kind` (None while nothing has been measured long enough).
+
+    Measured on the kind's recent work, else its family's; else its prior scaled by how
+    this run went against the priors of the kinds it has measured.
+
+    Args:
+      kind: a kind of work.
+
+    Returns:
+      Seconds per unit, or None.
+    """
     for kinds in ([kind], [k for k in self.segments if family(k) == family(kind)]):
       seconds, units = self._measured(kinds)
       if units:
@@ -185,7 +236,16 @@ class Progress:
     return self.prior.get(kind, self.prior.get(family(kind), max(self.prior.values())))
 
   def expected_units(self, item: Item, ran: dict[int, list[int]] | None = None) -> float:
-    """What an unfinished item is expected to run in all (early stops seen so far)."""
+    """What an unfinished item is expected to run in all (early stops seen so far).
+
+    Args:
+      item: the item.
+      ran: units cap -> units that finished items of that cap ran (None: from the plan).
+
+    Returns:
+      The mean of what finished items of the same cap ran (the cap when none has),
+      clipped to between the item's `done` and its cap.
+    """
     if ran is None:
       ran = self._ran()
     runs = ran.get(item.units)
@@ -200,8 +260,18 @@ class Progress:
     return ran
 
   def startup(self, kind: str, first: bool) -> float:
-    """The start-up of an item of `kind` not yet started: a compilation when it is the
-    first of its kind in this process, else the median later start-up."""
+    """The start-up of an item of `kind` not yet started.
+
+    A compilation when it is the first of its kind in this process, else the median later
+    start-up.
+
+    Args:
+      kind: the item's kind.
+      first: whether it is the first item of its kind to start in this process.
+
+    Returns:
+      The expected start-up in seconds (0.0 when nothing measured or prior applies).
+    """
     if first:
       mine = [v[0] for k, v in self.startups.items() if v and family(k) == family(kind)]
       if mine:
@@ -217,11 +287,20 @@ class Progress:
     return statistics.median(later) if later else 0.0
 
   def measured_s(self) -> float:
-    """Seconds of work measured in this process (start-ups apart)."""
+    """Seconds of work measured in this process (start-ups apart).
+
+    Returns:
+      The sum of the measured stretches of every kind, in seconds.
+    """
     return sum(dt for segments in self.segments.values() for _, dt, _ in segments)
 
   def eta(self) -> float | None:
-    """Seconds left for the whole plan (None until a rate is measured)."""
+    """Seconds left for the whole plan (None until a rate is measured).
+
+    Returns:
+      The expected units left times the rate of each unfinished item, plus the start-up of
+      each item not yet started; None while a rate is not known.
+    """
     if self.measured_s() < self.min_measured_s and not any(
         i.ran for i in self.items.values()):
       return None
@@ -244,7 +323,11 @@ class Progress:
     return total
 
   def line(self) -> str:
-    """`ETA ... s` for the whole run, or that it is still being measured."""
+    """`ETA ... s` for the whole run, or that it is still being measured.
+
+    Returns:
+      "ETA for the whole run N s", or "ETA for the whole run: measuring".
+    """
     eta = self.eta()
     return "ETA for the whole run: measuring" if eta is None else (
         f"ETA for the whole run {eta:.0f} s")

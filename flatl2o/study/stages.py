@@ -33,7 +33,15 @@ from flatl2o.study.config import (OTHER_DATA, SEEN, TUNING_SEED_BASE, UNSEEN, Pr
 
 
 def validations(run_dir: str) -> list[dict]:
-  """Every validation of a meta-training run directory, in order (resumes included)."""
+  """Every validation of a meta-training run directory, in order (resumes included).
+
+  Args:
+    run_dir: the meta-training run directory (its `metrics.jsonl` is read).
+
+  Returns:
+    One dict per validated meta-step, by meta-step, with `iteration`, `score` and
+    `collapsed`; a meta-step logged again after a resume counts once (its last record).
+  """
   records = {}
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     for line in f:
@@ -51,12 +59,37 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                     progress: str = "", tracker=None) -> dict:
   """Meta-trains one optimizer (or returns its cached cell); exports it in the run dir.
 
-  With `keep_improvements` every improvement of the selected optimizer is also exported
-  (`optimizers/NAME@STEP`): the best within any earlier budget is at hand without
-  retraining (the same-budget control). With `measure_ratio` the cell records
-  `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected meta-parameters).
-  `progress` prefixes its log lines ("cell 3/15"); `tracker` (a `Progress` with an item
-  of the cell's name) is told of every logged meta-step and ends each validation's line.
+  Args:
+    cells: the study's cells; the cell is `meta/NAME`, its run directory `meta/NAME` and its
+      export `optimizers/NAME` under the study folder.
+    config: the study's configuration (its preset's budgets, `meta_config`).
+    task: the optimizee of meta-training.
+    model: the study model (`config.MODELS`).
+    kind: the regularizer's term, or "none".
+    coefficient: the term's coefficient (None with "none").
+    seed: the meta-training seed.
+    should_stop: polled by meta-training; True interrupts it (resumed on the next run).
+    num_meta_iterations: overrides the preset's meta-step budget (the cell's name then
+      ends in `-budgetN`); None keeps it.
+    log: called with each line of progress.
+    keep_improvements: also export every improvement of the selected optimizer
+      (`optimizers/NAME@STEP`): the best within any earlier budget is at hand without
+      retraining (the same-budget control).
+    measure_ratio: record `grad_ratio` (`flatl2o.meta.gradient_ratio` at the selected
+      meta-parameters).
+    progress: prefixes its log lines ("cell 3/15").
+    tracker: a `Progress` with an item of the cell's name: told of every logged meta-step;
+      ends each validation's line (the study's ETA).
+
+  Returns:
+    The cell: its identity (`name`, `model`, `regularizer`, `coefficient`, `meta_seed`,
+    `num_meta_iterations`), `meta_steps_done`, `best_validation_accuracy`, `best_meta_step`,
+    `collapsed`, `validations`, `export` (relative to the study folder), `grad_ratio` and
+    `wall_time_s`; a diverged meta-training gives a collapsed cell with `diverged` and no
+    export.
+
+  Raises:
+    StudyInterrupted: when `should_stop` interrupts the meta-training.
   """
   name = f"{model}-{regularizer_label(kind, coefficient)}-s{seed}" + (
       f"-budget{num_meta_iterations}" if num_meta_iterations is not None else "")
@@ -69,11 +102,22 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
   if tracked:
     tracker.start(name)
   mconfig = meta_config(model, kind, coefficient, seed, config.settings, num_meta_iterations)
+  identity = {"name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
+              "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations}
+  return _meta_train(cells, task, identity, mconfig, should_stop, log,
+                     f"{progress} " if progress else "", keep_improvements, measure_ratio,
+                     tracker if tracked else None, tracker)
+
+
+def _meta_train(cells: Cells, task, identity: dict, mconfig, should_stop, log, prefix: str,
+                keep_improvements: bool, measure_ratio: bool, tracked, tracker) -> dict:
+  """`meta_train_cell`'s work once the cell is not cached: meta-train (resuming), export,
+  and put the cell (`tracked`: the tracker if the cell is one of its items, else None)."""
+  name, seed = identity["name"], identity["meta_seed"]
   run_dir = os.path.join(cells.run_dir, "meta", name)
-  prefix = f"{progress} " if progress else ""
   _announce(log, prefix, name, mconfig, run_dir)
   start = time.perf_counter() - _earlier_seconds(run_dir)
-  lopt = architecture(model)
+  lopt = architecture(identity["model"])
   improvements = []
 
   def keep(step, meta_params):
@@ -81,13 +125,11 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
                    meta_params)
     improvements.append(step)
 
-  identity = {"name": name, "model": model, "regularizer": kind, "coefficient": coefficient,
-              "meta_seed": seed, "num_meta_iterations": mconfig.num_meta_iterations}
   try:
     result = meta.meta_train(
         lopt, task, mconfig, run_dir=run_dir, should_stop=should_stop,
-        callback=_validation_lines(log, prefix, name, mconfig.num_meta_iterations,
-                                   tracker if tracked else None, tracker),
+        callback=_validation_lines(log, prefix, name, mconfig.num_meta_iterations, tracked,
+                                   tracker),
         on_improvement=keep if keep_improvements else None)
   except meta.MetaTrainingInterrupted as e:
     atomic_files.write_json(os.path.join(run_dir, CELL_WALL_TIME_FILE),
@@ -103,8 +145,8 @@ def meta_train_cell(cells: Cells, config: StudyConfig, task, model: str, kind: s
         "diverged": True, "validations": validations(run_dir), "export": None,
         "grad_ratio": {"ratio": float("nan")} if measure_ratio else None,
         "wall_time_s": time.perf_counter() - start}, "meta", name)
-  if tracked:
-    tracker.finish(name)
+  if tracked is not None:
+    tracked.finish(name)
   if keep_improvements and result.resumed_from is not None:
     # Improvements up to the checkpoint resumed from were exported by the earlier part(s)
     # (a meta-step's export comes before its checkpoint); later ones are made again.
@@ -186,7 +228,16 @@ def exported_improvements(study_dir: str, name: str, up_to: int | None = None) -
 
 
 def best_within(records: list[dict], budget: int) -> int | None:
-  """The meta-step selection would pick among the validations up to `budget`."""
+  """The meta-step selection would pick among the validations up to `budget`.
+
+  Args:
+    records: validations, as `validations` returns them.
+    budget: the last meta-step that may be picked.
+
+  Returns:
+    The meta-step of the best score among the validations up to `budget` that did not
+    collapse (the earliest on a tie), or None when there is none.
+  """
   best, best_score = None, -np.inf
   for v in records:
     if v["iteration"] <= budget and not v["collapsed"] and v["score"] > best_score:
@@ -195,7 +246,15 @@ def best_within(records: list[dict], budget: int) -> int | None:
 
 
 def choose_coefficient(sweep: list[dict]) -> float | None:
-  """The swept coefficient with the best validation accuracy that did not collapse."""
+  """The swept coefficient with the best validation accuracy that did not collapse.
+
+  Args:
+    sweep: meta-training cells of the sweep (with `coefficient`, `collapsed` and
+      `best_validation_accuracy`).
+
+  Returns:
+    The coefficient (the smaller on a tie), or None when every cell collapsed.
+  """
   alive = [c for c in sweep if not c["collapsed"]]
   if not alive:
     return None
@@ -203,7 +262,15 @@ def choose_coefficient(sweep: list[dict]) -> float | None:
 
 
 def contender_identity(cell: dict) -> dict:
-  """What the tables keep of a meta-training cell that is meta-tested."""
+  """What the tables keep of a meta-training cell that is meta-tested.
+
+  Args:
+    cell: the meta-training cell, as `meta_train_cell` returns it.
+
+  Returns:
+    Its `model`, `regularizer`, `coefficient`, `meta_seed`, `best_meta_step`,
+    `num_meta_iterations`, and its `collapsed` as `collapsed_in_meta_training`.
+  """
   return {"model": cell["model"], "regularizer": cell["regularizer"],
           "coefficient": cell["coefficient"], "meta_seed": cell["meta_seed"],
           "best_meta_step": cell["best_meta_step"], "collapsed_in_meta_training":
@@ -211,7 +278,16 @@ def contender_identity(cell: dict) -> dict:
 
 
 def loader(cells: Cells, cell: dict) -> Callable[[], Any]:
-  """Builds a meta-training cell's exported optimizer when called."""
+  """Builds a meta-training cell's exported optimizer when called.
+
+  Args:
+    cells: the study's cells (the export is under its run directory).
+    cell: the meta-training cell; its `export` is the export's path in the run directory.
+
+  Returns:
+    A function of no arguments that loads the export as an `evaluation.Learned` (the
+    meta-parameters an argument: one compilation per architecture and optimizee).
+  """
   # meta-parameters as an argument: one compilation per architecture and optimizee
   return lambda: evaluation.Learned(*checkpoints.load_learned(
       os.path.join(cells.run_dir, cell["export"])))
@@ -222,7 +298,16 @@ def loader(cells: Cells, cell: dict) -> Callable[[], Any]:
 
 def flatness_fn(s: Preset):
   """`measure(task, params, key)`: loss, Hessian trace, top eigenvalue and local-entropy
-  gap on the flatness batch."""
+  gap on the flatness batch.
+
+  Args:
+    s: the preset: the flatness batch size, Hutchinson probes, Lanczos steps and the
+      local-entropy gap's gamma and samples.
+
+  Returns:
+    The jitted `measure`, returning a dict with `flatness_batch_loss`, `hessian_trace`,
+    `top_eigenvalue` and `entropy_gap`.
+  """
   @jax.jit
   def measure(task, params, key):
     batch = task.fixed_batch(s.flatness_batch)
@@ -239,19 +324,53 @@ def flatness_fn(s: Preset):
 
 
 def smoothed_losses(train_loss: np.ndarray, eval_steps, window: int) -> list[float]:
-  """Mean minibatch loss over the `window` steps before each evaluation step (NaN at 0)."""
+  """Mean minibatch loss over the `window` steps before each evaluation step (NaN at 0).
+
+  Args:
+    train_loss: the run's minibatch loss at every step.
+    eval_steps: the evaluation steps.
+    window: how many steps before each evaluation are averaged.
+
+  Returns:
+    One value per evaluation step.
+  """
   return [float(train_loss[max(0, t - window):t].mean()) if t else float("nan")
           for t in eval_steps]
 
 
 def flatness_key(seed: int) -> jax.Array:
-  """The key of a meta-test run's flatness measures (the same at the end and when matched)."""
+  """The key of a meta-test run's flatness measures (the same at the end and when matched).
+
+  Args:
+    seed: the meta-test run's seed.
+
+  Returns:
+    A JAX PRNG key derived from `seed`.
+  """
   return jax.random.fold_in(jax.random.key(seed), 0xF1A7)
 
 
 def run_test(task, tx, s: Preset, seed: int, num_steps: int, measure,
              snapshots: dict | None = None) -> dict:
-  """One meta-test run; with `snapshots`, fills it with `step -> params` at each evaluation."""
+  """One meta-test run; with `snapshots`, fills it with `step -> params` at each evaluation.
+
+  Args:
+    task: the optimizee.
+    tx: the optimizer (an optax transformation or `evaluation.Learned`).
+    s: the preset (its `eval_every`: evaluations and the training-loss smoothing window).
+    seed: the run's seed (initialisation and batches; its flatness key, `flatness_key`).
+    num_steps: training steps.
+    measure: the flatness measure of the final parameters, as from `flatness_fn`.
+    snapshots: a dict updated in place with the parameters (on the host) at each
+      evaluation and the last step; None keeps none.
+
+  Returns:
+    A dict with `test_seed`, `eval_steps`, the curves `train_loss_curve` (smoothed),
+    `test_accuracy_curve` and `test_loss_curve`, `initial_train_loss`, the final
+    `train_loss`, `test_accuracy` and `test_loss`, `collapsed` (final training loss not
+    finite or above `COLLAPSE_RATIO` times the initial), the final flatness and
+    `wall_time_s`.
+  """
   keep = ({*range(s.eval_every, num_steps + 1, s.eval_every), num_steps}
           if snapshots is not None else ())
   r = evaluation.train(task, tx, num_steps, jax.random.key(seed), eval_every=s.eval_every,
@@ -282,6 +401,20 @@ def matched_run(task, tx, s: Preset, run: dict, level: float, measure,
   given, else from training the same seed again to that step (the same
   parameters: same initialisation and batches); either way the flatness key is
   the run's own, so both give the same figures.
+
+  Args:
+    task: the optimizee.
+    tx: the run's optimizer.
+    s: the preset, as for `run_test`.
+    run: the meta-test run, as `run_test` returns it.
+    level: the training-loss level (`matched_level`).
+    measure: the flatness measure, as from `flatness_fn`.
+    snapshots: the run's parameters by evaluation step, or None.
+
+  Returns:
+    A dict with `test_seed` and `step` (None when the level is never reached, and nothing
+    else), `train_loss`, `hessian_trace`, `top_eigenvalue`, `entropy_gap` and, when the run
+    has a test-loss curve, `test_loss` and `generalization_gap` there.
   """
   step = next((t for t, l in zip(run["eval_steps"], run["train_loss_curve"])
                if t and l <= level), None)
@@ -312,6 +445,13 @@ def matched_level(runs: list[dict], reach: float = 0.8) -> float:
   some evaluation (`matched_run` then measures it there). Collapsed runs (which
   stopped lowering the loss) are left out of the count: flatness is compared
   between optimizers that trained.
+
+  Args:
+    runs: meta-test runs, as `run_test` returns them.
+    reach: the fraction of the runs that did not collapse that must reach the level.
+
+  Returns:
+    The level, or NaN (also when the level is not finite).
   """
   lows = sorted(min((v for v in r["train_loss_curve"] if np.isfinite(v)), default=np.inf)
                 for r in runs if not r["collapsed"])
@@ -323,7 +463,23 @@ def matched_level(runs: list[dict], reach: float = 0.8) -> float:
 
 
 def tune(task, name: str, grid, s: Preset, should_stop) -> dict:
-  """The learning rate of `grid` with the best validation accuracy at `test_horizon`."""
+  """The learning rate of `grid` with the best validation accuracy at `test_horizon`.
+
+  Args:
+    task: the optimizee.
+    name: the hand-designed optimizer (`optimizers.get`).
+    grid: the learning rates tried.
+    s: the preset: `test_horizon` steps, on `tuning_seeds` seeds (from
+      `TUNING_SEED_BASE`).
+    should_stop: polled before each learning rate.
+
+  Returns:
+    A dict with `optimizer`, `validation_accuracy` (rate -> mean over the seeds; -inf when
+    one is not finite) and `learning_rate` (the best; the smaller on a tie).
+
+  Raises:
+    StudyInterrupted: when `should_stop()` returns True.
+  """
   scores = {}
   for lr in grid:
     if should_stop():
@@ -341,7 +497,15 @@ def tune(task, name: str, grid, s: Preset, should_stop) -> dict:
 
 
 def optimizee_tasks(config: StudyConfig) -> dict[str, Callable[[], Any]]:
-  """The seen and unseen optimizees, built lazily (a dataset is loaded when first needed)."""
+  """The seen and unseen optimizees, built lazily (a dataset is loaded when first needed).
+
+  Args:
+    config: the study's configuration (its optimizees, datasets and data folder).
+
+  Returns:
+    Optimizee name -> a function of no arguments that builds its task once and returns
+    it; mlp_sigmoid@other is the seen MLP on `other_dataset`.
+  """
   made = {}
 
   def make(name, dataset):

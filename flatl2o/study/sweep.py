@@ -41,6 +41,15 @@ def next_coefficient(points: list[dict], smallest: float, largest: float) -> flo
 
   Up from 1 until a point collapses or `largest` is passed; if 1 collapses, down
   until a point does not or `smallest` is passed.
+
+  Args:
+    points: the points run so far, in the order run (each with `coefficient` and
+      `collapsed`).
+    smallest: the smallest coefficient the sweep may go down to.
+    largest: the largest coefficient the sweep may go up to.
+
+  Returns:
+    The next coefficient (1.0 first), or None.
   """
   if not points:
     return 1.0
@@ -63,7 +72,19 @@ def _decade(x: float) -> float:
 
 
 def point(kind: str, coefficient: float, runs: list[dict]) -> dict[str, Any]:
-  """One sweep point from its meta-training cells (one per sweep seed)."""
+  """One sweep point from its meta-training cells (one per sweep seed).
+
+  Args:
+    kind: the flatness term.
+    coefficient: the point's coefficient.
+    runs: its meta-training cells, each with `best_validation_accuracy`, `collapsed`,
+      `best_meta_step`, `name` and optionally `grad_ratio`.
+
+  Returns:
+    A dict with `regularizer`, `coefficient`, `validation_accuracy` (the mean of the finite
+    ones), `validation_accuracies`, `collapsed` (every run collapsed), `collapsed_runs`,
+    `runs`, `grad_ratio` (the mean of the finite ratios), `selected_meta_steps` and `cells`.
+  """
   accs = [r["best_validation_accuracy"] for r in runs
           if np.isfinite(r["best_validation_accuracy"])]
   ratios = [r.get("grad_ratio", {}).get("ratio", float("nan")) for r in runs]
@@ -79,7 +100,17 @@ def point(kind: str, coefficient: float, runs: list[dict]) -> dict[str, Any]:
 
 
 def choose(points: list[dict]) -> float | None:
-  """The coefficient with the best mean validation accuracy where no seed collapsed."""
+  """The coefficient with the best mean validation accuracy where no seed collapsed.
+
+  Ties go to the smaller coefficient; points of "none" are not candidates.
+
+  Args:
+    points: sweep points, as from `point`.
+
+  Returns:
+    The chosen coefficient, or None when every point collapsed in some seed or has no
+    finite validation accuracy.
+  """
   alive = [p for p in points if p["regularizer"] != "none" and p["collapsed_runs"] == 0
            and np.isfinite(p["validation_accuracy"])]
   if not alive:
@@ -89,7 +120,19 @@ def choose(points: list[dict]) -> float | None:
 
 def sweep_term(kind: str, smallest: float, largest: float,
                train_point: Callable[[float], list[dict]]) -> dict[str, Any]:
-  """Runs one term's sweep; `train_point(c)` meta-trains (or reads) c's cells."""
+  """Runs one term's sweep; `train_point(c)` meta-trains (or reads) c's cells.
+
+  Args:
+    kind: the flatness term.
+    smallest: the smallest coefficient the sweep may go down to.
+    largest: the largest coefficient the sweep may go up to.
+    train_point: coefficient -> the meta-training cells of that point, one per sweep seed.
+
+  Returns:
+    A dict with `regularizer`, `points` (by coefficient), `chosen` (`choose`'s),
+    `reached_collapse` (whether the largest point run collapsed) and `largest` (its
+    coefficient).
+  """
   points: list[dict] = []
   while (c := next_coefficient(points, smallest, largest)) is not None:
     points.append(point(kind, c, train_point(c)))
@@ -100,7 +143,15 @@ def sweep_term(kind: str, smallest: float, largest: float,
 
 
 def summary_line(term: dict) -> str:
-  """One sentence on a term's sweep: where it collapsed or that it never did."""
+  """One sentence on a term's sweep: where it collapsed or that it never did.
+
+  Args:
+    term: a term's sweep, as `sweep_term` returns it.
+
+  Returns:
+    "KIND: collapses at C; ..." or "KIND: never collapsed up to C; ...", then the
+    coefficient chosen or that nothing could be.
+  """
   kind, chosen = term["regularizer"], term["chosen"]
   edge = (f"collapses at {term['largest']:g}" if term["reached_collapse"] else
           f"never collapsed up to {term['largest']:g}")
@@ -119,6 +170,10 @@ def shipped_coefficient(shipped: dict[str, Any], kind: str) -> float:
 
   Returns:
     The coefficient.
+
+  Raises:
+    ValueError: when the sweep lacks `kind` and its coefficient field has no numeric
+      default.
   """
   if kind in shipped["coefficients"]:
     return float(shipped["coefficients"][kind])
@@ -132,7 +187,18 @@ def shipped_coefficient(shipped: dict[str, Any], kind: str) -> float:
 
 
 def load(path: str | None = None) -> dict[str, Any]:
-  """A sweep's coefficients and points: the shipped one, or a sweep run's results.json."""
+  """A sweep's coefficients and points: the shipped one, or a sweep run's results.json.
+
+  Args:
+    path: the sweep's JSON file (None: the shipped `flatl2o/study/sweep.json`).
+
+  Returns:
+    The file's JSON object, with `coefficients` (term -> coefficient).
+
+  Raises:
+    ValueError: when the file is missing or unreadable, or has no `coefficients` object
+      with numbers for hessian and entropy.
+  """
   path = path or SWEEP_FILE
   try:
     with open(path) as f:

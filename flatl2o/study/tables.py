@@ -21,11 +21,31 @@ _EMPTY = {"mean": float("nan"), "ci95": float("nan"), "n": 0}
 
 
 def group_label(model: str, kind: str | None, coefficient: float | None) -> str:
+  """How the tables name a contender group: the model, with its term and coefficient.
+
+  Args:
+    model: the model (or baseline) name.
+    kind: the regularizer's term; None or "none" for an unregularized contender.
+    coefficient: the term's coefficient; unused without a term.
+
+  Returns:
+    "MODEL", or "MODEL + KIND (COEFFICIENT)".
+  """
   return model if kind in (None, "none") else f"{model} + {kind} ({coefficient:g})"
 
 
 def by_seed(cells: list[dict], metric: str, matched: bool = False) -> dict[Any, dict[int, float]]:
-  """meta_seed -> test_seed -> value (NaN where a matched level was not reached)."""
+  """meta_seed -> test_seed -> value (NaN where a matched level was not reached).
+
+  Args:
+    cells: meta-test cells, each with `meta_seed`, `test_seed` and `metric` (or `matched`).
+    metric: the key of the value.
+    matched: read the value at matched training loss (the cell's `matched`) instead of at
+      the end of the run.
+
+  Returns:
+    The values as floats (NaN for a missing one).
+  """
   out: dict[Any, dict[int, float]] = {}
   for c in cells:
     value = c[metric] if not matched else (c["matched"].get(metric) if c["matched"]["step"]
@@ -41,28 +61,64 @@ def _nan_mean(values: list[float]) -> float:
 
 
 def units(seeds: dict[Any, dict[int, float]]) -> list[float]:
-  """The values an interval is over: per-meta-seed means when there are several meta
-  seeds, else the test seeds' values."""
+  """The values an interval is over.
+
+  Per-meta-seed means when there are several meta seeds, else the test seeds' values.
+
+  Args:
+    seeds: meta_seed -> test_seed -> value, as from `by_seed`.
+
+  Returns:
+    The values (the per-seed means leave NaNs out); empty when `seeds` is.
+  """
   if len(seeds) > 1:
     return [_nan_mean(list(v.values())) for v in seeds.values()]
   return list(next(iter(seeds.values())).values()) if seeds else []
 
 
 def over_seeds(seeds: dict[Any, dict[int, float]]) -> dict[str, float]:
-  """Mean and 95% t-interval over `units` (non-finite ones left out)."""
+  """Mean and 95% t-interval over `units` (non-finite ones left out).
+
+  Args:
+    seeds: meta_seed -> test_seed -> value, as from `by_seed`.
+
+  Returns:
+    `report.summarize`'s statistics, or {"mean": NaN, "ci95": NaN, "n": 0} with no finite
+    value.
+  """
   values = [v for v in units(seeds) if np.isfinite(v)]
   return report.summarize(values) if values else dict(_EMPTY)
 
 
 def paired(a: dict[Any, dict[int, float]], b: dict[Any, dict[int, float]]) -> dict[str, float]:
-  """a - b paired on meta seed and test seed; interval as in `over_seeds`."""
+  """a - b paired on meta seed and test seed; interval as in `over_seeds`.
+
+  Args:
+    a: meta_seed -> test_seed -> value, as from `by_seed`.
+    b: the same of the other contender.
+
+  Returns:
+    The statistics of the differences, as `over_seeds` returns them (empty statistics when
+    no pair is shared).
+  """
   diffs = {m: {t: a[m][t] - b[m][t] for t in a[m] if t in b.get(m, {})} for m in a if m in b}
   diffs = {m: d for m, d in diffs.items() if d}
   return over_seeds(diffs) if diffs else dict(_EMPTY)
 
 
 def summarize(results: dict) -> dict:
-  """Rows of the main table: optimizee -> group label -> statistics."""
+  """Rows of the main table: optimizee -> group label -> statistics.
+
+  Args:
+    results: the study's results (`cells`, `contenders`, `same_budget`); contenders that
+      are seen-only or controls are left out.
+
+  Returns:
+    Per optimizee and group: `over_seeds` of each metric, at the end and at matched loss
+    (`*_matched`), `collapsed_runs`, `matched_reached`, `runs`, `meta_steps`, and for a
+    regularized group its paired test accuracy minus plain's (also at the same budget on
+    the seen optimizee); empty for a sweep-only run.
+  """
   if "cells" not in results:  # a sweep-only run
     return {}
   contenders = results["contenders"]
@@ -112,7 +168,14 @@ SMOKE_BANNER = ("**SMOKE RUN (--preset=smoke): its numbers mean nothing.** Tiny 
 
 
 def banner(results: dict) -> str | None:
-  """The line that heads every output of a smoke run (None for other presets)."""
+  """The line that heads every output of a smoke run (None for other presets).
+
+  Args:
+    results: the study's results; its "config" names the preset.
+
+  Returns:
+    `SMOKE_BANNER`, or None.
+  """
   return SMOKE_BANNER if results.get("config", {}).get("preset") == "smoke" else None
 
 
@@ -138,7 +201,14 @@ def _number(x, fmt: str = "+.4f") -> str:
 
 
 def comparison_table(entries: list[dict]) -> list[str]:
-  """Every comparison of results.json's "primary" list, one row each."""
+  """Every comparison of results.json's "primary" list, one row each.
+
+  Args:
+    entries: the comparisons, as `analysis.comparisons` returns them.
+
+  Returns:
+    The Markdown table's lines: header, separator, then one row per comparison.
+  """
   lines = ["| family | model + term (coef.) | optimizee | control | metric | difference | "
            "95% interval | p | p (Holm) | MDE (80%) | meta seeds | selected meta-steps | "
            "control's |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -156,6 +226,14 @@ def comparison_table(entries: list[dict]) -> list[str]:
 
 
 def sweep_table(points: list[dict]) -> list[str]:
+  """The sweep's points as a table, one row each.
+
+  Args:
+    points: sweep points, as `sweep.point` returns them.
+
+  Returns:
+    The Markdown table's lines: header, separator, then one row per point.
+  """
   lines = ["| term | coefficient | validation acc. (mean) | per seed | collapsed | "
            "grad ratio | selected meta-steps |", "|---|---|---|---|---|---|---|"]
   for p in points:
@@ -198,9 +276,18 @@ def answer(results: dict, table: dict | None = None) -> str:
 
 
 def markdown(results: dict, table: dict) -> str:
-  """results.md: the answer first, the design, every comparison, the tables per
-  optimizee, flatness against generalization, the sweep. A smoke run's begins
-  with `SMOKE_BANNER`."""
+  """results.md: the answer first, the design, every comparison, the tables per optimizee.
+
+  Then flatness against generalization, the sweep. A smoke run's begins with
+  `SMOKE_BANNER`.
+
+  Args:
+    results: a study's results (`flatl2o.study.run`); a sweep-only run gets only its sweep.
+    table: the main table, as `summarize` returns it.
+
+  Returns:
+    The Markdown, ending in a newline.
+  """
   from flatl2o.study import analysis, sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   lines = []
   if banner(results) is not None:

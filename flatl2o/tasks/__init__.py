@@ -91,7 +91,11 @@ def register(name: str, builder: Callable[..., Task] | None = None, *, uses_data
 
 
 def names() -> tuple[str, ...]:
-  """The registered tasks, built-ins first, in registration order."""
+  """The registered tasks, built-ins first, in registration order.
+
+  Returns:
+    The task names, each accepted by `get`.
+  """
   return tuple(_REGISTRY)
 
 

@@ -48,23 +48,62 @@ class Task(Protocol):
     ...
 
   def init(self, key: jax.Array) -> Any:
-    """Fresh optimizee parameters (a pytree of float arrays)."""
+    """Fresh optimizee parameters (a pytree of float arrays).
+
+    Args:
+      key: PRNG key for the initialisation.
+
+    Returns:
+      The parameters, a pytree of float arrays.
+    """
     ...
 
   def sample_batch(self, key: jax.Array, split: str = "train") -> Any:
-    """A random minibatch of `batch_size` examples; jit-friendly (index sampling)."""
+    """A random minibatch of `batch_size` examples; jit-friendly (index sampling).
+
+    Args:
+      key: PRNG key that picks the examples.
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      The batch, in the form `loss` takes.
+    """
     ...
 
   def fixed_batch(self, size: int = 2048, split: str = "train") -> Any:
-    """The first `size` examples of a split: a fixed batch for flatness measurements."""
+    """The first `size` examples of a split: a fixed batch for flatness measurements.
+
+    Args:
+      size: number of examples (the whole split when it holds fewer).
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      The batch, in the form `loss` takes.
+    """
     ...
 
   def loss(self, params: Any, batch: Any) -> jax.Array:
-    """The scalar, differentiable training loss on a batch."""
+    """The scalar, differentiable training loss on a batch.
+
+    Args:
+      params: the optimizee parameters, as from `init`.
+      batch: a batch from `sample_batch` or `fixed_batch`.
+
+    Returns:
+      The loss, a scalar array.
+    """
     ...
 
   def evaluate(self, params: Any, split: str = "test") -> dict[str, jax.Array]:
-    """`metric_names` -> value over a whole split."""
+    """`metric_names` -> value over a whole split.
+
+    Args:
+      params: the optimizee parameters, as from `init`.
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      A dict from each of `metric_names` to a scalar array.
+    """
     ...
 
 
@@ -103,27 +142,78 @@ class ClassificationTask:
     return self.data.name
 
   def init(self, key: jax.Array):
+    """Initialises the model on a dummy input of the dataset's input shape.
+
+    Args:
+      key: PRNG key for the initialisation.
+
+    Returns:
+      The model's `params` collection (a pytree of arrays).
+    """
     dummy = jnp.zeros((1,) + self.data.input_shape, jnp.float32)
     return self.model.init(key, dummy)["params"]
 
   def apply(self, params, inputs: jax.Array) -> jax.Array:
+    """The model's logits on a batch of inputs.
+
+    Args:
+      params: the model parameters, as from `init`.
+      inputs: `[batch, *input_shape]` inputs.
+
+    Returns:
+      The model's output, logits `[batch, num_classes]`.
+    """
     return self.model.apply({"params": params}, inputs)
 
   def sample_batch(self, key: jax.Array, split: str = "train"):
+    """A minibatch of `batch_size` examples drawn uniformly with replacement; jit-friendly.
+
+    Args:
+      key: PRNG key that picks the examples.
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      `(inputs, labels)`: `[batch_size, *input_shape]` and `[batch_size]`.
+    """
     return self.data.sample_batch(key, self.batch_size, split)
 
   def fixed_batch(self, size: int = 2048, split: str = "train"):
-    """The first `size` examples of a split: a fixed batch for flatness measurements."""
+    """The first `size` examples of a split: a fixed batch for flatness measurements.
+
+    Args:
+      size: number of examples (the whole split when it holds fewer).
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      `(inputs, labels)` of the first `size` examples.
+    """
     inputs, labels = self.data.split(split)
     return inputs[:size], labels[:size]
 
   def loss(self, params, batch) -> jax.Array:
+    """Mean softmax cross-entropy of the model's logits against the integer labels.
+
+    Args:
+      params: the model parameters, as from `init`.
+      batch: `(inputs, labels)`.
+
+    Returns:
+      The mean loss over the batch, a scalar array.
+    """
     inputs, labels = batch
     logits = self.apply(params, inputs)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   def evaluate(self, params, split: str = "test") -> dict[str, jax.Array]:
-    """Mean loss and accuracy over a whole split (jit-compiled, chunked)."""
+    """Mean loss and accuracy over a whole split (jit-compiled, chunked).
+
+    Args:
+      params: the model parameters, as from `init`.
+      split: 'train', 'validation' or 'test'.
+
+    Returns:
+      `{"loss": mean cross-entropy, "accuracy": fraction classified correctly}`, scalars.
+    """
     return _evaluate_classification(self, params, split)
 
 
@@ -166,6 +256,19 @@ class QuadraticTask:
   @classmethod
   def create(cls, dim: int = 20, condition_number: float = 10.0,
              num_examples: int = 2048, batch_size: int = 128, seed: int = 0):
+    """Draws a random problem: a basis, an optimum `w*`, and inputs and targets per split.
+
+    Args:
+      dim: number of parameters (the length of `w`).
+      condition_number: ratio of the largest to the smallest eigenvalue of the input
+        covariance.
+      num_examples: rows in each of the train, validation and test splits.
+      batch_size: minibatch size of `sample_batch`.
+      seed: seed of the NumPy generator that draws the basis, optimum and inputs.
+
+    Returns:
+      A `QuadraticTask` (float32 arrays) whose optimum `w*` is the same on every split.
+    """
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     scales = np.sqrt(np.logspace(0.0, np.log10(condition_number), dim))
@@ -179,6 +282,14 @@ class QuadraticTask:
                batch_size=batch_size)
 
   def init(self, key: jax.Array):
+    """Initial parameters: `w` standard normal, scaled by 1/sqrt(dim).
+
+    Args:
+      key: PRNG key.
+
+    Returns:
+      `{"w": [dim]}`.
+    """
     dim = self.optimum.shape[0]
     return {"w": jax.random.normal(key, (dim,)) / np.sqrt(dim)}
 
@@ -187,19 +298,55 @@ class QuadraticTask:
       raise DataError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
 
   def sample_batch(self, key: jax.Array, split: str = "train"):
+    """A minibatch of `batch_size` rows drawn uniformly with replacement; jit-friendly.
+
+    Args:
+      key: PRNG key that picks the rows.
+      split: 'train', 'validation' or 'test' (DataError otherwise).
+
+    Returns:
+      `(inputs, targets)`: `[batch_size, dim]` and `[batch_size]`.
+    """
     self._check_split(split)
     idx = jax.random.randint(key, (self.batch_size,), 0, self.targets[split].shape[0])
     return self.inputs[split][idx], self.targets[split][idx]
 
   def fixed_batch(self, size: int = 2048, split: str = "train"):
+    """The first `size` rows of a split: a fixed batch for flatness measurements.
+
+    Args:
+      size: number of rows (the whole split when it holds fewer).
+      split: 'train', 'validation' or 'test' (DataError otherwise).
+
+    Returns:
+      `(inputs, targets)` of the first `size` rows.
+    """
     self._check_split(split)
     return self.inputs[split][:size], self.targets[split][:size]
 
   def loss(self, params, batch) -> jax.Array:
+    """Half the mean squared residual on a batch, `mean_i (x_i . w - y_i)^2 / 2`.
+
+    Args:
+      params: `{"w": [dim]}`.
+      batch: `(inputs, targets)`, `[n, dim]` and `[n]`.
+
+    Returns:
+      The loss, a scalar array.
+    """
     inputs, targets = batch
     return 0.5 * jnp.mean((inputs @ params["w"] - targets) ** 2)
 
   def evaluate(self, params, split: str = "test") -> dict[str, jax.Array]:
+    """The loss over a whole split and the distance of `w` to the optimum.
+
+    Args:
+      params: `{"w": [dim]}`.
+      split: 'train', 'validation' or 'test' (DataError otherwise).
+
+    Returns:
+      `{"loss": loss on the split, "distance_to_optimum": ||w - w*||}`, scalars.
+    """
     self._check_split(split)
     return {"loss": self.loss(params, (self.inputs[split], self.targets[split])),
             "distance_to_optimum": jnp.linalg.norm(params["w"] - self.optimum)}
