@@ -238,6 +238,18 @@ def load_optimizer(path: str) -> optax.GradientTransformationExtraArgs:
   Returns:
     `lopt.transform(meta_params)`: an `optax.GradientTransformationExtraArgs` applying the
     learned optimizer with its exported meta-parameters.
+
+  Example:
+
+  >>> import os, tempfile, jax, jax.numpy as jnp, flatl2o
+  >>> lopt = flatl2o.optimizers.L2ODM()
+  >>> path = os.path.join(tempfile.mkdtemp(), "my_optimizer")
+  >>> flatl2o.save_optimizer(path, lopt, lopt.init(jax.random.key(0)))
+  >>> tx = flatl2o.load_optimizer(path)
+  >>> params = {"w": jnp.ones(3)}
+  >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+  >>> updates["w"].shape
+  (3,)
   """
   lopt, meta_params = load_learned(path)
   return lopt.transform(meta_params)

@@ -256,6 +256,17 @@ def local_entropy_gap(f: Callable[[Any], jax.Array], params, key: jax.Array, *, 
 
   Returns:
     A scalar array: the estimate of -F(x; gamma) - f(x).
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> from flatl2o import flatness
+  >>> f = lambda p: 0.5 * jnp.sum(p["x"] ** 2)
+  >>> flat = flatness.local_entropy_gap(f, {"x": jnp.zeros(2)}, jax.random.key(0), gamma=100.0)
+  >>> sharp = flatness.local_entropy_gap(lambda p: 100 * f(p), {"x": jnp.zeros(2)},
+  ...                                    jax.random.key(0), gamma=100.0)
+  >>> bool(0 < flat < sharp)  # a wider basin loses less free energy
+  True
   """
   positive_int("num_samples", num_samples)
   positive_number("gamma", gamma)

@@ -123,6 +123,14 @@ def hessian_trace(f: Fn, params, key: jax.Array, num_probes: int = 10,
 
   Returns:
     A scalar array: the estimate of tr(H). Differentiable w.r.t. `params`.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> from flatl2o import flatness
+  >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0]) * p["x"] ** 2)  # H = diag(1, 2, 3)
+  >>> float(flatness.hessian_trace(f, {"x": jnp.ones(3)}, jax.random.key(0), num_probes=4))
+  6.0
   """
   positive_int("num_probes", num_probes)
   with matmul_precision(precision):
@@ -158,6 +166,15 @@ def top_hessian_eigenvalue(f: Fn, params, key: jax.Array, num_iters: int = 20,
     sign (negative if the largest-magnitude eigenvalue is). v is held fixed (stop-gradient), so
     the gradient w.r.t. `params` is v^T (dH/dx) v, the eigenvalue's derivative for a converged
     v.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> from flatl2o import flatness
+  >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0]) * p["x"] ** 2)  # H = diag(1, 2, 3)
+  >>> round(float(flatness.top_hessian_eigenvalue(f, {"x": jnp.ones(3)}, jax.random.key(0),
+  ...                                             num_iters=50)), 3)
+  3.0
   """
   positive_int("num_iters", num_iters)
   with matmul_precision(precision):
@@ -225,6 +242,15 @@ def lanczos(f: Fn, params, key: jax.Array, num_iters: int = 20,
     A `LanczosResult`: the `[m]` Ritz values and their quadrature weights, the top and bottom
     Ritz values, the one-probe SLQ trace estimate, and the unit top Ritz vector shaped like
     `params`.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> from flatl2o import flatness
+  >>> f = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0]) * p["x"] ** 2)  # H = diag(1, 2, 3)
+  >>> result = flatness.lanczos(f, {"x": jnp.ones(3)}, jax.random.key(0), num_iters=3)
+  >>> [round(float(v), 3) for v in sorted(result.ritz_values)]
+  [1.0, 2.0, 3.0]
   """
   positive_int("num_iters", num_iters)
   with matmul_precision(precision):

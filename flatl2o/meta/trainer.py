@@ -613,6 +613,20 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   Raises:
     MetaTrainingDivergedError: `max_consecutive_skipped` non-finite meta-steps in a row.
     MetaTrainingInterrupted: `should_stop()` returned True.
+
+  Example:
+
+  >>> import flatl2o
+  >>> lopt = flatl2o.optimizers.L2ODM()
+  >>> task = flatl2o.tasks.get("quadratic", batch_size=4)  # a task with its own data
+  >>> config = flatl2o.meta.MetaTrainConfig(
+  ...     num_meta_iterations=4, unroll_length=5, num_inner_steps=10, meta_batch_size=2,
+  ...     validation_every=2, validation_horizon=10, validation_seeds=2,
+  ...     regularizer=flatl2o.meta.HessianTerm(alpha=0.1))
+  >>> result = flatl2o.meta.meta_train(lopt, task, config)
+  >>> result.meta_steps_done, result.best_iteration in (2, 4)
+  (4, True)
+  >>> tx = lopt.transform(result.meta_params)  # an optax transformation
   """
   if progress:
     printer = progress_printer(config.num_meta_iterations,

@@ -140,6 +140,14 @@ def register(name: str, factory: Callable[..., Any] | None = None, *, overwrite:
   Raises:
     OptimizerError: a bad name, a name already registered (without
       `overwrite`), or a factory that does not fit.
+
+  Example:
+
+  >>> import optax, flatl2o
+  >>> _ = flatl2o.optimizers.register(
+  ...     "doc_signsgd", lambda learning_rate=0.01: optax.sign_sgd(learning_rate), overwrite=True)
+  >>> flatl2o.optimizers.default_hparams("doc_signsgd")
+  {'learning_rate': 0.01}
   """
   if factory is None:
     return lambda f: register(name, f, overwrite=overwrite)

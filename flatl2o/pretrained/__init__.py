@@ -99,6 +99,15 @@ def load(name: str, root: str | None = None) -> optax.GradientTransformationExtr
   Returns:
     An `optax.GradientTransformationExtraArgs` applying the learned optimizer with its
     pretrained meta-parameters (`flatl2o.checkpoints.load_optimizer`).
+
+  Example:
+
+  >>> import jax.numpy as jnp, optax, flatl2o
+  >>> tx = flatl2o.pretrained.load("l2o_dm")  # offline: package data
+  >>> params = {"w": jnp.array([1.0, -2.0])}
+  >>> updates, state = tx.update({"w": 2 * params["w"]}, tx.init(params), params)
+  >>> bool(jnp.all(jnp.sign(updates["w"]) == -jnp.sign(params["w"])))  # downhill
+  True
   """
   return checkpoints.load_optimizer(path(name, root))
 

@@ -67,6 +67,21 @@ def run(config: StudyConfig, run_dir: str, should_stop: Callable[[], bool] = lam
   Raises:
     ValueError: a bad configuration, dataset or run directory (nothing written).
     StudyInterrupted: `should_stop()` turned True (this part's time is kept).
+
+  Example:
+
+  >>> import tempfile
+  >>> from flatl2o import study
+  >>> study.PRESETS["doc_tiny"] = study.Preset(  # a study in ~30 s: the numbers mean nothing
+  ...     meta_seeds=(0, 1), num_meta_iterations=4, unroll_length=5, num_inner_steps=10,
+  ...     meta_batch_size=1, validation_every=2, validation_seeds=1, adam_grid=(0.01,),
+  ...     sgd_grid=(0.1,), tuning_seeds=1, test_seeds=2, test_horizon=10, eval_every=5,
+  ...     flatness_batch=8, trace_probes=1, lanczos_iters=2, coefficients="shipped",
+  ...     models=("l2o_dm",), optimizees=(study.SEEN,), baselines=("adam",))
+  >>> results = study.run(study.StudyConfig(preset="doc_tiny", regularizers=("none", "hessian")),
+  ...                     tempfile.mkdtemp(), log=lambda line: None)
+  >>> [(e["model"], e["regularizer"], e["meta_seeds"]) for e in results["primary"]]
+  [('l2o_dm', 'hessian', 2)]
   """
   builders = optimizee_tasks(config)
   builders[SEEN]()  # bad dataset names fail here, before anything is written

@@ -76,6 +76,17 @@ def register(name: str, builder: Callable[..., Task] | None = None, *, uses_data
   Raises:
     TaskError: a bad name, a name already registered (without `overwrite`), or
       a builder that is not callable.
+
+  Example:
+
+  >>> import flatl2o
+  >>> def tiny_mlp(dataset, batch_size):
+  ...   model = flatl2o.tasks.MLP(hidden_sizes=(4,), num_classes=dataset.num_classes)
+  ...   return flatl2o.tasks.ClassificationTask(data=dataset, model=model, name="doc_tiny_mlp",
+  ...                                           batch_size=batch_size)
+  >>> _ = flatl2o.tasks.register("doc_tiny_mlp", tiny_mlp, overwrite=True)
+  >>> flatl2o.tasks.get("doc_tiny_mlp", dataset="digits", batch_size=8).name
+  'doc_tiny_mlp'
   """
   if builder is None:
     return lambda b: register(name, b, uses_data=uses_data, overwrite=overwrite)

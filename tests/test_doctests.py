@@ -1,0 +1,48 @@
+"""The Examples of the main entry points run as written (optax-style docstrings): meta-training,
+exports, the pretrained optimizers, the flatness functions, the registries and the study."""
+
+import doctest
+
+from absl.testing import absltest, parameterized
+
+from flatl2o import checkpoints, pretrained, resolve, tasks
+from flatl2o.flatness import entropy, hessian
+from flatl2o.meta import estimators, terms, trainer
+from flatl2o.optimizers import registry
+from flatl2o.study import driver
+
+ENTRY_POINTS = {
+    "meta_train": trainer.meta_train,
+    "load_optimizer": checkpoints.load_optimizer,
+    "pretrained.load": pretrained.load,
+    "resolve": resolve.resolve,
+    "hessian_trace": hessian.hessian_trace,
+    "top_hessian_eigenvalue": hessian.top_hessian_eigenvalue,
+    "lanczos": hessian.lanczos,
+    "local_entropy_gap": entropy.local_entropy_gap,
+    "tasks.register": tasks.register,
+    "optimizers.register": registry.register,
+    "terms (module)": terms,
+    "terms.register": terms.register,
+    "estimators (module)": estimators,
+    "study.run": driver.run,
+}
+
+
+class EntryPointExamplesTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*ENTRY_POINTS.items())
+  def test_the_example_runs(self, obj):
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = finder.find(obj, globs={})
+    attempted = failed = 0
+    for test in tests:
+      result = runner.run(test)
+      attempted, failed = attempted + result.attempted, failed + result.failed
+    self.assertGreater(attempted, 1, "no Example in the docstring")
+    self.assertEqual(failed, 0, "an Example failed (printed above)")
+
+
+if __name__ == "__main__":
+  absltest.main()
