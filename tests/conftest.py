@@ -42,6 +42,9 @@ SLOW_FIRST = (
     "tests/test_cli.py::MetaTrainBinaryTest",
     "tests/test_scale.py",
     "tests/test_meta.py",
+    "tests/test_study_resume.py",
+    "tests/test_terms.py",
+    "tests/test_doctests.py",
     # Then the slowest of the fast lane (-m "not slow", 2026-12-06).
     "tests/test_objective.py",
     "tests/test_known_answers.py",
