@@ -38,7 +38,7 @@ seeds), `summary.json` (an `optimizers` list in the order given, each one's
 figures) and `metrics.jsonl`. Hand-designed optimizers then run at their
 default learning rates (--learning_rate is for one optimizer).
 
-The work is `flatl2o.study.multiseed.evaluate` and `flatl2o.study.compare.compare`
+The work is `flatl2o.compare.multiseed.evaluate` and `flatl2o.compare.paired.compare`
 (callable from Python); this binary turns the flags into their configurations.
 """
 
@@ -139,7 +139,7 @@ def comparing() -> bool:
 
 def config_from_flags():
   """The `multiseed.EvaluateConfig` of the command line."""
-  from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from flatl2o.compare import multiseed  # pylint: disable=g-import-not-at-top  (imports JAX)
   return multiseed.EvaluateConfig(
       task=_TASK.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
       optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
@@ -149,7 +149,7 @@ def config_from_flags():
 
 
 def compare_main():
-  from flatl2o.study import compare  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from flatl2o.compare import paired as compare  # pylint: disable=g-import-not-at-top  (imports JAX)
   if _LANDSCAPE.value:
     raise ValueError("--landscape is for one optimizer, not a comparison")
   config = compare.CompareConfig(
@@ -173,7 +173,7 @@ def main(argv):
     return
   config = config_from_flags()
   from flatl2o import report  # pylint: disable=g-import-not-at-top
-  from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top
+  from flatl2o.compare import multiseed  # pylint: disable=g-import-not-at-top
   summary = multiseed.evaluate(config, log=logging.info)
   shown = [m for m in ("train_loss", "test_accuracy", "test_loss", "validation_accuracy",
                        "test_distance_to_optimum", "hessian_trace", "top_eigenvalue",

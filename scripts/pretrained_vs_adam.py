@@ -10,7 +10,7 @@ exactly the command the card then shows,
       --seeds=1000,1001,1002,1003,1004 --optimizer=adam,pretrained:NAME \
       --learning_rate=LR
 
-(in process, `flatl2o.study.compare`): Adam at the tuned learning rate LR and the
+(in process, `flatl2o.compare.paired`): Adam at the tuned learning rate LR and the
 pretrained optimizer on the same five held-out seeds. The paired difference in
 test accuracy (pretrained - Adam: mean, 95% interval, p), Holm-adjusted over the
 optimizees, replaces any earlier such entry of the card (`"kind": "versus_adam"`),
@@ -52,7 +52,7 @@ def measure(name: str, learning_rate: float, machine: str) -> dict:
   """The card's "versus_adam" entry of pretrained optimizer `name`."""
   from flatl2o import stats  # pylint: disable=g-import-not-at-top
   from flatl2o.pretrained import _cards  # pylint: disable=g-import-not-at-top
-  from flatl2o.study import compare  # pylint: disable=g-import-not-at-top
+  from flatl2o.compare import paired as compare  # pylint: disable=g-import-not-at-top
   results = {}
   for task in OPTIMIZEES:
     with tempfile.TemporaryDirectory() as out:

@@ -99,7 +99,7 @@ class EvaluateWarnsTest(absltest.TestCase):
 
   def test_evaluate_warns_once_about_a_marked_export(self):
     """Catches: a collapsed export evaluated without a word."""
-    from flatl2o.study import multiseed  # pylint: disable=g-import-not-at-top
+    from flatl2o.compare import multiseed  # pylint: disable=g-import-not-at-top
     lopt = optimizers.L2ODM(hidden_size=4)
     root = self.create_tempdir().full_path
     logs = {}

@@ -8,7 +8,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from flatl2o import pretrained, stats
-from flatl2o.study import compare
+from flatl2o.compare import paired as compare
 from tests.test_cli import run_binary
 
 

@@ -5,6 +5,7 @@ import doctest
 
 from absl.testing import absltest, parameterized
 
+import flatl2o.compare
 from flatl2o import checkpoints, pretrained, resolve, tasks
 from flatl2o.flatness import entropy, hessian
 from flatl2o.meta import estimators, terms, trainer
@@ -26,6 +27,7 @@ ENTRY_POINTS = {
     "terms.register": terms.register,
     "estimators (module)": estimators,
     "study.run": driver.run,
+    "compare (package)": flatl2o.compare,
 }
 
 

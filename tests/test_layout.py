@@ -22,7 +22,7 @@ LAYERS = (
      "flatl2o.optimizers.entropy_sgd", "flatl2o.optimizers", "flatl2o.meta.terms"),
     ("flatl2o.checkpoints", "flatl2o.pretrained", "flatl2o.evaluation"),
     ("flatl2o.resolve", "flatl2o.meta"),
-    ("flatl2o.study",),
+    ("flatl2o.study", "flatl2o.compare"),
     ("flatl2o",),  # the public surface: lazy, above everything
 )
 # A package's optimizers/__init__ is its submodules' layer; its PEP 562 __getattr__ may name

@@ -597,15 +597,12 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
       of the same configuration the run resumes from it, and at the end the
       selected optimizer is exported to `run_dir/optimizer`.
     callback: called with each logged metrics dict (progress display).
-    progress: print a progress line with an ETA to stderr every `log_every`
-      meta-steps (what the binaries show), in addition to `callback`.
-    should_stop: polled after every meta-step; when it returns True the run
-      saves a checkpoint of the meta-steps done and raises
-      `MetaTrainingInterrupted` (the binaries wire it to SIGINT and SIGTERM), so
+    progress: also print a line with an ETA to stderr every `log_every` meta-steps.
+    should_stop: polled after every meta-step; True saves a checkpoint of the steps done
+      and raises `MetaTrainingInterrupted` (the binaries wire it to SIGINT and SIGTERM):
       rerunning with the same run directory resumes without losing a step.
-    on_improvement: called as `on_improvement(meta_step, meta_params)` each time
-      a validation that did not collapse beats every earlier one (the selected
-      optimizer changes), e.g. to keep the best within any earlier budget.
+    on_improvement: called as `on_improvement(meta_step, meta_params)` each time a
+      validation that did not collapse beats every earlier one (the selection changes).
 
   Returns:
     A `MetaTrainResult`.
@@ -617,21 +614,17 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
   Example:
 
   >>> import flatl2o
-  >>> lopt = flatl2o.optimizers.L2ODM()
-  >>> task = flatl2o.tasks.get("quadratic", batch_size=4)  # a task with its own data
+  >>> lopt, task = flatl2o.optimizers.L2ODM(), flatl2o.tasks.get("quadratic", batch_size=4)
   >>> config = flatl2o.meta.MetaTrainConfig(
   ...     num_meta_iterations=4, unroll_length=5, num_inner_steps=10, meta_batch_size=2,
   ...     validation_every=2, validation_horizon=10, validation_seeds=2,
   ...     regularizer=flatl2o.meta.HessianTerm(alpha=0.1))
   >>> result = flatl2o.meta.meta_train(lopt, task, config)
+  >>> tx = lopt.transform(result.meta_params)  # an optax transformation
   >>> result.meta_steps_done, result.best_iteration in (2, 4)
   (4, True)
-  >>> tx = lopt.transform(result.meta_params)  # an optax transformation
   """
-  if progress:
-    printer = progress_printer(config.num_meta_iterations,
-                               lambda line: print(line, file=sys.stderr, flush=True))
-    callback = printer if callback is None else (lambda r, c=callback: (printer(r), c(r)))
+  callback = _with_progress(callback, config.num_meta_iterations) if progress else callback
   # The device count is part of the run's identity: the checkpointed inner
   # state is laid out per device.
   config = dataclasses.replace(config, num_devices=num_devices(config))
@@ -666,9 +659,20 @@ def meta_train(lopt, task, config: MetaTrainConfig, *, run_dir: str | None = Non
                                   or done == total or parts.no_longer_improving(state)):
       parts.run.save(done, state.to_checkpoint())
     if stopping:
-      if parts.run is not None:
-        parts.run.close()
-        parts.run.release()
-      raise MetaTrainingInterrupted(done, parts.run.checkpoint_directory
-                                    if parts.run is not None else None)
+      _interrupt(parts, done)
   return parts.finish(state, history, resumed_from)
+
+
+def _with_progress(callback, total: int):
+  """`callback` preceded by a progress line with an ETA on stderr (what the binaries show)."""
+  printer = progress_printer(total, lambda line: print(line, file=sys.stderr, flush=True))
+  return printer if callback is None else (lambda r, c=callback: (printer(r), c(r)))
+
+
+def _interrupt(parts, done: int):
+  """Lets the run directory go (its checkpoint of `done` is saved) and raises the stop."""
+  if parts.run is not None:
+    parts.run.close()
+    parts.run.release()
+  raise MetaTrainingInterrupted(done, parts.run.checkpoint_directory
+                                if parts.run is not None else None)

@@ -18,8 +18,8 @@ differences, intervals, p-values, MDEs; flatness against generalization), `comma
 MetaTrainConfig and meta_train command line), `cells` (the JSON cell cache and
 the folder's identity), `stages` (meta-training, tuning, meta-tests, matched
 flatness), `driver` (run, write_outputs), `tables` (summarize, markdown),
-`figures`, and `multiseed` (one optimizer on one optimizee over several seeds:
-`experiments.evaluate`'s library side).
+and `figures`. Given optimizers compared on one optimizee (`experiments.evaluate`)
+are `flatl2o.compare`.
 """
 
 from flatl2o import _lazy
@@ -46,7 +46,7 @@ _NAMES = {
                              "meta_train_cell", "optimizee_tasks", "run_test", "tune",
                              "validations")},
 }
-_MODULES = ("cells", "commands", "driver", "multiseed", "stages")
+_MODULES = ("cells", "commands", "driver", "stages")
 
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from flatl2o import evaluation, folders, optimizers, pretrained, report, stats, tasks
 from flatl2o.resolve import export_description, is_hand_designed
-from flatl2o.study import multiseed
+from flatl2o.compare import multiseed
 
 METRICS = ("train_loss", "test_accuracy", "test_loss", "hessian_trace", "top_eigenvalue",
            "local_entropy_gap")
