@@ -206,7 +206,7 @@ def _write_user_module(folder):
 
 
 def _run(folder, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # ROOT: tests.user_lopt too
   return subprocess.run([sys.executable, *args], cwd=folder, env=env, capture_output=True,
                         text=True, timeout=600, check=False)
 
@@ -283,6 +283,33 @@ class UserFileTest(absltest.TestCase):
       self.assertLen(proc.stderr.strip().splitlines(), 1, proc.stderr)
       self.assertIn(message, proc.stderr)
     self.assertFalse(os.path.exists(f"{self.folder}/bad"))
+
+  def test_import_brings_a_users_optimizer_and_task_to_every_binary(self):
+    with open(os.path.join(self.folder, "my_task.py"), "w") as f:
+      f.write(textwrap.dedent("""
+          import flatl2o
+
+          def tiny(dataset, batch_size):
+            model = flatl2o.tasks.MLP(hidden_sizes=(4,), num_classes=dataset.num_classes)
+            return flatl2o.tasks.ClassificationTask(data=dataset, model=model, name="tiny",
+                                                    batch_size=batch_size)
+
+          flatl2o.tasks.register("tiny", tiny)
+          """))
+    run_dir = os.path.join(self.folder, "user_lopt_run")
+    proc = _run(self.folder, "-m", "experiments.meta_train", "--import=tests.user_lopt,my_task",
+                "--optimizer=user_momentum", "--task=tiny", f"--run_dir={run_dir}", *TINY[1:])
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    out = os.path.join(self.folder, "eval")
+    proc = _run(self.folder, "-m", "experiments.evaluate", "--import=tests.user_lopt,my_task",
+                f"--optimizer={run_dir}/optimizer", "--task=tiny", "--num_steps=20",
+                "--eval_every=10", "--seeds=0", f"--out_dir={out}")
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertTrue(os.path.exists(os.path.join(out, "summary.json")))
+    # Without the module the task is unknown: one line naming the built-ins.
+    proc = _run(self.folder, "-m", "experiments.evaluate", "--task=tiny", f"--out_dir={out}2")
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertIn("unknown --task=tiny; accepted: mlp_sigmoid", proc.stderr)
 
   def test_a_module_that_registers_a_built_in_name_is_refused(self):
     with open(os.path.join(self.folder, "clash.py"), "w") as f:
