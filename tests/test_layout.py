@@ -1,5 +1,6 @@
-"""The shape of the code: no function in flatl2o/ over 80 lines, and no module imports one
-of a higher layer (the layers, lowest first, as WORKSPACE.md draws them)."""
+"""The shape of the code: no function in flatl2o/ over 80 lines, no module imports one of a
+higher layer (the layers, lowest first, as WORKSPACE.md draws them), and every public function
+of a public module documents its arguments and result (optax-style Args / Returns)."""
 
 import ast
 import os
@@ -86,6 +87,34 @@ class LayoutTest(absltest.TestCase):
         if theirs is not None and theirs > own and not target.startswith(module + "."):
           upward.append(f"{module} (layer {own}) imports {target} (layer {theirs})")
     self.assertEmpty(upward)
+
+
+  def test_public_functions_document_args_and_returns(self):
+    missing = []
+    for module, path in _modules():
+      if any(part.startswith("_") for part in module.split(".")):
+        continue  # a private module
+      tree = ast.parse(path.read_text())
+      functions = [(None, n) for n in tree.body if isinstance(n, ast.FunctionDef)]
+      functions += [(c.name, n) for c in tree.body if isinstance(c, ast.ClassDef)
+                    and not c.name.startswith("_") for n in c.body
+                    if isinstance(n, ast.FunctionDef)]
+      for owner, fn in functions:
+        if fn.name.startswith("_"):
+          continue
+        doc = ast.get_docstring(fn) or ""
+        args = [a.arg for a in fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")]
+        returns = any(isinstance(n, ast.Return) and n.value is not None
+                      and not (isinstance(n.value, ast.Constant) and n.value.value is None)
+                      for n in ast.walk(fn))
+        is_property = any(isinstance(d, ast.Name) and d.id == "property"
+                          for d in fn.decorator_list)
+        where = f"{path.relative_to(ROOT)}:{fn.lineno} {owner + '.' if owner else ''}{fn.name}"
+        if args and "Args:" not in doc:
+          missing.append(f"{where}: no Args")
+        if (returns and not is_property and "Returns" not in doc and "Yields:" not in doc):
+          missing.append(f"{where}: no Returns")
+    self.assertEmpty(missing)
 
 
 if __name__ == "__main__":
