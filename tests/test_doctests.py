@@ -1,6 +1,7 @@
 """The Examples of the main entry points run as written (optax-style docstrings): meta-training,
 exports, the pretrained optimizers, the flatness functions, the registries and the study."""
 
+import contextlib
 import doctest
 
 from absl.testing import absltest, parameterized
@@ -10,7 +11,24 @@ from flatl2o import checkpoints, pretrained, resolve, tasks
 from flatl2o.flatness import entropy, hessian
 from flatl2o.meta import estimators, terms, trainer
 from flatl2o.optimizers import registry
+from flatl2o import study
 from flatl2o.study import driver
+
+# What the Examples register (a task, an optimizer, a term, a preset) is dropped after each,
+# so the tests that count a registry's names see the built-ins alone.
+_REGISTRIES = (tasks._REGISTRY, registry._FACTORIES, registry.LEARNED, terms._REGISTRY,  # pylint: disable=protected-access
+               estimators._REGISTRY, study.PRESETS)  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def _registries_restored():
+  saved = [dict(r) for r in _REGISTRIES]
+  try:
+    yield
+  finally:
+    for live, before in zip(_REGISTRIES, saved):
+      live.clear()
+      live.update(before)
 
 ENTRY_POINTS = {
     "meta_train": trainer.meta_train,
@@ -40,7 +58,8 @@ class EntryPointExamplesTest(parameterized.TestCase):
     tests = finder.find(obj, globs={})
     attempted = failed = 0
     for test in tests:
-      result = runner.run(test)
+      with _registries_restored():
+        result = runner.run(test)
       attempted, failed = attempted + result.attempted, failed + result.failed
     self.assertGreater(attempted, 1, "no Example in the docstring")
     self.assertEqual(failed, 0, "an Example failed (printed above)")

@@ -9,7 +9,6 @@ derivative come from Gauss-Hermite quadrature of those closed forms.
 """
 
 import dataclasses
-import doctest
 
 import jax
 import jax.numpy as jnp
@@ -317,12 +316,6 @@ class RegistryTest(absltest.TestCase):
       estimators.register("pes")(CentralDifference)
     with self.assertRaisesRegex(ValueError, "lacks init, estimate"):
       estimators.register("test_incomplete")(type("Incomplete", (), {}))
-
-  def test_the_module_example_runs(self):
-    result = doctest.testmod(estimators)
-    self.assertGreater(result.attempted, 5)
-    self.assertEqual(result.failed, 0)
-
 
 class BadEstimatorInputTest(parameterized.TestCase):
 

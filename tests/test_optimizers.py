@@ -189,6 +189,9 @@ class TrainLoopTest(parameterized.TestCase):
   def test_learned_trains_like_its_transformation_and_compiles_once(self):
     task = tasks.get("mlp_sigmoid", batch_size=32)
     lopt = optimizers.L2ODM()
+    # The runner is cached per architecture: an earlier test in this process may have
+    # compiled it for other shapes (or these); two meta-parameter sets add at most one.
+    before = evaluation.learned_chunk_runner(lopt)._cache_size()
     for seed in (0, 1):  # two meta-parameter sets, one compilation
       meta_params = lopt.init(jax.random.key(seed))
       by_args = evaluation.train(task, evaluation.Learned(lopt, meta_params), 30,
@@ -197,7 +200,7 @@ class TrainLoopTest(parameterized.TestCase):
                                     eval_every=10)
       np.testing.assert_allclose(by_args.train_loss, by_closure.train_loss, rtol=1e-5)
       chex.assert_trees_all_close(by_args.params, by_closure.params, rtol=1e-5, atol=1e-7)
-    chex.assert_equal(evaluation.learned_chunk_runner(lopt)._cache_size(), 1)
+    self.assertLessEqual(evaluation.learned_chunk_runner(lopt)._cache_size() - before, 1)
 
 
 class PlotLimitsTest(absltest.TestCase):
