@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging as std_logging
 import os
 import re
@@ -56,7 +57,6 @@ def import_modules(modules: list[str]) -> None:
   """
   if os.getcwd() not in sys.path and "" not in sys.path:
     sys.path.insert(0, os.getcwd())
-  import importlib  # pylint: disable=g-import-not-at-top
   for module in modules:
     try:
       importlib.import_module(module)
@@ -102,7 +102,6 @@ def _check_names(imported: bool) -> None:
       continue
     accepted = builtin
     if imported:
-      import importlib  # pylint: disable=g-import-not-at-top
       module, function = registry.split(":")
       accepted = tuple(getattr(importlib.import_module(module), function)())
       if holder.value in accepted:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-
 from typing import Any
 
 from flatl2o import _checks
@@ -15,7 +14,6 @@ from flatl2o.meta.terms import HESSIAN_ESTIMATORS, WHEN, EntropyTerm, HessianTer
 META_LOSSES = ("mean", "log_ratio")
 ESTIMATORS = ("truncated", "pes", "es")
 KINDS = ("none",) + terms.BUILTIN  # the built-in kinds; `terms.names()` adds a user's
-
 
 # The built-in flatness terms live in `flatl2o.meta.terms` (with a user's, registered there).
 FlatnessTerm = HessianTerm | EntropyTerm  # the built-ins; any registered term is accepted
