@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Callable
@@ -219,22 +220,31 @@ def _stage_coefficients(study: _Study, seen):
     return coefficient, {}, [], shipped
   sweep: dict[str, dict] = {}
   sweep_cells: list[dict] = []
+  tracker = plan_sweep_progress(config, kinds)
   for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
     sweep_cells.append(meta_train_cell(study.cells, config, seen, "l2o_dm", "none", None, seed,
                                        study.should_stop, log=log, measure_ratio=True,
-                                       progress="stage 1 (sweep): plain"))
+                                       progress="stage 1 (sweep): plain", tracker=tracker))
   plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
   for kind in kinds:
     def train_point(c, kind=kind):
+      for seed in s.sweep_seeds:  # the plan's next slot of this term and seed: this cell
+        slot = next((n for n in tracker.order if n.startswith(f"sweep {kind} point ")
+                     and n.endswith(f" s{seed}")), None)
+        name = f"l2o_dm-{regularizer_label(kind, c)}-s{seed}"
+        if slot is not None and name not in tracker.items:
+          tracker.rename(slot, name)
       runs = [meta_train_cell(study.cells, config, seen, "l2o_dm", kind, c, seed,
                               study.should_stop, log=log, measure_ratio=True,
-                              progress=f"stage 1 (sweep): {kind} {c:g}")
+                              progress=f"stage 1 (sweep): {kind} {c:g}", tracker=tracker)
               for seed in s.sweep_seeds]
       sweep_cells.extend(runs)
       return runs
     sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
     sweep[kind]["plain"] = plain_point
-    log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}")
+    for slot in [n for n in tracker.order if n.startswith(f"sweep {kind} point ")]:
+      tracker.skip(slot)  # the sweep stopped before the plan's last decade
+    log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}; {tracker.line()}")
     coefficient[kind] = sweep[kind]["chosen"]
     if coefficient[kind] is None:
       coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
@@ -480,6 +490,38 @@ class StudyProgress(Progress):
         self.skip(slot)
       self.items[f"matched {optimizee}"].units = len(mine) * self.test_units
     return slot_of
+
+
+def plan_sweep_progress(config: StudyConfig, kinds) -> Progress:
+  """The ETA's plan of the coefficient sweep (stage 1).
+
+  Plain on every sweep seed, and per term as many points as the shipped sweep ran for it
+  (at most a decade from 1 up to the sweep's largest coefficient; every decade for a term
+  it lacks), on every seed: slots named "sweep KIND point I sSEED" that take their cell's
+  name when the sweep reaches them (`Progress.rename`); a term whose sweep stops early
+  skips the rest, one that goes further runs untracked.
+
+  Args:
+    config: the study's configuration (its preset's sweep seeds, range and budget).
+    kinds: the terms swept.
+
+  Returns:
+    The plan, with the priors `PRIOR_SECONDS` and `PRIOR_STARTUP`; its lines give the ETA
+    of the whole run for the sweep preset, of the sweep for the others.
+  """
+  s = config.settings
+  decades = max(1, int(math.floor(math.log10(s.sweep_range[1]) + 1e-9)) + 1)
+  shipped = sweep_lib.load().get("sweep_terms", {})
+  points = {kind: min(decades, len(shipped.get(kind, {}).get("points", [])) or decades)
+            for kind in kinds}
+  items = [(f"l2o_dm-none-s{seed}", "none", s.num_meta_iterations) for seed in s.sweep_seeds]
+  items += [(f"sweep {kind} point {i + 1} s{seed}", kind, s.num_meta_iterations)
+            for kind in kinds for i in range(points[kind]) for seed in s.sweep_seeds]
+  prior = {k: PRIOR_SECONDS.get(k, PRIOR_SECONDS["entropy"]) for k in ("none", *kinds)}
+  tracker = Progress(items, prior, prior_startup=PRIOR_STARTUP)
+  if not s.sweep_only:
+    tracker.scope = "the sweep (stage 1)"
+  return tracker
 
 
 def plan_progress(config: StudyConfig, planned, names) -> StudyProgress:

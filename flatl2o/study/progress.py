@@ -107,6 +107,7 @@ class Progress:
     # kind -> (end time, seconds, units) of each measured stretch, oldest first
     self.segments: dict[str, collections.deque] = {}
     self.startups: dict[str, list[float]] = collections.defaultdict(list)
+    self.scope = "the whole run"  # what `line` gives the ETA of
 
   def index(self, name: str, within: str | None = None) -> str:
     """`i/N` of an item in the plan, or among the items whose name starts with `within`.
@@ -131,6 +132,24 @@ class Progress:
     """
     self.items[name] = Item(name, kind, units)
     self.order.append(name)
+
+  def rename(self, old: str, new: str) -> None:
+    """Gives a planned item the name of the work that fills it (a sweep point's cell, known
+    only once the sweep gets there); its place in the plan is kept.
+
+    Args:
+      old: the planned item's name.
+      new: its new name (not an item already).
+
+    Raises:
+      ValueError: `old` is not an item or `new` already is.
+    """
+    if old not in self.items or new in self.items:
+      raise ValueError(f"cannot rename plan item {old!r} to {new!r}")
+    item = self.items.pop(old)
+    item.name = new
+    self.items[new] = item
+    self.order[self.order.index(old)] = new
 
   def start(self, name: str) -> None:
     """Marks an item started now: its start-up is timed from here to its first report.
@@ -323,11 +342,11 @@ class Progress:
     return total
 
   def line(self) -> str:
-    """`ETA ... s` for the whole run, or that it is still being measured.
+    """`ETA ... s` for the whole run (`scope`), or that it is still being measured.
 
     Returns:
       "ETA for the whole run N s", or "ETA for the whole run: measuring".
     """
     eta = self.eta()
-    return "ETA for the whole run: measuring" if eta is None else (
-        f"ETA for the whole run {eta:.0f} s")
+    return f"ETA for {self.scope}: measuring" if eta is None else (
+        f"ETA for {self.scope} {eta:.0f} s")
