@@ -360,11 +360,12 @@ class MetaTrainConfig:
     if self.estimator not in accepted:
       raise ValueError(f"unknown estimator {self.estimator!r}; accepted: {', '.join(accepted)}")
     if not isinstance(self.regularizer, RegularizerConfig):
-      if self.regularizer is not None and type(self.regularizer) not in map(
-          terms.get, terms.names()):
+      try:
+        object.__setattr__(self, "regularizer", RegularizerConfig.of(self.regularizer))
+      except terms.TermError:
         raise ValueError("regularizer must be a RegularizerConfig, a registered flatness term "
-                         f"(flatl2o.meta.terms) or None, got {type(self.regularizer).__name__}")
-      object.__setattr__(self, "regularizer", RegularizerConfig.of(self.regularizer))
+                         f"(flatl2o.meta.terms) or None, got {type(self.regularizer).__name__}"
+                         ) from None
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"unknown meta_loss {self.meta_loss!r}; accepted: {', '.join(META_LOSSES)}")
     for name in ("random_scaling", "convex_term"):

@@ -58,7 +58,7 @@ import re
 import typing
 from typing import Any, Callable, Mapping
 
-from flatl2o import _checks, builtin_names
+from flatl2o import _checks, builtin_names, config_fields
 
 # The name under which the Langevin mean is saved by the rematerialised scan
 # body of the unroll, so the backward pass does not run the chains a second time.
@@ -191,9 +191,7 @@ def coefficient_field(name: str) -> str:
 
 def _parse(text: str, tp, where: str):
   """`text` (a command-line value) as the type `tp` of a term's field."""
-  origin_args = [a for a in typing.get_args(tp) if a is not type(None)]
-  if origin_args and typing.get_origin(tp) is not None and len(origin_args) == 1:
-    tp = origin_args[0]  # Optional[T]
+  tp = config_fields.unoptional(tp)
   try:
     if tp is bool:
       if text.lower() in ("true", "1", "yes"):
@@ -261,11 +259,6 @@ def fields_of(term: Any) -> dict[str, Any]:
   return out
 
 
-def _num_coordinates(params) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return sum(x.size for x in jax.tree.leaves(params))
-
-
 @register("hessian")
 @dataclasses.dataclass(frozen=True)
 class HessianTerm:
@@ -313,9 +306,12 @@ class HessianTerm:
     Returns:
       A scalar.
     """
-    from flatl2o import flatness  # pylint: disable=g-import-not-at-top  (JAX; see module doc)
+    # pylint: disable=g-import-not-at-top  (both import JAX; see the module docstring)
+    from flatl2o import flatness
+    from flatl2o.optimizers import base
     if self.estimator == "trace":
-      value = flatness.hessian_trace(loss_fn, params, key, self.probes) / _num_coordinates(params)
+      value = (flatness.hessian_trace(loss_fn, params, key, self.probes)
+               / base.num_coordinates(params))
     elif self.estimator == "eigenvalue":
       value = flatness.top_hessian_eigenvalue(loss_fn, params, key, self.power_iters)
     else:

@@ -213,7 +213,8 @@ def _stage_coefficients(study: _Study, seen):
   coefficient: dict[str, float | None] = {"none": None}
   if s.coefficients == "shipped":
     shipped = sweep_lib.load(config.sweep_file)
-    coefficient.update({kind: config.shipped_coefficients()[kind] for kind in kinds})
+    every = config.shipped_coefficients()  # the sweep's, and a user's term's default
+    coefficient.update({kind: every[kind] for kind in kinds})
     log(f"stage 1 (setup): coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
         + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
