@@ -203,6 +203,25 @@ class TrainLoopTest(parameterized.TestCase):
     self.assertLessEqual(evaluation.learned_chunk_runner(lopt)._cache_size() - before, 1)
 
 
+class L2OScaleLogLearningRateTest(parameterized.TestCase):
+  """The log learning rate is clipped to `log_lr_range`: driven past either bound by a read-out
+  bias, it stops there and the step is exp(bound) times the direction read-out."""
+
+  @parameterized.parameters((+5.0, 0.0), (-5.0, -16.0))
+  def test_driven_to_a_bound_it_stays_there(self, push, bound):
+    from flatl2o.optimizers.l2o_scale import L2OScale  # pylint: disable=g-import-not-at-top
+    lopt = L2OScale()
+    meta_params = jax.tree.map(jnp.zeros_like, lopt.init(jax.random.key(0)))
+    # Direction read-out 0.25, log-lr change `push` per step, whatever the hidden state.
+    meta_params["out_b"] = jnp.array([[0.25], [push]], jnp.float32)
+    state = lopt.init_state(3)
+    grad = jnp.array([1.0, -2.0, 0.5], jnp.float32)
+    for _ in range(6):  # log(1e-3) = -6.9: at most 2 steps of 5 to either bound
+      update, state = lopt.step(meta_params, grad, state)
+    np.testing.assert_array_equal(state.log_lr, np.full(3, bound, np.float32))
+    np.testing.assert_allclose(update, np.full(3, 0.25 * np.exp(bound)), rtol=1e-6)
+
+
 class PlotLimitsTest(absltest.TestCase):
 
   def test_accuracy_axis_ignores_the_untrained_start(self):
