@@ -3,6 +3,8 @@ r"""The main job: the study of whether a flatness term makes a learned optimizer
   python -m experiments.reproduce                  # --preset=primary: runs/reproduce-primary
   python -m experiments.reproduce --preset=sweep   # the coefficient sweep it takes its
                                                    # coefficients from (shipped)
+  python -m experiments.reproduce --preset=models  # the question asked of every model, at the
+                                                   # training horizon and 5x it (hours)
   python -m experiments.reproduce --preset=cpu     # the broad protocol (hours, resumable)
   python -m experiments.reproduce --preset=smoke   # every code path, tiny budgets
 
@@ -14,7 +16,10 @@ and two unseen ones? Its results.md opens with the answer: each difference
 with its 95% interval over meta-training seeds, p-value (Holm) and minimum
 detectable effect. Coefficients come from the shipped sweep
 (flatl2o/study/sweep.json, made by --preset=sweep; --sweep_file=PATH takes
-another sweep's results.json). The cpu and gpu presets add RNNProp,
+another sweep's results.json). The models preset asks the same of L2O-DM,
+RNNProp, L2O-Scale, the enhanced recipe and MLPLOpt, each with its own sweep's
+coefficients (flatl2o/study/sweep_models.json, made by --preset=sweep
+--models=...). The cpu and gpu presets add RNNProp,
 L2O-Scale, MLPLOpt, the enhanced recipe, conv, SGD / SAM / Entropy-SGD and
 their own sweep. The study is library code, `flatl2o.study` (its `driver`
 lists every step; a notebook runs `study.run(study.StudyConfig(...),
@@ -40,7 +45,9 @@ from flatl2o import study
 _PRESET = flags.DEFINE_enum("preset", "primary", list(study.PRESETS),
                             "primary (the default study: L2O-DM plain / + Hessian / + entropy, "
                             "5 meta-seeds; docs/results.md has its time), sweep (the "
-                            "coefficient sweep primary takes its coefficients from), smoke "
+                            "coefficient sweep primary takes its coefficients from; with "
+                            "--models, each model's), models (the primary design for every "
+                            "model, at the training horizon and 5x it; hours), smoke "
                             "(every code path, tiny budgets), cpu (the broad protocol: every "
                             "model and optimizee; hours, resumable), gpu (for one GPU; not "
                             "yet measured).")
@@ -50,8 +57,8 @@ _OTHER = flags.DEFINE_string("other_dataset", None, "A second dataset for the se
                              "unseen optimizee (e.g. idx:PATH or digits); none by default.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for prepared datasets.")
 _MODELS = flags.DEFINE_list("models", None, f"Learned optimizers, of "
-                            f"{', '.join(study.MODELS)}; default: the preset's (primary: "
-                            "l2o_dm; cpu, gpu, smoke: all).")
+                            f"{', '.join(study.MODELS)}; default: the preset's (primary, "
+                            "sweep: l2o_dm; models, cpu, gpu, smoke: all).")
 _META_SEEDS = flags.DEFINE_list("meta_seeds", None, "Meta-training seeds (at least 2); "
                                 "default: the preset's (primary 0-4, gpu 0-7).")
 _SWEEP_FILE = flags.DEFINE_string("sweep_file", None, "A --preset=sweep run's results.json "

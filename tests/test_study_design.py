@@ -2,6 +2,7 @@
 interval, p-value, MDE, Holm), the sweep by decades, the matched-loss level, the shipped
 sweep and the configuration's bad inputs."""
 
+import dataclasses
 import json
 import math
 import os
@@ -290,3 +291,110 @@ class StudyConfigTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class HorizonTest(absltest.TestCase):
+  """The horizon is a factor of the comparisons, read from each run's evaluations."""
+
+  def _with_curves(self, results):
+    # Each run evaluated at steps 200 and 1000: the curve's first value is 0.5 below the end.
+    for c in results["cells"]:
+      c["eval_steps"] = [200, 1000]
+      c["test_accuracy_curve"] = [c["test_accuracy"] - 0.5, c["test_accuracy"]]
+      c["train_loss_curve"] = [c["train_loss"] * 2, c["train_loss"]]
+    results["config"] = {"settings": {"horizons": [200, 1000], "test_horizon": 1000}}
+    return results
+
+  def test_every_comparison_at_each_horizon_and_the_first_is_primary(self):
+    p = PrimaryComparisonTest
+    reg = [[v + 0.01 * m for v in row] for m, row in enumerate(p.REG)]  # differs by horizon
+    results = self._with_curves(_results(p.REG, p.PLAIN, p.BUDGET))
+    for c in results["cells"]:  # the early evaluation: regularized runs ahead by 0.01 * seed
+      if "hessian" in c["contender"]:
+        c["test_accuracy_curve"][0] = reg[c["meta_seed"]][c["test_seed"] - 1000] - 0.5
+    entries = analysis.comparisons(results)
+    same = {e["horizon"]: e for e in entries if e["control"] == "same_budget"}
+    self.assertEqual(sorted(same), [200, 1000])
+    self.assertEqual(same[200]["family"], "primary")
+    self.assertEqual(same[1000]["family"], "secondary")
+    end = np.mean(np.asarray(p.REG) - np.asarray(p.BUDGET), axis=1)
+    early = np.mean(np.asarray(reg) - np.asarray(p.BUDGET), axis=1)
+    self.assertAlmostEqual(same[1000]["difference"], end.mean(), places=12)
+    self.assertAlmostEqual(same[200]["difference"], early.mean(), places=12)
+
+  def test_at_horizon(self):
+    cell = {"eval_steps": [50, 100], "test_accuracy_curve": [0.7, 0.8], "test_accuracy": 0.8}
+    self.assertEqual(analysis.at_horizon(cell, "test_accuracy", 50), 0.7)
+    self.assertEqual(analysis.at_horizon(cell, "test_accuracy", 100), 0.8)
+    self.assertEqual(analysis.at_horizon(cell, "test_accuracy", None), 0.8)
+    self.assertTrue(math.isnan(analysis.at_horizon(cell, "test_accuracy", 75)))
+
+  def test_bad_horizons_are_refused(self):
+    for horizons in ((0,), (75,), (2000,), (200, 200)):
+      study.PRESETS["_bad_horizons"] = dataclasses.replace(study.PRESETS["primary"],
+                                                           horizons=horizons)
+      try:
+        with self.assertRaisesRegex(ValueError, "each a distinct positive multiple"):
+          study.StudyConfig(preset="_bad_horizons")
+      finally:
+        del study.PRESETS["_bad_horizons"]
+
+
+class VarianceComponentsTest(absltest.TestCase):
+
+  def test_by_hand(self):
+    # 3 meta seeds x 2 test seeds: rows [1, 3], [2, 4], [6, 8]; row means 2, 3, 7 (grand 4);
+    # MSB = 2 * (4 + 1 + 9) / 2 = 14, MSW = (1 + 1) * 3 / (3 * 1) = 2;
+    # between meta seeds (14 - 2) / 2 = 6, share 6 / (6 + 2 / 2) = 6 / 7.
+    values = {(m, t): v for m, row in enumerate([[1, 3], [2, 4], [6, 8]])
+              for t, v in enumerate(row)}
+    got = analysis.variance_components(values)
+    self.assertAlmostEqual(got["between_meta_seeds"], 6.0)
+    self.assertAlmostEqual(got["between_test_seeds"], 2.0)
+    self.assertAlmostEqual(got["meta_share"], 6 / 7)
+    self.assertEqual((got["meta_seeds"], got["test_seeds"]), (3, 2))
+
+  def test_a_seed_missing_a_run_is_left_out_and_the_between_part_is_not_negative(self):
+    values = {(0, 0): 1.0, (0, 1): 3.0, (1, 0): 3.0, (1, 1): 1.0, (2, 0): 5.0}
+    got = analysis.variance_components(values)
+    self.assertEqual(got["meta_seeds"], 2)  # seed 2 has no run on test seed 1
+    self.assertEqual(got["between_meta_seeds"], 0.0)  # equal means: MSB 0 < MSW
+    self.assertAlmostEqual(got["between_test_seeds"], 2.0)
+
+  def test_results_carry_plain_and_each_difference(self):
+    p = PrimaryComparisonTest
+    got = analysis.variance(_results(p.REG, p.PLAIN, p.BUDGET))
+    self.assertEqual([(v["model"], v["regularizer"], v["quantity"]) for v in got],
+                     [("l2o_dm", "none", "test_accuracy"),
+                      ("l2o_dm", "hessian", "difference_same_budget")])
+    want = analysis.variance_components(
+        {(m, t): p.REG[m][t] - p.BUDGET[m][t] for m in range(5) for t in range(2)})
+    self.assertEqual(got[1]["between_meta_seeds"], want["between_meta_seeds"])
+    plain = analysis.variance_components({(m, t): p.PLAIN[m][t] for m in range(5)
+                                          for t in range(2)})
+    self.assertEqual(got[0]["between_test_seeds"], plain["between_test_seeds"])
+
+
+class ModelCoefficientsTest(absltest.TestCase):
+
+  def _sweep(self, **extra):
+    path = os.path.join(self.create_tempdir().full_path, "sweep.json")
+    with open(path, "w") as f:
+      json.dump({"coefficients": {"hessian": 1.0, "entropy": 1000.0}, **extra}, f)
+    return path
+
+  def test_an_older_sweep_covers_l2o_dm_only(self):
+    path = self._sweep()
+    got = study.StudyConfig(sweep_file=path).model_coefficients()
+    self.assertEqual(got, {"l2o_dm": {"hessian": 1.0, "entropy": 1000.0}})
+    with self.assertRaisesRegex(ValueError, r"no coefficients for rnnprop \(it covers l2o_dm\)"
+                                r".*--preset=sweep --models=rnnprop"):
+      study.StudyConfig(sweep_file=path, models=("l2o_dm", "rnnprop"))
+
+  def test_each_model_takes_its_own(self):
+    path = self._sweep(model_coefficients={
+        "l2o_dm": {"hessian": 1.0, "entropy": 1000.0},
+        "rnnprop": {"hessian": 10.0, "entropy": 100.0}})
+    config = study.StudyConfig(sweep_file=path, models=("rnnprop", "l2o_dm"))
+    self.assertEqual(config.model_coefficients()["rnnprop"], {"hessian": 10.0, "entropy": 100.0})
+    self.assertEqual(config.identity()["coefficients"], {"hessian": 10.0, "entropy": 100.0})

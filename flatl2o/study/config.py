@@ -47,7 +47,8 @@ class Preset:
   Attributes:
     meta_seeds: meta-training seeds of every model x regularizer.
     num_meta_iterations, unroll_length, num_inner_steps, meta_batch_size,
-      validation_every, validation_seeds, patience, min_meta_iterations:
+      validation_every, validation_seeds, patience, min_meta_iterations,
+      meta_learning_rate:
       `MetaTrainConfig` fields (the meta-training horizon is `num_inner_steps`;
       validation at that horizon; with `patience` a run stops once validation
       has not improved for that many meta-steps, `num_meta_iterations` the cap).
@@ -69,6 +70,12 @@ class Preset:
     sweep_only: the run is the sweep and nothing else (`--preset=sweep`).
     models, optimizees, baselines: what the study compares by default
       (optimizees None: every one there is data for).
+    horizons: the meta-test horizons (training steps) the comparisons are made at, read
+      from each run's evaluations (one run of `test_horizon` steps, not one per horizon):
+      the first is the primary family's; each a multiple of `eval_every`, at most
+      `test_horizon`; empty: `test_horizon` alone.
+    shipped_sweep: the file in `flatl2o/study/` a preset with shipped coefficients takes
+      them from (it must cover every model of the study).
   """
 
   meta_seeds: tuple[int, ...]
@@ -89,6 +96,7 @@ class Preset:
   lanczos_iters: int
   patience: int | None = _meta_train_field(None)
   min_meta_iterations: int = _meta_train_field(0)
+  meta_learning_rate: float = _meta_train_field(1e-3)
   entropy_gap_gamma: float = 100.0
   entropy_gap_samples: int = 32
   coefficients: str = "sweep"
@@ -98,6 +106,13 @@ class Preset:
   models: tuple[str, ...] = MODELS
   optimizees: tuple[str, ...] | None = None
   baselines: tuple[str, ...] = BASELINES
+  horizons: tuple[int, ...] = ()
+  shipped_sweep: str = "sweep.json"
+
+  @property
+  def comparison_horizons(self) -> tuple[int, ...]:
+    """The horizons compared at: `horizons`, or `(test_horizon,)` when it is empty."""
+    return tuple(self.horizons) or (self.test_horizon,)
 
   def meta_train_settings(self) -> dict[str, Any]:
     """The `MetaTrainConfig` fields this preset sets (marked in the field metadata).
@@ -127,18 +142,17 @@ PRESETS = {
     # per point (no early stop), two seeds per point.
     "sweep": dataclasses.replace(_PRIMARY, num_meta_iterations=300, min_meta_iterations=0,
                                  patience=None, coefficients="sweep", sweep_only=True),
-    # Every code path once at tiny budgets (the tests run it): numbers mean nothing. L2O-DM
-    # and the enhanced recipe (curriculum + imitation) cover the study's meta-training paths
-    # (every architecture meta-trains in tests/test_meta*.py); mlp_relu stands for the
-    # unseen optimizees (conv's CPU convolutions would dominate the time).
-    "smoke": Preset(meta_seeds=(0, 1), num_meta_iterations=4, unroll_length=5,
-                    num_inner_steps=10, meta_batch_size=2, validation_every=2,
-                    validation_seeds=1, adam_grid=(0.01, 0.1), sgd_grid=(0.1, 1.0),
-                    tuning_seeds=1, test_seeds=2, test_horizon=20, eval_every=10,
-                    flatness_batch=64, trace_probes=2, lanczos_iters=3, entropy_gap_samples=4,
-                    sweep_seeds=(100,), sweep_range=(1.0, 10.0),
-                    models=("l2o_dm", "l2o_dm_enhanced"),
-                    optimizees=(SEEN, "mlp_relu", OTHER_DATA)),
+    # Every code path once at tiny budgets (the tests run it): numbers mean nothing. Every
+    # model (each swept over one decade) and every optimizee, two horizons; 40 inner steps and
+    # a meta learning rate of 3e-3 so that 6 meta-steps validate without collapsing (each
+    # model lowers the validation loss by 11-65% there), so the same-budget control is paired.
+    "smoke": Preset(meta_seeds=(0, 1), num_meta_iterations=6, unroll_length=10,
+                    num_inner_steps=40, meta_batch_size=2, validation_every=2,
+                    validation_seeds=1, meta_learning_rate=3e-3, adam_grid=(0.01, 0.1),
+                    sgd_grid=(0.1, 1.0), tuning_seeds=1, test_seeds=2, test_horizon=40,
+                    eval_every=20, horizons=(40, 20), flatness_batch=64, trace_probes=2,
+                    lanczos_iters=3, entropy_gap_samples=4, sweep_seeds=(100,),
+                    sweep_range=(1.0, 1.0), optimizees=(SEEN,) + UNSEEN + (OTHER_DATA,)),
     # The broad protocol (every model and optimizee) for hours on 2 CPU cores, resumable.
     "cpu": Preset(meta_seeds=(0, 1, 2, 3, 4), num_meta_iterations=300, unroll_length=20,
                   num_inner_steps=100, meta_batch_size=4, validation_every=50,
@@ -146,6 +160,15 @@ PRESETS = {
                   sgd_grid=(0.1, 0.3, 1.0, 3.0), tuning_seeds=2, test_seeds=5,
                   test_horizon=300, eval_every=50, flatness_batch=512, trace_probes=8,
                   lanczos_iters=10),
+    # The paper's claim across its models (issue 27): the primary design asked of each
+    # model, on the seen MLP and every unseen optimizee, meta-tested at the training horizon
+    # (200 steps, the primary family's) and at 5x it (1000), from one run of 1000 steps.
+    # Coefficients per model from flatl2o/study/sweep_models.json (--preset=sweep
+    # --models=...); hours on 2 CPU cores, resumable.
+    "models": dataclasses.replace(
+        _PRIMARY, models=("l2o_dm", "rnnprop", "l2o_scale", "l2o_dm_enhanced", "mlp_lopt"),
+        optimizees=(SEEN,) + UNSEEN, test_horizon=1000, horizons=(200, 1000),
+        shipped_sweep="sweep_models.json"),
     # Meant for one H200 (not yet run on one: no device lent; its time is not measured).
     "gpu": Preset(meta_seeds=tuple(range(8)), num_meta_iterations=2000,
                   min_meta_iterations=1000, patience=300, unroll_length=20,
@@ -217,43 +240,83 @@ class StudyConfig:
     if self.sweep_file is not None and self.settings.coefficients != "shipped":
       raise ValueError(f"sweep_file is for presets that take their coefficients from a sweep "
                        f"(primary); --preset={self.preset} sweeps them itself")
-    self.shipped_coefficients()  # a missing or bad sweep file fails here, before any work
+    s = self.settings
+    horizons = s.comparison_horizons
+    if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 or h % s.eval_every
+           or h > s.test_horizon for h in horizons) or len(set(horizons)) != len(horizons):
+      raise ValueError(f"horizons {list(horizons)}: each a distinct positive multiple of "
+                       f"eval_every ({s.eval_every}) up to test_horizon ({s.test_horizon})")
+    self.model_coefficients()  # a missing or bad sweep file fails here, before any work
 
   @property
   def settings(self) -> Preset:
     return dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
 
-  def shipped_coefficients(self) -> dict[str, float] | None:
-    """The coefficients a preset with `coefficients="shipped"` uses (None for the others).
+  @property
+  def sweep_path(self) -> str:
+    """The sweep a preset with shipped coefficients reads: `sweep_file`, else the preset's
+    `shipped_sweep` in `flatl2o/study/`."""
+    import os  # pylint: disable=g-import-not-at-top
+    return self.sweep_file or os.path.join(os.path.dirname(__file__), self.settings.shipped_sweep)
 
-    The sweep file's, and for a term of the user's own that it lacks, that term's default.
+  def model_coefficients(self) -> dict[str, dict[str, float]] | None:
+    """Each model's coefficients, for a preset with `coefficients="shipped"` (else None).
+
+    The sweep file's for each model of the study (a sweep of several models keeps them
+    under `model_coefficients`; an older one is L2O-DM's), and for a term of the user's
+    own that it lacks, that term's default.
+
+    Returns:
+      Model -> term -> coefficient, for every model of the study.
+
+    Raises:
+      ValueError: the sweep file is missing or unreadable, or lacks one of the models.
+    """
+    if self.settings.coefficients != "shipped":
+      return None
+    from flatl2o.study import sweep  # pylint: disable=g-import-not-at-top
+    shipped = sweep.load(self.sweep_path)
+    covered = sweep.model_coefficients(shipped)
+    missing = [m for m in self.models if m not in covered]
+    if missing:
+      raise ValueError(
+          f"the sweep {self.sweep_path} has no coefficients for {', '.join(missing)} (it covers "
+          f"{', '.join(covered)}): sweep them with `python -m experiments.reproduce "
+          f"--preset=sweep --models={','.join(missing)}` and pass its results.json as "
+          "--sweep_file, or leave those models out")
+    out = {}
+    for model in self.models:
+      out[model] = {k: float(v) for k, v in covered[model].items()}
+      for kind in self.regularizers:
+        if kind != "none" and kind not in out[model]:
+          out[model][kind] = sweep.shipped_coefficient({"coefficients": out[model]}, kind)
+    return out
+
+  def shipped_coefficients(self) -> dict[str, float] | None:
+    """The coefficients of the study's first model (`model_coefficients`), None for a preset
+    that sweeps its coefficients itself.
 
     Returns:
       Term -> coefficient for the sweep file's terms and every regularizer of this study
       other than "none", or None when the preset sweeps its coefficients itself.
     """
-    if self.settings.coefficients != "shipped":
-      return None
-    from flatl2o.study import sweep  # pylint: disable=g-import-not-at-top
-    shipped = sweep.load(self.sweep_file)
-    coefficients = {k: float(v) for k, v in shipped["coefficients"].items()}
-    for kind in self.regularizers:
-      if kind != "none" and kind not in coefficients:
-        coefficients[kind] = sweep.shipped_coefficient(shipped, kind)
-    return coefficients
+    every = self.model_coefficients()
+    return None if every is None else every[self.models[0]]
 
   def identity(self) -> dict[str, Any]:
     """What defines the run, as pinned in protocol.json.
 
     Returns:
       The fields of this configuration except `sweep_file` (the coefficients, not the file's
-      path, define the run), with `protocol` (2), `settings` (the preset's fields) and
-      `coefficients` (`shipped_coefficients()`).
+      path, define the run), with `protocol` (2), `settings` (the preset's fields),
+      `coefficients` (`shipped_coefficients()`) and `model_coefficients`.
     """
     # The coefficients, not the file's path, define the run.
     identity = {k: v for k, v in dataclasses.asdict(self).items() if k != "sweep_file"}
+    every = self.model_coefficients()
     return {"protocol": 2, **identity, "settings": dataclasses.asdict(self.settings),
-            "coefficients": self.shipped_coefficients()}
+            "coefficients": None if every is None else every[self.models[0]],
+            "model_coefficients": every}
 
 
 ProtocolConfig = StudyConfig  # the name before the study moved into the library
@@ -263,7 +326,8 @@ def upgrade_identity(identity: dict) -> dict:
   """An identity as this version writes it.
 
   Before 2026-12-03 the optimizees listed mlp_sigmoid@other even without an other_dataset
-  (it was skipped).
+  (it was skipped); before 2026-12-08 the settings had no `horizons`, `shipped_sweep` and
+  `meta_learning_rate` (their defaults).
 
   Args:
     identity: a protocol.json / results.json "config", of any version.
@@ -275,6 +339,10 @@ def upgrade_identity(identity: dict) -> dict:
   optimizees = identity.get("optimizees")
   if identity.get("other_dataset") is None and isinstance(optimizees, list):
     identity = {**identity, "optimizees": [o for o in optimizees if o != OTHER_DATA]}
+  settings = identity.get("settings")
+  if isinstance(settings, dict):  # before 2026-12-08: one horizon, sweep.json for every preset
+    identity = {**identity, "settings": {"horizons": [], "shipped_sweep": "sweep.json",
+                                         "meta_learning_rate": 1e-3, **settings}}
   return identity
 
 

@@ -146,7 +146,7 @@ class _Study:
       raise StudyInterrupted(where)
 
   def label(self, model: str, kind: str, seed: int, coefficient: dict) -> str:
-    return f"{model}-{regularizer_label(kind, coefficient[kind])}-s{seed}"
+    return f"{model}-{regularizer_label(kind, coefficient[model][kind])}-s{seed}"
 
 
 def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> dict:
@@ -157,10 +157,12 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
     log(f"stage 1 (setup): {OTHER_DATA} is not meta-tested: no other_dataset given "
         "(--other_dataset=idx:PATH adds the seen MLP on a second dataset)")
   coefficient, sweep, sweep_cells, shipped = _stage_coefficients(study, seen)
+  chosen = {"coefficients": _terms_only(coefficient[config.models[0]]),
+            "model_coefficients": {m: _terms_only(c) for m, c in coefficient.items()}}
   if config.settings.sweep_only:
-    return {"config": config.identity(),
-            "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
-            "sweep_terms": sweep,
+    return {"config": config.identity(), **chosen,
+            "sweep_terms": sweep.get(config.models[0], {}),
+            "sweep_models": sweep,
             "sweep": sweep_points(sweep),
             "meta_training": {c["name"]: c for c in sweep_cells}}
   trained = _stage_meta_training(study, seen, coefficient)
@@ -168,11 +170,11 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
   contenders = _stage_contenders(study, seen, trained, same_budget)
   tests, matched = _stage_meta_tests(study, contenders)
   results = {
-      "config": config.identity(),
-      "coefficients": {k: v for k, v in coefficient.items() if k != "none"},
+      "config": config.identity(), **chosen,
       "meta_training": {c["name"]: c for c in [*trained.values(), *same_budget.values(),
                                                *sweep_cells]},
-      "sweep_terms": sweep,
+      "sweep_terms": sweep.get(config.models[0], {}),
+      "sweep_models": sweep,
       "sweep": sweep_points(sweep),
       "tuning": {n: cells.get("tuning", n) for n in ("adam", "sgd")},
       "contenders": {n: {k: v for k, v in c.items() if k != "make"}
@@ -189,13 +191,21 @@ def _compute(config: StudyConfig, cells: Cells, builders, should_stop, log) -> d
       "test_seeds": _test_seeds(config.settings),
   }
   if shipped is not None:
-    results["sweep"] = shipped.get("sweep", [])
+    results["sweep"] = [p for p in shipped.get("sweep", [])
+                        if p.get("model", "l2o_dm") in config.models]
     results["sweep_terms"] = shipped.get("sweep_terms", {})
+    results["sweep_models"] = {m: t for m, t in shipped.get(
+        "sweep_models", {"l2o_dm": results["sweep_terms"]}).items() if m in config.models}
     results["sweep_source"] = {k: shipped.get(k) for k in ("command", "date", "machine",
                                                            "wall_time_s")}
   results["primary"] = analysis.comparisons(results)
+  results["variance"] = analysis.variance(results)
   results["correlations"] = analysis.correlations(results)
   return results
+
+
+def _terms_only(coefficients: dict) -> dict:
+  return {k: v for k, v in coefficients.items() if k != "none"}
 
 
 def _test_seeds(s) -> list[int]:
@@ -203,55 +213,71 @@ def _test_seeds(s) -> list[int]:
 
 
 def _stage_coefficients(study: _Study, seen):
-  """1. Each term's coefficient: swept here by decades to collapse, or the shipped sweep's.
+  """1. Each model's coefficient of each term: swept here by decades to collapse, or the
+  shipped sweep's.
 
   Returns:
-    `(coefficient by kind, sweep by kind, the sweep's cells, the shipped sweep or None)`.
+    `(coefficient: model -> kind -> coefficient ("none" -> None), sweep: model -> kind ->
+    its sweep, the sweep's cells, the shipped sweep or None)`.
   """
   config, s, log = study.config, study.s, study.log
   kinds = [k for k in config.regularizers if k != "none"]
-  coefficient: dict[str, float | None] = {"none": None}
   if s.coefficients == "shipped":
-    shipped = sweep_lib.load(config.sweep_file)
-    every = config.shipped_coefficients()  # the sweep's, and a user's term's default
-    coefficient.update({kind: every[kind] for kind in kinds})
+    shipped = sweep_lib.load(config.sweep_path)
+    every = config.model_coefficients()  # the sweep's, and a user's term's default
+    coefficient = {m: {"none": None, **{k: every[m][k] for k in kinds}} for m in config.models}
     log(f"stage 1 (setup): coefficients from the sweep {config.sweep_file or 'shipped with flatl2o'} "
         f"({shipped.get('command', '?')}, {shipped.get('date', '?')}): "
-        + ", ".join(f"{k} {coefficient[k]:g}" for k in kinds))
+        + "; ".join(f"{m}: " + ", ".join(f"{k} {coefficient[m][k]:g}" for k in kinds)
+                    for m in config.models))
     return coefficient, {}, [], shipped
-  sweep: dict[str, dict] = {}
-  sweep_cells: list[dict] = []
+  coefficient, sweep, sweep_cells = {}, {}, []
   tracker = plan_sweep_progress(config, kinds)
-  for seed in s.sweep_seeds:  # the reference: plain on the sweep seeds
-    sweep_cells.append(meta_train_cell(study.cells, config, seen, "l2o_dm", "none", None, seed,
-                                       study.should_stop, log=log, measure_ratio=True,
-                                       progress="stage 1 (sweep): plain", tracker=tracker))
-  plain_point = sweep_lib.point("none", 0.0, sweep_cells[:len(s.sweep_seeds)])
+  for model in config.models:
+    coefficient[model], sweep[model] = _sweep_model(study, seen, model, kinds, tracker,
+                                                    sweep_cells)
+  return coefficient, sweep, sweep_cells, None
+
+
+def _sweep_model(study: _Study, seen, model: str, kinds, tracker, sweep_cells: list):
+  """Stage 1 for one model: plain on the sweep seeds, then each term's decades; returns
+  `(kind -> coefficient, kind -> sweep)` and appends the cells to `sweep_cells`."""
+  config, s, log = study.config, study.s, study.log
+  prefix = "stage 1 (sweep): " + ("" if len(config.models) == 1 else f"{model} ")
+  plain = [meta_train_cell(study.cells, config, seen, model, "none", None, seed,
+                           study.should_stop, log=log, measure_ratio=True,
+                           progress=prefix + "plain", tracker=tracker)
+           for seed in s.sweep_seeds]  # the reference: plain on the sweep seeds
+  sweep_cells.extend(plain)
+  plain_point = {**sweep_lib.point("none", 0.0, plain), "model": model}
+  coefficient, sweep = {"none": None}, {}
   for kind in kinds:
     def train_point(c, kind=kind):
       for seed in s.sweep_seeds:  # the plan's next slot of this term and seed: this cell
-        slot = next((n for n in tracker.order if n.startswith(f"sweep {kind} point ")
+        slot = next((n for n in tracker.order if n.startswith(f"sweep {model} {kind} point ")
                      and n.endswith(f" s{seed}")), None)
-        name = f"l2o_dm-{regularizer_label(kind, c)}-s{seed}"
+        name = f"{model}-{regularizer_label(kind, c)}-s{seed}"
         if slot is not None and name not in tracker.items:
           tracker.rename(slot, name)
-      runs = [meta_train_cell(study.cells, config, seen, "l2o_dm", kind, c, seed,
+      runs = [meta_train_cell(study.cells, config, seen, model, kind, c, seed,
                               study.should_stop, log=log, measure_ratio=True,
-                              progress=f"stage 1 (sweep): {kind} {c:g}", tracker=tracker)
+                              progress=f"{prefix}{kind} {c:g}", tracker=tracker)
               for seed in s.sweep_seeds]
       sweep_cells.extend(runs)
       return runs
     sweep[kind] = sweep_lib.sweep_term(kind, *s.sweep_range, train_point)
     sweep[kind]["plain"] = plain_point
-    for slot in [n for n in tracker.order if n.startswith(f"sweep {kind} point ")]:
+    sweep[kind]["model"] = model
+    for p in sweep[kind]["points"]:
+      p["model"] = model
+    for slot in [n for n in tracker.order if n.startswith(f"sweep {model} {kind} point ")]:
       tracker.skip(slot)  # the sweep stopped before the plan's last decade
-    log(f"stage 1 (sweep): {sweep_lib.summary_line(sweep[kind])}; {tracker.line()}")
+    log(f"{prefix}{sweep_lib.summary_line(sweep[kind])}; {tracker.line()}")
     coefficient[kind] = sweep[kind]["chosen"]
     if coefficient[kind] is None:
       coefficient[kind] = min(p["coefficient"] for p in sweep[kind]["points"])
-      log(f"stage 1 (sweep): {kind}: the smallest swept coefficient, "
-          f"{coefficient[kind]:g}, is kept")
-  return coefficient, sweep, sweep_cells, None
+      log(f"{prefix}{kind}: the smallest swept coefficient, {coefficient[kind]:g}, is kept")
+  return coefficient, sweep
 
 
 def _stage_meta_training(study: _Study, seen, coefficient) -> dict:
@@ -268,7 +294,8 @@ def _stage_meta_training(study: _Study, seen, coefficient) -> dict:
               "cells done")
   for i, (model, kind, seed) in enumerate(planned):
     trained[model, kind, seed] = meta_train_cell(
-        study.cells, config, seen, model, kind, coefficient[kind], seed, study.should_stop,
+        study.cells, config, seen, model, kind, coefficient[model][kind], seed,
+        study.should_stop,
         log=study.log, keep_improvements=kind == "none", progress=f"stage 2 (meta-training), "
         f"cell {i + 1}/{len(planned)}", tracker=tracker)
     if kind != "none" and (model, "none", seed) in trained and (
@@ -512,12 +539,14 @@ def plan_sweep_progress(config: StudyConfig, kinds) -> Progress:
   """
   s = config.settings
   decades = max(1, int(math.floor(math.log10(s.sweep_range[1]) + 1e-9)) + 1)
-  shipped = sweep_lib.load().get("sweep_terms", {})
+  shipped = sweep_lib.load().get("sweep_terms", {})  # L2O-DM's: the guess for every model
   points = {kind: min(decades, len(shipped.get(kind, {}).get("points", [])) or decades)
             for kind in kinds}
-  items = [(f"l2o_dm-none-s{seed}", "none", s.num_meta_iterations) for seed in s.sweep_seeds]
-  items += [(f"sweep {kind} point {i + 1} s{seed}", kind, s.num_meta_iterations)
-            for kind in kinds for i in range(points[kind]) for seed in s.sweep_seeds]
+  items = []
+  for model in config.models:
+    items += [(f"{model}-none-s{seed}", "none", s.num_meta_iterations) for seed in s.sweep_seeds]
+    items += [(f"sweep {model} {kind} point {i + 1} s{seed}", kind, s.num_meta_iterations)
+              for kind in kinds for i in range(points[kind]) for seed in s.sweep_seeds]
   prior = {k: PRIOR_SECONDS.get(k, PRIOR_SECONDS["entropy"]) for k in ("none", *kinds)}
   tracker = Progress(items, prior, prior_startup=PRIOR_STARTUP)
   if not s.sweep_only:
@@ -603,18 +632,21 @@ def machine() -> str:
           f"JAX {d['jax']}")
 
 
-def sweep_points(sweep: dict[str, dict]) -> list[dict]:
-  """results.json's "sweep": the plain reference point, then every term's points.
+def sweep_points(sweep: dict[str, dict[str, dict]]) -> list[dict]:
+  """results.json's "sweep": per model, the plain reference point, then every term's points.
 
   Args:
-    sweep: term -> its sweep (`sweep.sweep_term`'s, with the plain reference point under
-      "plain").
+    sweep: model -> term -> its sweep (`sweep.sweep_term`'s, with the plain reference
+      point under "plain"); every point carries its `model`.
 
   Returns:
     The points; empty when no term was swept.
   """
-  terms = list(sweep.values())
-  return ([terms[0]["plain"]] if terms else []) + [p for t in terms for p in t["points"]]
+  points = []
+  for terms in sweep.values():
+    terms = list(terms.values())
+    points += ([terms[0]["plain"]] if terms else []) + [p for t in terms for p in t["points"]]
+  return points
 
 
 def write_outputs(results: dict, out_dir: str) -> dict:

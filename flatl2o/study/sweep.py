@@ -186,6 +186,22 @@ def shipped_coefficient(shipped: dict[str, Any], kind: str) -> float:
   return float(field.default)
 
 
+def model_coefficients(shipped: dict[str, Any]) -> dict[str, dict[str, float]]:
+  """Each swept model's coefficients in a sweep (`load`).
+
+  Args:
+    shipped: a sweep, as `load` returns it.
+
+  Returns:
+    Model -> term -> coefficient: the sweep's `model_coefficients`, or for a sweep of
+    L2O-DM alone (every sweep before 2026-12-08) {"l2o_dm": its `coefficients`}.
+  """
+  every = shipped.get("model_coefficients")
+  if isinstance(every, dict) and every:
+    return every
+  return {"l2o_dm": shipped["coefficients"]}
+
+
 def load(path: str | None = None) -> dict[str, Any]:
   """A sweep's coefficients and points: the shipped one, or a sweep run's results.json.
 
@@ -205,8 +221,8 @@ def load(path: str | None = None) -> dict[str, Any]:
       data = json.load(f)
   except FileNotFoundError:
     raise ValueError(f"no sweep at {path}: run `python -m experiments.reproduce "
-                     "--preset=sweep` and give --sweep_file=runs/reproduce-sweep/results.json"
-                     ) from None
+                     "--preset=sweep --models=MODEL[,MODEL...]` and give "
+                     "--sweep_file=runs/reproduce-sweep/results.json") from None
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"cannot read the sweep {path}: {e}") from None
   coefficients = data.get("coefficients") if isinstance(data, dict) else None

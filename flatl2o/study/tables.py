@@ -179,16 +179,17 @@ def banner(results: dict) -> str | None:
   return SMOKE_BANNER if results.get("config", {}).get("preset") == "smoke" else None
 
 
-DESIGN = """The primary question, fixed before the run: for L2O-DM meta-trained on
-`mlp_sigmoid` (digits), the difference in test accuracy at the meta-test horizon
-between the regularized optimizer (Hessian-trace term; local-entropy term; each
+DESIGN = """The primary question, fixed before the run: for each learned optimizer of the
+study (L2O-DM in the default one) meta-trained on `mlp_sigmoid` (digits), the
+difference in test accuracy at the primary meta-test horizon (the first of the
+preset's horizons) between the regularized optimizer (Hessian-trace term; local-entropy term; each
 coefficient chosen on validation by the sweep) and the plain one selected within
 the same meta-step budget (plain's best validated meta-parameters up to the
 meta-step the regularized run was selected at), paired by meta-training seed and
 test seed. Beside it, the difference to plain at its full budget (separates a
 flatness effect from an early-stopping one). Secondary: the same on unseen
 optimizees (`mlp_relu`, `mlp_deep`), also in training loss there (optimizer
-generalization), and for other models where the preset has them. Each figure is
+generalization), and at the preset's further horizons. Each figure is
 the mean over meta-training seeds of the per-seed mean paired difference over
 test seeds; its interval is the 95% t-interval over meta-training seeds (the
 unit of replication), its p-value the two-sided t-test against 0, Holm-adjusted
@@ -209,14 +210,17 @@ def comparison_table(entries: list[dict]) -> list[str]:
   Returns:
     The Markdown table's lines: header, separator, then one row per comparison.
   """
-  lines = ["| family | model + term (coef.) | optimizee | control | metric | difference | "
-           "95% interval | p | p (Holm) | MDE (80%) | meta seeds | selected meta-steps | "
-           "control's |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| family | model + term (coef.) | optimizee | control | metric | horizon | "
+           "difference | 95% interval | p | p (Holm) | MDE (80%) | meta seeds | "
+           "selected meta-steps | control's |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for e in entries:
     lo, hi = e["ci95"]
+    horizon = e.get("horizon")
     lines.append(
         f"| {e['family']} | {e['model']} + {e['regularizer']} ({e['coefficient']:g}) | "
         f"{e['optimizee']} | {e['control'].replace('_', ' ')} | {e['metric']} | "
+        f"{'—' if horizon is None else horizon} | "
         f"{_number(e['difference'])} | [{_number(lo)}, {_number(hi)}] | "
         f"{_number(e['p_value'], '.3g')} | {_number(e['p_holm'], '.3g')} | "
         f"{_number(e['mde'], '.4f')} | {e['meta_seeds']} | "
@@ -234,15 +238,65 @@ def sweep_table(points: list[dict]) -> list[str]:
   Returns:
     The Markdown table's lines: header, separator, then one row per point.
   """
-  lines = ["| term | coefficient | validation acc. (mean) | per seed | collapsed | "
-           "grad ratio | selected meta-steps |", "|---|---|---|---|---|---|---|"]
+  lines = ["| model | term | coefficient | validation acc. (mean) | per seed | collapsed | "
+           "grad ratio | selected meta-steps |", "|---|---|---|---|---|---|---|---|"]
   for p in points:
     accs = ", ".join(_number(a, ".4f") for a in p["validation_accuracies"])
-    lines.append(f"| {p['regularizer']} | {p['coefficient']:g} | "
+    lines.append(f"| {p.get('model', 'l2o_dm')} | {p['regularizer']} | {p['coefficient']:g} | "
                  f"{_number(p['validation_accuracy'], '.4f')} | {accs} | "
                  f"{p['collapsed_runs']}/{p['runs']} | {_number(p['grad_ratio'], '.3g')} | "
                  f"{', '.join(_meta_step(m) for m in p['selected_meta_steps'])} |")
   return lines
+
+
+def variance_table(components: list[dict]) -> list[str]:
+  """results.json's "variance" as a table, one row per model x quantity.
+
+  Args:
+    components: as `analysis.variance` returns them.
+
+  Returns:
+    The Markdown table's lines (none when there are no components).
+  """
+  if not components:
+    return []
+  lines = ["| model | quantity | horizon | between meta seeds (sd) | between test seeds (sd) | "
+           "meta-seed share of a seed mean's variance | meta x test seeds |",
+           "|---|---|---|---|---|---|---|"]
+  for v in components:
+    what = ("plain's test accuracy" if v["quantity"] == "test_accuracy" else
+            f"{v['regularizer']} − same-budget plain")
+    sd = lambda x: _number(np.sqrt(x) if np.isfinite(x) else x, ".4f")
+    lines.append(f"| {v['model']} | {what} | {v['horizon']} | {sd(v['between_meta_seeds'])} | "
+                 f"{sd(v['between_test_seeds'])} | {_number(v['meta_share'], '.2f')} | "
+                 f"{v['meta_seeds']} x {v['test_seeds']} |")
+  return lines
+
+
+def coefficient_line(results: dict) -> str:
+  """The coefficients of a study, per model when they differ between models.
+
+  Args:
+    results: a study's results (`coefficients`, optionally `model_coefficients`).
+
+  Returns:
+    "hessian 1, entropy 1000" or "l2o_dm: hessian 1, entropy 1000; rnnprop: ...".
+  """
+  every = results.get("model_coefficients") or {}
+  same = all(c == results["coefficients"] for c in every.values())
+  text = lambda c: ", ".join(f"{k} {v:g}" for k, v in c.items()) or "none"
+  if same or len(every) < 2:
+    return text(results["coefficients"])
+  return "; ".join(f"{m}: {text(c)}" for m, c in every.items())
+
+
+def _sweep_lines(results: dict) -> list[str]:
+  """Each model's and term's sweep summary, one list item each."""
+  from flatl2o.study import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  by_model = results.get("sweep_models") or {"l2o_dm": results.get("sweep_terms", {})}
+  several = len(by_model) > 1
+  return [f"- {m + ' ' if several else ''}{sweep_lib.summary_line(t)}"
+          for m, terms in by_model.items() for t in terms.values()]
 
 
 def _meta_step(step: int) -> str:
@@ -262,12 +316,11 @@ def answer(results: dict, table: dict | None = None) -> str:
     sweep: each term's summary line and the chosen coefficients).
   """
   del table
-  from flatl2o.study import analysis, sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from flatl2o.study import analysis  # pylint: disable=g-import-not-at-top
   lines = [banner(results).replace("**", "")] if banner(results) is not None else []
   if results.get("config", {}).get("settings", {}).get("sweep_only"):
-    lines += [sweep_lib.summary_line(t) for t in results["sweep_terms"].values()]
-    lines.append("coefficients chosen: " + ", ".join(
-        f"{k} {v:g}" for k, v in results["coefficients"].items()))
+    lines += [line[2:] for line in _sweep_lines(results)]
+    lines.append("coefficients chosen: " + coefficient_line(results))
   else:
     found = analysis.answer_lines(results.get("primary", []))
     lines += ["Answer:", *(line.replace("**", "") for line in found)] if found else [
@@ -288,14 +341,15 @@ def markdown(results: dict, table: dict) -> str:
   Returns:
     The Markdown, ending in a newline.
   """
-  from flatl2o.study import analysis, sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from flatl2o.study import analysis  # pylint: disable=g-import-not-at-top
   lines = []
   if banner(results) is not None:
     lines += [banner(results), ""]
   settings = results.get("config", {}).get("settings", {})
   if settings.get("sweep_only"):
-    lines += ["## Coefficient sweep (L2O-DM on mlp_sigmoid)", ""]
-    lines += [f"- {sweep_lib.summary_line(t)}" for t in results["sweep_terms"].values()]
+    models = ", ".join(results.get("model_coefficients") or ["l2o_dm"])
+    lines += [f"## Coefficient sweep ({models} on mlp_sigmoid)", ""]
+    lines += _sweep_lines(results)
     lines += ["", *sweep_table(results["sweep"]), "",
               "Validation accuracy: each seed's best validated accuracy at the meta-training "
               "horizon; grad ratio: ||meta-gradient of the term|| / ||meta-gradient of the loss"
@@ -308,12 +362,19 @@ def markdown(results: dict, table: dict) -> str:
   lines += analysis.answer_lines(primary) or ["- no primary comparison could be made (every "
                                                "regularized run collapsed?)"]
   lines += ["", "## Design", "", DESIGN, ""]
-  coeffs = ", ".join(f"{k} {v:g}" for k, v in results["coefficients"].items())
+  coeffs = coefficient_line(results)
   source = results.get("sweep_source")
-  lines.append(f"Coefficients chosen on validation (L2O-DM sweep): {coeffs or 'none'}"
+  lines.append(f"Coefficients chosen on validation (each model's sweep): {coeffs}"
                + (f" (shipped sweep: `{source.get('command')}`, {source.get('date')})"
                   if source else "") + ".")
   lines += ["", "## Every comparison", "", *comparison_table(primary), ""]
+  if results.get("variance"):
+    lines += ["## Where the spread comes from", "",
+              "Variance components on the seen optimizee at the primary horizon (balanced "
+              "one-way random effects over meta seeds, `flatl2o.study.analysis."
+              "variance_components`), as standard deviations; the share is that of the meta "
+              "seed means' variance which more test seeds cannot remove.", "",
+              *variance_table(results["variance"]), ""]
   for optimizee, rows in table.items():
     lines.append(f"### {optimizee}  (matched training loss {results['matched_levels'][optimizee]:.3g})")
     lines.append("")
@@ -351,6 +412,6 @@ def markdown(results: dict, table: dict) -> str:
     lines.append("")
   if results.get("sweep"):
     lines += ["## Coefficient sweep", ""]
-    lines += [f"- {sweep_lib.summary_line(t)}" for t in results.get("sweep_terms", {}).values()]
+    lines += _sweep_lines(results)
     lines += ["", *sweep_table(results["sweep"])]
   return "\n".join(lines) + "\n"
