@@ -61,6 +61,11 @@ _MODELS = flags.DEFINE_list("models", None, f"Learned optimizers, of "
                             "sweep: l2o_dm; models, cpu, gpu, smoke: all).")
 _META_SEEDS = flags.DEFINE_list("meta_seeds", None, "Meta-training seeds (at least 2); "
                                 "default: the preset's (primary 0-4, gpu 0-7).")
+_HORIZONS = flags.DEFINE_list("horizons", None, "Meta-test horizons (training steps) the "
+                              "comparisons are made at, the first the primary one, e.g. "
+                              "200,1000 (the training horizon and 5x it): each a positive "
+                              "multiple of the preset's eval_every (50); the meta-tests run "
+                              "to the largest. Default: the preset's.")
 _SWEEP_FILE = flags.DEFINE_string("sweep_file", None, "A --preset=sweep run's results.json "
                                   "to take the coefficients from (presets primary); default: "
                                   "the sweep shipped with flatl2o.")
@@ -82,11 +87,11 @@ def default_run_dir(preset: str) -> str:
   return os.path.join("runs", f"reproduce-{preset}")
 
 
-def _seeds(values):
+def _integers(flag: str, values, example: str):
   try:
     return tuple(int(v) for v in values)
   except ValueError:
-    raise ValueError(f"--meta_seeds must be integers, e.g. 0,1,2,3,4; got {','.join(values)}"
+    raise ValueError(f"--{flag} must be integers, e.g. {example}; got {','.join(values)}"
                      ) from None
 
 
@@ -99,7 +104,10 @@ def main(argv):
       data_dir=_DATA_DIR.value, models=tuple(_MODELS.value) if _MODELS.value else None,
       regularizers=tuple(_REGULARIZERS.value),
       optimizees=tuple(_OPTIMIZEES.value) if _OPTIMIZEES.value else None,
-      meta_seeds=_seeds(_META_SEEDS.value) if _META_SEEDS.value else None,
+      meta_seeds=(_integers("meta_seeds", _META_SEEDS.value, "0,1,2,3,4")
+                  if _META_SEEDS.value else None),
+      horizons=(_integers("horizons", _HORIZONS.value, "200,1000")
+                if _HORIZONS.value is not None else None),
       sweep_file=_SWEEP_FILE.value)
   stop = _cli.StopRequests()
   try:

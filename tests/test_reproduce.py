@@ -283,7 +283,7 @@ class DefaultRunDirTest(absltest.TestCase):
 
 @pytest.mark.slow
 class SmokePresetTest(parameterized.TestCase):
-  """The smoke preset, every cell, once for the class (about two minutes on 2 cores)."""
+  """The smoke preset, every cell, once for the class (about seven minutes on 2 cores)."""
 
   @classmethod
   def setUpClass(cls):
@@ -327,13 +327,34 @@ class SmokePresetTest(parameterized.TestCase):
       self.assertTrue(os.path.exists(os.path.join(self.run_dir, name)), name)
     with open(os.path.join(self.run_dir, "results.md")) as f:
       text = f.read()
-    for optimizee in ("mlp_sigmoid", "mlp_relu", "mlp_sigmoid@other"):
+    for optimizee in ("mlp_sigmoid", "mlp_relu", "mlp_deep", "conv", "mlp_sigmoid@other"):
       self.assertIn(f"### {optimizee}", text)
+    self.assertIn("## Where the spread comes from", text)
     self.assertIn("| l2o_dm_enhanced + entropy (1) |", text)
     self.assertTrue(text.startswith("**SMOKE RUN"))
     self.assertIn("## Answer", text)
     self.assertIn("## Coefficient sweep", text)
     self.assertIn("| sam |", text)
+
+  def test_every_model_and_term_has_both_controls_at_both_horizons(self):
+    """Catches: a smoke run whose meta-trainings never validate, so that the primary family
+    (same budget) is empty and its path runs nowhere short of hours."""
+    s = study.PRESETS["smoke"]
+    self.assertEqual(set(s.models), set(study.MODELS))
+    want = {(m, k, control, h) for m in s.models for k in ("hessian", "entropy")
+            for control in ("same_budget", "full_budget") for h in s.horizons}
+    got = {(e["model"], e["regularizer"], e["control"], e["horizon"])
+           for e in self.results["primary"] if e["optimizee"] == study.SEEN
+           and e["metric"] == "test_accuracy" and e["meta_seeds"] == len(s.meta_seeds)}
+    self.assertEqual(got, want)
+    primary = {(e["model"], e["regularizer"]) for e in self.results["primary"]
+               if e["family"] == "primary"}
+    self.assertEqual(primary, {(m, k) for m in s.models for k in ("hessian", "entropy")})
+    self.assertEqual(self.results["unpaired"], {})
+    self.assertEqual({(v["model"], v["regularizer"]) for v in self.results["variance"]},
+                     {(m, k) for m in s.models for k in study.REGULARIZERS})
+    self.assertEqual(set(self.results["model_coefficients"]), set(s.models))
+    self.assertEqual({p["model"] for p in self.results["sweep"]}, set(s.models))
 
   def test_matched_step_is_the_first_evaluation_at_the_level(self):
     levels = self.results["matched_levels"]
@@ -374,8 +395,11 @@ class SmokePresetTest(parameterized.TestCase):
         name = f"{e['model']}-{reg_label}-s{seed}"
         other = (f"{e['model']}-none-s{seed}" if e["control"] == "full_budget"
                  else self.results["same_budget"].get(name))
-        diffs = [at[name, e["optimizee"], t][e["metric"]] - at[other, e["optimizee"], t][
-            e["metric"]] for t in self.results["test_seeds"]
+        def value(c, e=e):  # the metric after e["horizon"] steps, from the run's curve
+          curve = {"test_accuracy": "test_accuracy_curve", "train_loss": "train_loss_curve"}
+          return c[curve[e["metric"]]][c["eval_steps"].index(e["horizon"])]
+        diffs = [value(at[name, e["optimizee"], t]) - value(at[other, e["optimizee"], t])
+                 for t in self.results["test_seeds"]
                  if (name, e["optimizee"], t) in at and (other, e["optimizee"], t) in at]
         if diffs:
           per_seed.append(np.mean(diffs))
@@ -402,7 +426,9 @@ class SmokePresetTest(parameterized.TestCase):
       if not p.startswith("matched/"):  # matched cells are rewritten only if the level moved
         self.assertEqual(os.path.getmtime(os.path.join(cells, p + ".json")), mtime, p)
     self.assertNotRegex(proc.stderr, r"meta-training \S+ \(up to")  # nothing retrained
-    self.assertRegex(proc.stderr, r"continuing: 12 of 12 meta-training cells done")
+    cells = len(study.PRESETS["smoke"].models) * len(study.REGULARIZERS) * len(
+        study.PRESETS["smoke"].meta_seeds)
+    self.assertRegex(proc.stderr, rf"continuing: {cells} of {cells} meta-training cells done")
     with open(os.path.join(self.run_dir, "protocol.json")) as f:
       identity = f.read()
     proc = run_binary("experiments.reproduce", *self.args, "--models=l2o_dm")
@@ -426,7 +452,7 @@ class SmokePresetTest(parameterized.TestCase):
                      json.dumps(written, sort_keys=True))
     out = self.create_tempdir().full_path
     table = study.write_outputs(results, out)
-    self.assertEqual(set(table), {"mlp_sigmoid", "mlp_relu", "mlp_sigmoid@other"})
+    self.assertEqual(set(table), set(study.PRESETS["smoke"].optimizees))
     self.assertTrue(os.path.exists(os.path.join(out, "results.md")))
 
 
@@ -441,6 +467,12 @@ class BadFlagsTest(parameterized.TestCase):
       (["--meta_seeds=0,x"], "--meta_seeds must be integers"),
       (["--sweep_file=/nonexistent/results.json"], "no sweep at /nonexistent/results.json"),
       (["--optimizees=mlp_sigmoid,resnet"], "accepted: mlp_sigmoid, mlp_relu"),
+      (["--horizons=0,400"], "horizons [0, 400]: each a distinct positive multiple of "
+                             "eval_every (50)"),
+      (["--horizons=200,x"], "--horizons must be integers, e.g. 200,1000"),
+      (["--models=l2o_dm,rnnprop"], "has no coefficients for rnnprop (it covers l2o_dm): "
+                                    "sweep them with `python -m experiments.reproduce "
+                                    "--preset=sweep --models=rnnprop`"),
   )
   def test_one_line_exit_2_nothing_written(self, args, message):
     out = os.path.join(self.create_tempdir().full_path, "out")

@@ -398,3 +398,20 @@ class ModelCoefficientsTest(absltest.TestCase):
     config = study.StudyConfig(sweep_file=path, models=("rnnprop", "l2o_dm"))
     self.assertEqual(config.model_coefficients()["rnnprop"], {"hessian": 10.0, "entropy": 100.0})
     self.assertEqual(config.identity()["coefficients"], {"hessian": 10.0, "entropy": 100.0})
+
+
+class HorizonFlagTest(absltest.TestCase):
+
+  def test_given_horizons_replace_the_presets_and_set_the_test_horizon(self):
+    config = study.StudyConfig(horizons=(200, 1000))
+    self.assertEqual(config.settings.comparison_horizons, (200, 1000))
+    self.assertEqual(config.settings.test_horizon, 1000)
+    self.assertEqual(study.StudyConfig().settings.comparison_horizons, (400,))
+    self.assertIn("--horizons=200,1000", study.study_command(config))
+
+  def test_bad_horizons(self):
+    for horizons, message in (((), "at least one"), ((0,), "positive multiple"),
+                              ((-50, 100), "positive multiple"), ((75,), "positive multiple"),
+                              ((100, 100), "distinct")):
+      with self.assertRaisesRegex(ValueError, message):
+        study.StudyConfig(horizons=horizons)

@@ -111,8 +111,8 @@ def study_command(config: StudyConfig) -> str:
 
   Returns:
     The command line: the preset, dataset, other dataset, data folder and sweep file when
-    set, and the models, regularizers, optimizees and meta seeds where they differ from
-    the preset's.
+    set, and the models, regularizers, optimizees, meta seeds and horizons where they
+    differ from the preset's.
   """
   defaults = StudyConfig(preset=config.preset, other_dataset=config.other_dataset,
                          sweep_file=config.sweep_file)
@@ -120,6 +120,6 @@ def study_command(config: StudyConfig) -> str:
            ("other_dataset", config.other_dataset), ("data_dir", config.data_dir),
            ("sweep_file", config.sweep_file)]
   given += [(k, ",".join(map(str, getattr(config, k))))
-            for k in ("models", "regularizers", "optimizees", "meta_seeds")
-            if getattr(config, k) != getattr(defaults, k)]
+            for k in ("models", "regularizers", "optimizees", "meta_seeds", "horizons")
+            if getattr(config, k) is not None and getattr(config, k) != getattr(defaults, k)]
   return "python -m experiments.reproduce " + " ".join(f"--{k}={v}" for k, v in given if v)

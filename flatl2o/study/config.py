@@ -184,7 +184,8 @@ PRESETS = {
 class StudyConfig:
   """What one reproduction computes (pinned in `run_dir/protocol.json`).
 
-  `models`, `optimizees` and `meta_seeds` left None take the preset's.
+  `models`, `optimizees`, `meta_seeds` and `horizons` left None take the preset's; given
+  horizons, the meta-tests run to the largest.
   """
 
   preset: str = "primary"
@@ -196,6 +197,8 @@ class StudyConfig:
   # None: the preset's (every one there is data for: mlp_sigmoid@other only with other_dataset).
   optimizees: tuple[str, ...] | None = None
   meta_seeds: tuple[int, ...] | None = None
+  # The meta-test horizons compared at (None: the preset's); the runs go to the largest.
+  horizons: tuple[int, ...] | None = None
   # Where a preset with shipped coefficients takes them from (None: flatl2o/study/sweep.json).
   sweep_file: str | None = None
 
@@ -219,6 +222,8 @@ class StudyConfig:
     object.__setattr__(self, "regularizers", tuple(self.regularizers))
     object.__setattr__(self, "optimizees", tuple(self.optimizees))
     object.__setattr__(self, "meta_seeds", tuple(self.meta_seeds))
+    if self.horizons is not None:
+      object.__setattr__(self, "horizons", tuple(self.horizons))
     for what, given, accepted in (("model", self.models, MODELS),
                                   ("regularizer", self.regularizers,
                                    ("none",) + meta_terms.names()),
@@ -240,6 +245,8 @@ class StudyConfig:
     if self.sweep_file is not None and self.settings.coefficients != "shipped":
       raise ValueError(f"sweep_file is for presets that take their coefficients from a sweep "
                        f"(primary); --preset={self.preset} sweeps them itself")
+    if self.horizons is not None and not self.horizons:
+      raise ValueError("horizons: give at least one meta-test horizon, e.g. 200,1000")
     s = self.settings
     horizons = s.comparison_horizons
     if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 or h % s.eval_every
@@ -250,7 +257,11 @@ class StudyConfig:
 
   @property
   def settings(self) -> Preset:
-    return dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
+    preset = dataclasses.replace(PRESETS[self.preset], meta_seeds=self.meta_seeds)
+    if self.horizons:
+      top = max((h for h in self.horizons if isinstance(h, int)), default=preset.test_horizon)
+      preset = dataclasses.replace(preset, horizons=self.horizons, test_horizon=top)
+    return preset
 
   @property
   def sweep_path(self) -> str:
