@@ -28,6 +28,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   # subprocesses inherit the variable, so they all use this one folder.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flatl2o-test-jax-cache-")
 
+# Tests never download a dataset (flatl2o.data.sources.network_available is False for
+# them and their subprocesses); the download path is tested with TFDS's mock data.
+os.environ["FLATL2O_OFFLINE"] = "1"
+
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 

@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from unittest import mock
 import tensorflow_datasets as tfds
 from absl.testing import absltest, parameterized
 
@@ -244,6 +245,63 @@ class TfdsTest(parameterized.TestCase):
   def test_not_prepared_says_how(self):
     with self.assertRaisesRegex(data.DataError, "tfds build fashion_mnist"):
       data.load("fashion_mnist", data_dir=self.create_tempdir().full_path)
+
+  def test_not_prepared_is_downloaded_and_prepared_once_when_there_is_network(self):
+    from flatl2o.data import sources  # pylint: disable=g-import-not-at-top
+    real = tfds.data_source
+    calls = []
+
+    def not_prepared_until_built(name, **kwargs):  # what TFDS does before the first build
+      if not calls:
+        raise FileNotFoundError(f"{name} is not prepared")
+      return real(name, **kwargs)
+
+    def download_and_prepare(builder, **kwargs):
+      calls.append((builder.name, kwargs))
+
+    real_builder, built_in = tfds.builder, []
+
+    def builder(name, **kwargs):
+      built_in.append(kwargs.get("data_dir"))
+      return real_builder(name, **kwargs)
+
+    data_dir = self.create_tempdir().full_path
+    with tfds.testing.mock_data(num_examples=30), \
+        mock.patch.object(sources, "network_available", lambda: True), \
+        mock.patch.object(tfds, "data_source", not_prepared_until_built), \
+        mock.patch.object(tfds, "builder", builder), \
+        mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
+                          download_and_prepare):
+      ds = data.load("fashion_mnist", data_dir=data_dir)
+    self.assertEqual(calls, [("fashion_mnist", {"file_format": "array_record"})])
+    self.assertEqual(built_in, [data_dir])
+    self.assertEqual((ds.input_shape, ds.num_examples("test")), ((28, 28, 1), 30))
+
+  @parameterized.parameters(
+      ({"FLATL2O_OFFLINE": "1"}, None),  # the tests' own setting (conftest)
+      ({"FLATL2O_OFFLINE": ""}, OSError("no route to host")))  # no network
+  def test_without_network_one_line_says_how_to_prepare_offline(self, env, connect_error):
+    from flatl2o.data import sources  # pylint: disable=g-import-not-at-top
+    connect = mock.Mock(side_effect=connect_error)
+    with mock.patch.dict(os.environ, env), \
+        mock.patch("socket.create_connection", connect), \
+        mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as prepare:
+      with self.assertRaisesRegex(
+          data.DataError, r"^dataset 'cifar10' is not prepared in \S+ and cannot be downloaded "
+          r"here; prepare it once on a machine with network: `tfds build cifar10 "
+          r"--file_format=array_record --data_dir=DIR`[^\n]*$"):
+        data.load("cifar10", data_dir=self.create_tempdir().full_path)
+    prepare.assert_not_called()
+    self.assertEqual(connect.call_count, 0 if connect_error is None else 1)
+
+  def test_a_failed_download_is_one_line(self):
+    from flatl2o.data import sources  # pylint: disable=g-import-not-at-top
+    failing = mock.Mock(side_effect=ConnectionResetError("connection reset\nby peer"))
+    with mock.patch.object(sources, "network_available", lambda: True), \
+        mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", failing):
+      with self.assertRaisesRegex(data.DataError, r"^downloading and preparing 'mnist' through "
+                                  r"TFDS failed \(connection reset\); prepare it once[^\n]*$"):
+        data.load("mnist", data_dir=self.create_tempdir().full_path)
 
   def test_no_tensorflow_import(self):
     import sys  # pylint: disable=g-import-not-at-top

@@ -6,7 +6,10 @@
   validation, by fixed permutations.
 - `mnist`, `fashion_mnist`, `cifar10`: `tfds.data_source` over prepared
   array_record files (random access, no TensorFlow import). Validation is 10% of
-  the official training split; test is the official test split.
+  the official training split; test is the official test split. Not prepared
+  yet: downloaded and prepared once through TFDS (`download_and_prepare`, with
+  its progress bars) when the download host answers; otherwise, or with
+  `FLATL2O_OFFLINE=1`, one line says how to prepare it on a machine with network.
 - `idx:PATH`: a folder of IDX files (the classic MNIST format, gzip or raw).
   `train-*` and `t10k-*`/`test-*` files give the two splits; a folder with one
   split gets a deterministic 20% held out as test.
@@ -25,6 +28,29 @@ from absl import logging as absl_logging
 from flatl2o.data.dataset import DataError, Dataset, from_arrays
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10")
+# Where TFDS fetches these datasets' files and metadata from; probed before a download.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+OFFLINE_ENV = "FLATL2O_OFFLINE"  # set (to anything but "" or "0"): never download
+
+
+def network_available(timeout_s: float = 3.0) -> bool:
+  """Whether a dataset download may be tried: the TFDS download host answers.
+
+  Args:
+    timeout_s: how long to wait for the connection.
+
+  Returns:
+    False when `FLATL2O_OFFLINE` is set, or when `DOWNLOAD_HOST` cannot be reached within
+    `timeout_s` (no network, no name resolution, a firewall); True otherwise.
+  """
+  import socket  # pylint: disable=g-import-not-at-top
+  if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+    return False
+  try:
+    socket.create_connection(DOWNLOAD_HOST, timeout=timeout_s).close()
+  except OSError:
+    return False
+  return True
 
 
 def load_digits() -> Dataset:
@@ -40,40 +66,65 @@ def load_digits() -> Dataset:
   return from_arrays("digits", (images, bunch.target.astype(np.int32)), num_classes=10)
 
 
-def load_tfds(name: str, data_dir: str | None) -> Dataset:
-  """A prepared TFDS dataset, read through `tfds.data_source` (it never downloads).
+def load_tfds(name: str, data_dir: str | None, download: bool = True) -> Dataset:
+  """A TFDS dataset, read through `tfds.data_source`; prepared first if it is not yet.
 
   Args:
     name: one of `TFDS_NAMES`.
-    data_dir: the TFDS data_dir it was prepared in; None for TFDS's default
+    data_dir: the TFDS data_dir it is (or is to be) prepared in; None for TFDS's default
       (~/tensorflow_datasets).
+    download: whether a dataset that is not prepared may be downloaded and prepared here
+      (it is only tried when `network_available()`).
 
   Returns:
     A `Dataset` of the official train and test splits, with 10% of train held out as
     validation.
 
   Raises:
-    DataError: the dataset is not prepared in `data_dir` (the message says how to prepare
-      it).
+    DataError: the dataset is not prepared in `data_dir` and cannot be downloaded here,
+      or its download or preparation failed (the message says how to prepare it offline).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  splits = {}
-  num_classes = None
+  where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
+  offline = (f"prepare it once on a machine with network: `tfds build {name} "
+             "--file_format=array_record --data_dir=DIR`, then pass --data_dir=DIR (data_dir=DIR "
+             "from Python), or use 'digits' or 'idx:PATH', which work offline")
+  try:
+    sources = _data_sources(tfds, name, data_dir)
+  except _NotPrepared:
+    if not download or not network_available():
+      reason = "" if download else " (downloads are off)"
+      raise DataError(f"dataset {name!r} is not prepared in {where} and cannot be downloaded "
+                      f"here{reason}; {offline}") from None
+    absl_logging.info("dataset %s is not prepared in %s: downloading and preparing it once "
+                      "through TFDS", name, where)
+    try:
+      tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format="array_record")
+      sources = _data_sources(tfds, name, data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f"downloading and preparing {name!r} through TFDS failed ({first}); "
+                      f"{offline}") from None
+  splits = {split: _read_source(source) for split, source in sources.items()}
+  label_feature = sources["test"].dataset_info.features["label"]
+  num_classes = getattr(label_feature, "num_classes", None)
+  return from_arrays(name, splits["train"], splits["test"], num_classes=num_classes)
+
+
+class _NotPrepared(Exception):
+  """TFDS found no prepared copy of a dataset (it raises several types for that)."""
+
+
+def _data_sources(tfds, name: str, data_dir: str | None) -> dict:
+  """The train and test `tfds.data_source`s of a prepared dataset (never downloading)."""
+  out = {}
   for split in ("train", "test"):
     try:
       with _quiet_absl():
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # tfds raises several types for "not prepared here".
-      where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets)"
-      raise DataError(
-          f"dataset {name!r} is not prepared in {where}; prepare it once on a machine with "
-          f"network: `tfds build {name} --file_format=array_record --data_dir=DIR`, then pass "
-          "--data_dir=DIR (data_dir=DIR from Python), or use 'digits' or 'idx:PATH', which "
-          "work offline") from None
-    splits[split] = _read_source(source)
-    label_feature = source.dataset_info.features["label"]
-    num_classes = getattr(label_feature, "num_classes", None)
-  return from_arrays(name, splits["train"], splits["test"], num_classes=num_classes)
+        out[split] = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception:  # pylint: disable=broad-except
+      raise _NotPrepared(name) from None
+  return out
 
 
 @contextlib.contextmanager
