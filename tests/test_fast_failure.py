@@ -70,7 +70,7 @@ class FastFailureTest(parameterized.TestCase):
       ("experiments.meta_train", "--curriculum_horizons=20,200", "needs --curriculum"),
       ("experiments.evaluate", "--task=resnet", "--task=resnet"),
       ("experiments.evaluate", "--seeds=1,x", "--seeds must be distinct"),
-      ("experiments.reproduce", "--preset=fast", "value should be one of <primary|sweep|smoke|cpu|gpu>"),
+      ("experiments.reproduce", "--preset=fast", "value should be one of <primary|sweep|smoke|cpu|models|gpu>"),
       ("experiments.reproduce", "--models=l2o_dm,lstm", "accepted: l2o_dm, rnnprop"),
   )
   def test_a_bad_flag_fails_without_importing_jax(self, module, arg, message):

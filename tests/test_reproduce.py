@@ -87,7 +87,7 @@ class StatisticsTest(parameterized.TestCase):
     self.assertEqual((s["mean"], s["n"]), (3.0, 2))
 
   def test_bad_configuration(self):
-    for kwargs, message in (({"preset": "fast"}, "unknown preset 'fast'; accepted: primary, sweep, smoke, cpu, gpu"),
+    for kwargs, message in (({"preset": "fast"}, "unknown preset 'fast'; accepted: primary, sweep, smoke, cpu, models, gpu"),
                             ({"models": ("l2o_dm", "lstm")}, "accepted: l2o_dm, rnnprop"),
                             ({"regularizers": ("none", "sam")}, "accepted: none, hessian, entropy"),
                             ({"regularizers": ("hessian",)}, "must include 'none'"),
@@ -123,12 +123,13 @@ class MatchedLossTest(parameterized.TestCase):
     measure = study.flatness_fn(s)
     snapshots = {}
     run = study.run_test(task, tx, s, 1000, s.test_horizon, measure, snapshots)
-    self.assertEqual(sorted(snapshots), [10, 20])
-    level = run["train_loss_curve"][1] + 1e-6  # reached first at step 10
+    self.assertEqual(sorted(snapshots),
+                     list(range(s.eval_every, s.test_horizon + 1, s.eval_every)))
+    level = run["train_loss_curve"][1] + 1e-6  # reached first at the first evaluation
     kept = study.matched_run(task, tx, s, run, level, measure, snapshots)
     replayed = study.matched_run(task, tx, s, run, level, measure)
-    self.assertEqual(kept["step"], 10)
-    self.assertEqual(replayed["step"], 10)
+    self.assertEqual(kept["step"], s.eval_every)
+    self.assertEqual(replayed["step"], s.eval_every)
     for key in ("train_loss", "hessian_trace", "top_eigenvalue"):
       self.assertAlmostEqual(kept[key], replayed[key], places=5, msg=key)
     self.assertNotAlmostEqual(kept["hessian_trace"], run["hessian_trace"], places=5)

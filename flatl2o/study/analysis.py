@@ -190,7 +190,16 @@ def horizons_of(results: dict) -> tuple[int, ...]:
 
 
 def model_coefficients(results: dict) -> dict[str, dict[str, float]]:
-  """Model -> term -> coefficient of a study's results (older ones: one set for all)."""
+  """Each regularized model's coefficients in a study's results.
+
+  Args:
+    results: the study's results, with `contenders`, `coefficients` and (since
+      2026-12-08) `model_coefficients`.
+
+  Returns:
+    Model -> term -> coefficient, for each model with a regularized contender; older
+    results (no `model_coefficients`) give every model their `coefficients`.
+  """
   models = dict.fromkeys(c["model"] for c in results["contenders"].values()
                          if c.get("regularizer") is not None)
   every = results.get("model_coefficients") or {}

@@ -290,6 +290,24 @@ def coefficient_line(results: dict) -> str:
   return "; ".join(f"{m}: {text(c)}" for m, c in every.items())
 
 
+VARIANCE_NOTE = ("Variance components on the seen optimizee at the primary horizon (balanced "
+                 "one-way random effects over meta seeds, `flatl2o.study.analysis."
+                 "variance_components`), as standard deviations; the share is that of the "
+                 "meta seed means' variance which more test seeds cannot remove.")
+
+
+def _sweep_only_lines(results: dict) -> list[str]:
+  """results.md of a sweep-only run (`--preset=sweep`), after the banner."""
+  models = ", ".join(results.get("model_coefficients") or ["l2o_dm"])
+  return [f"## Coefficient sweep ({models} on mlp_sigmoid)", "", *_sweep_lines(results), "",
+          *sweep_table(results["sweep"]), "",
+          "Validation accuracy: each seed's best validated accuracy at the meta-training "
+          "horizon; grad ratio: ||meta-gradient of the term|| / ||meta-gradient of the loss"
+          "|| at the selected meta-parameters (mean over seeds). To use these coefficients: "
+          "--sweep_file=THIS_FOLDER/results.json (or ship it as flatl2o/study/sweep.json, "
+          "or with other models' sweeps as sweep_models.json: scripts/ship_sweep.py)."]
+
+
 def _sweep_lines(results: dict) -> list[str]:
   """Each model's and term's sweep summary, one list item each."""
   from flatl2o.study import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
@@ -347,16 +365,7 @@ def markdown(results: dict, table: dict) -> str:
     lines += [banner(results), ""]
   settings = results.get("config", {}).get("settings", {})
   if settings.get("sweep_only"):
-    models = ", ".join(results.get("model_coefficients") or ["l2o_dm"])
-    lines += [f"## Coefficient sweep ({models} on mlp_sigmoid)", ""]
-    lines += _sweep_lines(results)
-    lines += ["", *sweep_table(results["sweep"]), "",
-              "Validation accuracy: each seed's best validated accuracy at the meta-training "
-              "horizon; grad ratio: ||meta-gradient of the term|| / ||meta-gradient of the loss"
-              "|| at the selected meta-parameters (mean over seeds). To use these coefficients: "
-              "--sweep_file=THIS_FOLDER/results.json (or ship it as flatl2o/study/sweep.json, "
-              "scripts/ship_sweep.py)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _sweep_only_lines(results)) + "\n"
   primary = results.get("primary", [])
   lines += ["## Answer", ""]
   lines += analysis.answer_lines(primary) or ["- no primary comparison could be made (every "
@@ -369,11 +378,7 @@ def markdown(results: dict, table: dict) -> str:
                   if source else "") + ".")
   lines += ["", "## Every comparison", "", *comparison_table(primary), ""]
   if results.get("variance"):
-    lines += ["## Where the spread comes from", "",
-              "Variance components on the seen optimizee at the primary horizon (balanced "
-              "one-way random effects over meta seeds, `flatl2o.study.analysis."
-              "variance_components`), as standard deviations; the share is that of the meta "
-              "seed means' variance which more test seeds cannot remove.", "",
+    lines += ["## Where the spread comes from", "", VARIANCE_NOTE, "",
               *variance_table(results["variance"]), ""]
   for optimizee, rows in table.items():
     lines.append(f"### {optimizee}  (matched training loss {results['matched_levels'][optimizee]:.3g})")
