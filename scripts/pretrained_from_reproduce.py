@@ -83,7 +83,8 @@ def main(argv):
   date = time.strftime("%Y-%m-%d")
   adam = optimizers.get("adam", learning_rate=0.01)
   for name, (model, kind) in wanted.items():
-    coefficient = results["coefficients"].get(kind)
+    coefficient = (results.get("model_coefficients") or {}).get(
+        model, results["coefficients"]).get(kind)  # each model's since 2026-12-08
     candidates = [c for c in results["meta_training"].values()
                   if c["model"] == model and c["regularizer"] == kind and "budget" not in
                   c["name"] and c["coefficient"] == coefficient and not c["collapsed"]

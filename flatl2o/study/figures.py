@@ -3,7 +3,7 @@
 train_loss_curves.png (mean training loss per contender group and optimizee),
 test_accuracy.png (means with 95% intervals and the seeds they are over),
 trace_vs_loss.png (Hessian trace against training loss, at the end and at
-matched loss), coefficient_sweep.png (the L2O-DM sweep: validation accuracy,
+matched loss), coefficient_sweep.png (each model's sweep: validation accuracy,
 collapse and the gradient ratio against the coefficient) and
 flatness_vs_gap.png (flatness at matched loss against the generalization gap).
 """
@@ -157,35 +157,42 @@ def _trace_vs_loss(plt, results, optimizees, main, colours):
 
 
 def _coefficient_sweep(plt, points):
-  """The coefficient sweep: validation accuracy (each seed and the mean), collapse, and the
-  flatness term's share of the meta-gradient, against the coefficient (None: no sweep)."""
-  plain = next((p for p in points if p["regularizer"] == "none"), None)
+  """The coefficient sweep, one panel per model x term: validation accuracy (each seed and the
+  mean), collapse, and the flatness term's share of the meta-gradient, against the
+  coefficient (None: no sweep)."""
+  model_of = lambda p: p.get("model", "l2o_dm")  # sweeps before 2026-12-08: L2O-DM's
+  models = list(dict.fromkeys(model_of(p) for p in points))
   kinds = list(dict.fromkeys(p["regularizer"] for p in points if p["regularizer"] != "none"))
   if not kinds:
     return None
-  fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False)
-  for ax, kind in zip(axes[0], kinds):
-    ps = sorted((p for p in points if p["regularizer"] == kind), key=lambda p: p["coefficient"])
-    xs = [p["coefficient"] for p in ps]
-    ax.plot(xs, [p["validation_accuracy"] for p in ps], "o-", label="validation acc. (mean)")
-    for p in ps:
-      accs = [a for a in p["validation_accuracies"] if np.isfinite(a)]
-      ax.scatter([p["coefficient"]] * len(accs), accs, s=6, c="tab:orange", zorder=3)
-      if p["collapsed_runs"]:
-        ax.axvline(p["coefficient"], color="r", lw=0.6 + p["collapsed"],
-                   ls="-" if p["collapsed"] else ":")
-    if plain is not None and np.isfinite(plain["validation_accuracy"]):
-      ax.axhline(plain["validation_accuracy"], color="k", lw=0.6, ls="--",
-                 label="plain (no term)")
-    ax.set_xscale("log")
-    ax.set_xlabel(terms.coefficient_field(kind))
-    ax.set_ylabel("best validation accuracy")
-    ax.set_title(f"L2O-DM + {kind} (red: collapsed, dotted: some seeds)", fontsize=8)
-    ratio_ax = ax.twinx()
-    ratio_ax.plot(xs, [p["grad_ratio"] for p in ps], "^:", c="tab:purple", ms=3)
-    ratio_ax.set_yscale("log")
-    ratio_ax.set_ylabel("|grad flat| / |grad loss|", color="tab:purple", fontsize=7)
-    ax.legend(fontsize=6, loc="lower left")
+  fig, axes = plt.subplots(len(models), len(kinds), figsize=(4.6 * len(kinds),
+                                                             3.6 * len(models)), squeeze=False)
+  for row, model in zip(axes, models):
+    plain = next((p for p in points if p["regularizer"] == "none" and model_of(p) == model),
+                 None)
+    for ax, kind in zip(row, kinds):
+      ps = sorted((p for p in points if p["regularizer"] == kind and model_of(p) == model),
+                  key=lambda p: p["coefficient"])
+      xs = [p["coefficient"] for p in ps]
+      ax.plot(xs, [p["validation_accuracy"] for p in ps], "o-", label="validation acc. (mean)")
+      for p in ps:
+        accs = [a for a in p["validation_accuracies"] if np.isfinite(a)]
+        ax.scatter([p["coefficient"]] * len(accs), accs, s=6, c="tab:orange", zorder=3)
+        if p["collapsed_runs"]:
+          ax.axvline(p["coefficient"], color="r", lw=0.6 + p["collapsed"],
+                     ls="-" if p["collapsed"] else ":")
+      if plain is not None and np.isfinite(plain["validation_accuracy"]):
+        ax.axhline(plain["validation_accuracy"], color="k", lw=0.6, ls="--",
+                   label="plain (no term)")
+      ax.set_xscale("log")
+      ax.set_xlabel(terms.coefficient_field(kind))
+      ax.set_ylabel("best validation accuracy")
+      ax.set_title(f"{model} + {kind} (red: collapsed, dotted: some seeds)", fontsize=8)
+      ratio_ax = ax.twinx()
+      ratio_ax.plot(xs, [p["grad_ratio"] for p in ps], "^:", c="tab:purple", ms=3)
+      ratio_ax.set_yscale("log")
+      ratio_ax.set_ylabel("|grad flat| / |grad loss|", color="tab:purple", fontsize=7)
+      ax.legend(fontsize=6, loc="lower left")
   fig.tight_layout()
   return fig
 
