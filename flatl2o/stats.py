@@ -211,7 +211,7 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05,
   if not alpha < power < 1:
     raise ValueError(f"power must lie in (alpha, 1) = ({alpha}, 1), got {power!r}")
   if not math.isfinite(sd) or sd == 0:
-    return float(sd) if not math.isfinite(sd) else 0.0
+    return float(sd)  # NaN stays NaN; no spread, no effect too small to find
   from scipy import optimize  # pylint: disable=g-import-not-at-top
   high = 1.0
   while paired_power(high, 1.0, n, alpha) < power:

@@ -19,6 +19,7 @@ the first input's first model's. Inputs that are not sweeps, sweep the same mode
 twice, or differ in their meta-training settings are refused (exit 2).
 """
 
+import dataclasses
 import os
 import sys
 
@@ -36,7 +37,7 @@ def _settings(data: dict) -> dict:
 def _meta_training(settings: dict) -> dict:
   """The settings a sweep point's meta-training depends on (the horizons of a meta-test
   and the like do not matter to a sweep)."""
-  fields = [f.name for f in study_config.dataclasses.fields(study_config.Preset)
+  fields = [f.name for f in dataclasses.fields(study_config.Preset)
             if f.metadata.get("meta_train")] + ["sweep_seeds", "sweep_range"]
   defaults = {"meta_learning_rate": 1e-3}
   return {k: settings.get(k, defaults.get(k)) for k in fields}

@@ -171,7 +171,6 @@ class ManyDevicesTest(absltest.TestCase):
       for proc, output in outputs:
         self.assertEqual(proc.returncode, 0, output[-3000:])
       return hosts_dir
-    return hosts_dir
 
   def test_sharded_runs_end_with_the_meta_parameters_of_one_device(self):
     tmp = self.create_tempdir().full_path

@@ -206,6 +206,14 @@ def model_coefficients(results: dict) -> dict[str, dict[str, float]]:
   return {m: every.get(m, results["coefficients"]) for m in models}
 
 
+def _by_contender(cells: list[dict]) -> dict[tuple[str, str], list[dict]]:
+  """(contender, optimizee) -> its meta-test runs."""
+  by = {}
+  for c in cells:
+    by.setdefault((c["contender"], c["optimizee"]), []).append(c)
+  return by
+
+
 def _pairs(results, by, model, kind, coefficient, optimizee, control, seeds):
   """The cells of a regularized contender and of its control, seed by seed (`comparisons`)."""
   contenders, same_budget = results["contenders"], results.get("same_budget", {})
@@ -253,9 +261,7 @@ def comparisons(results: dict) -> list[dict[str, Any]]:
   optimizees = list(dict.fromkeys(c["optimizee"] for c in cells))
   seeds = sorted({c["meta_seed"] for c in contenders.values()
                   if c.get("regularizer") not in (None,) and c.get("meta_seed") is not None})
-  by = {}
-  for c in cells:
-    by.setdefault((c["contender"], c["optimizee"]), []).append(c)
+  by = _by_contender(cells)
   entries = []
   for model, coefficients in model_coefficients(results).items():
     for kind, coefficient in coefficients.items():
@@ -306,9 +312,7 @@ def variance(results: dict) -> list[dict[str, Any]]:
   cells, contenders = results["cells"], results["contenders"]
   horizon = horizons_of(results)[0]
   seeds = sorted({c["meta_seed"] for c in contenders.values() if c.get("meta_seed") is not None})
-  by = {}
-  for c in cells:
-    by.setdefault((c["contender"], c["optimizee"]), []).append(c)
+  by = _by_contender(cells)
   out = []
   for model, coefficients in model_coefficients(results).items():
     plain = {(c["meta_seed"], c["test_seed"]): at_horizon(c, "test_accuracy", horizon)
